@@ -1,0 +1,624 @@
+//! The configuration: one serde struct per TOML table, field names equal to
+//! the TOML keys, defaults from SPEC.md, and [`Config::validate`], which
+//! turns "parses" into "makes sense" (watermark order, sink keys that match
+//! the sink type, ...).
+//!
+//! Every error is a [`ConfigError`] whose message names the key, the bad
+//! value and what is allowed, so an operator can fix the file without
+//! reading code. Nothing here touches sockets or files beyond reading the
+//! config file itself: a config is validated completely before the daemon
+//! starts anything, so a bad one never half-starts it.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why a configuration was refused. The message always starts with the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: LimitsConfig,
+    pub queue: QueueConfig,
+    pub sink: SinkConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Framing {
+    Lines,
+    OctetCounted,
+    Auto,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub backlog: u32,
+    #[serde(with = "duration")]
+    pub tcp_keepalive: Duration,
+    pub framing: Framing,
+    pub max_message_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:5140".to_string(),
+            backlog: 1024,
+            tcp_keepalive: Duration::from_secs(60),
+            framing: Framing::Auto,
+            max_message_bytes: 65536,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnConnectionLimit {
+    Wait,
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSendTimeout {
+    Close,
+    Drop,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_connections: usize,
+    pub on_connection_limit: OnConnectionLimit,
+    /// "0s" disables the idle timeout.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    #[serde(with = "duration")]
+    pub send_timeout: Duration,
+    pub on_send_timeout: OnSendTimeout,
+    /// Messages per second per connection; 0 = unlimited.
+    pub rate_per_connection: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 1024,
+            on_connection_limit: OnConnectionLimit::Wait,
+            idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(1),
+            on_send_timeout: OnSendTimeout::Close,
+            rate_per_connection: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    pub capacity: usize,
+    pub pause_accept_above: f64,
+    pub resume_accept_below: f64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            capacity: 65536,
+            pause_accept_above: 0.9,
+            resume_accept_below: 0.5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkType {
+    Stdout,
+    File,
+    Tcp,
+    Null,
+}
+
+impl fmt::Display for SinkType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SinkType::Stdout => "stdout",
+            SinkType::File => "file",
+            SinkType::Tcp => "tcp",
+            SinkType::Null => "null",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SinkFraming {
+    Lines,
+    OctetCounted,
+}
+
+/// One flat table for every sink type; [`Config::validate`] checks that
+/// only the keys of the chosen type are set and fills their defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    #[serde(rename = "type")]
+    pub kind: SinkType,
+    pub workers: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub flush_interval: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub framing: Option<SinkFraming>,
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub write_timeout: Option<Duration>,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            kind: SinkType::Stdout,
+            workers: 1,
+            path: None,
+            flush_interval: None,
+            address: None,
+            framing: None,
+            connect_timeout: None,
+            write_timeout: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+    /// "0s" disables the periodic stats line (the final one is always logged).
+    #[serde(with = "duration")]
+    pub stats_interval: Duration,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_string(),
+            stats_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Upper bounds that keep a typo from asking for absurd resources.
+const MAX_MESSAGE_BYTES_LIMIT: usize = 64 << 20;
+const MAX_CONNECTIONS_LIMIT: usize = 100_000;
+const MAX_SINK_WORKERS: usize = 64;
+const MAX_BACKLOG: u32 = 65535;
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::de::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+            path: "config".to_string(),
+            message: one_line(e.message()),
+        })?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let message = one_line(e.inner().message());
+            ConfigError::Parse {
+                path: if path == "." {
+                    "config".to_string()
+                } else {
+                    path
+                },
+                message,
+            }
+        })?;
+        config.validate()
+    }
+
+    /// Checks every cross-field rule and fills the defaults of the chosen
+    /// sink type; returns the effective configuration.
+    pub fn validate(mut self) -> Result<Config, ConfigError> {
+        self.listen_addr()?;
+        let s = &self.server;
+        if s.backlog == 0 || s.backlog > MAX_BACKLOG {
+            return Err(invalid(
+                "server.backlog",
+                format!("{} is out of range; allowed: 1..={MAX_BACKLOG}", s.backlog),
+            ));
+        }
+        if s.max_message_bytes == 0 || s.max_message_bytes > MAX_MESSAGE_BYTES_LIMIT {
+            return Err(invalid(
+                "server.max_message_bytes",
+                format!(
+                    "{} is out of range; allowed: 1..={MAX_MESSAGE_BYTES_LIMIT}",
+                    s.max_message_bytes
+                ),
+            ));
+        }
+        let l = &self.limits;
+        if l.max_connections == 0 || l.max_connections > MAX_CONNECTIONS_LIMIT {
+            return Err(invalid(
+                "limits.max_connections",
+                format!(
+                    "{} is out of range; allowed: 1..={MAX_CONNECTIONS_LIMIT}",
+                    l.max_connections
+                ),
+            ));
+        }
+        let q = &self.queue;
+        if q.capacity == 0 {
+            return Err(invalid(
+                "queue.capacity",
+                "0 is out of range; allowed: at least 1",
+            ));
+        }
+        if !(q.pause_accept_above > 0.0 && q.pause_accept_above <= 1.0) {
+            return Err(invalid(
+                "queue.pause_accept_above",
+                format!(
+                    "{} is out of range; allowed: a fraction in (0, 1]",
+                    q.pause_accept_above
+                ),
+            ));
+        }
+        if !(q.resume_accept_below > 0.0 && q.resume_accept_below < q.pause_accept_above) {
+            return Err(invalid(
+                "queue.resume_accept_below",
+                format!(
+                    "{} is out of range; allowed: a fraction with 0 < resume_accept_below < pause_accept_above ({})",
+                    q.resume_accept_below, q.pause_accept_above
+                ),
+            ));
+        }
+        if self.log.level.parse::<log::LevelFilter>().is_err() {
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "{:?} is not a level; allowed: \"off\", \"error\", \"warn\", \"info\", \"debug\", \"trace\"",
+                    self.log.level
+                ),
+            ));
+        }
+        self.sink = self.sink.validate()?;
+        Ok(self)
+    }
+
+    /// The listen address, resolved ("localhost:5140" is accepted).
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        resolve("server.listen", &self.server.listen)
+    }
+
+    /// The effective configuration as TOML, for `--check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+impl SinkConfig {
+    fn validate(mut self) -> Result<SinkConfig, ConfigError> {
+        if self.workers == 0 || self.workers > MAX_SINK_WORKERS {
+            return Err(invalid(
+                "sink.workers",
+                format!(
+                    "{} is out of range; allowed: 1..={MAX_SINK_WORKERS}",
+                    self.workers
+                ),
+            ));
+        }
+        let kind = self.kind;
+        let only = |key: &'static str, set: bool, allowed: SinkType| {
+            if set && kind != allowed {
+                Err(invalid(
+                    key,
+                    format!("only allowed when sink.type = \"{allowed}\" (sink.type is \"{kind}\")"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        only("sink.path", self.path.is_some(), SinkType::File)?;
+        only(
+            "sink.flush_interval",
+            self.flush_interval.is_some(),
+            SinkType::File,
+        )?;
+        only("sink.address", self.address.is_some(), SinkType::Tcp)?;
+        only("sink.framing", self.framing.is_some(), SinkType::Tcp)?;
+        only(
+            "sink.connect_timeout",
+            self.connect_timeout.is_some(),
+            SinkType::Tcp,
+        )?;
+        only(
+            "sink.write_timeout",
+            self.write_timeout.is_some(),
+            SinkType::Tcp,
+        )?;
+        match kind {
+            SinkType::File => {
+                match &self.path {
+                    None => {
+                        return Err(invalid(
+                            "sink.path",
+                            "required when sink.type = \"file\"",
+                        ));
+                    }
+                    Some(p) if p.as_os_str().is_empty() => {
+                        return Err(invalid(
+                            "sink.path",
+                            "\"\" is empty; allowed: a file path",
+                        ));
+                    }
+                    Some(_) => {}
+                }
+                let flush = self.flush_interval.get_or_insert(Duration::from_secs(1));
+                if flush.is_zero() {
+                    return Err(invalid(
+                        "sink.flush_interval",
+                        "\"0s\" is out of range; allowed: a positive duration such as \"1s\"",
+                    ));
+                }
+            }
+            SinkType::Tcp => {
+                let Some(address) = &self.address else {
+                    return Err(invalid(
+                        "sink.address",
+                        "required when sink.type = \"tcp\"",
+                    ));
+                };
+                resolve("sink.address", address)?;
+                self.framing.get_or_insert(SinkFraming::Lines);
+                for (key, value, default) in [
+                    ("sink.connect_timeout", &mut self.connect_timeout, 2),
+                    ("sink.write_timeout", &mut self.write_timeout, 5),
+                ] {
+                    let v = value.get_or_insert(Duration::from_secs(default));
+                    if v.is_zero() {
+                        return Err(invalid(
+                            key,
+                            "\"0s\" is out of range; allowed: a positive duration such as \"2s\"",
+                        ));
+                    }
+                }
+            }
+            SinkType::Stdout | SinkType::Null => {}
+        }
+        Ok(self)
+    }
+}
+
+fn resolve(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    let bad = |why: String| {
+        invalid(
+            key,
+            format!("{value:?} {why}; allowed: \"host:port\" such as \"127.0.0.1:5140\""),
+        )
+    };
+    let mut addrs = value
+        .to_socket_addrs()
+        .map_err(|e| bad(format!("is not a usable address ({e})")))?;
+    addrs
+        .next()
+        .ok_or_else(|| bad("resolves to no address".to_string()))
+}
+
+/// serde's messages can span lines (toml adds a source excerpt); an error
+/// line in the log should stay one line.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| {
+        format!("invalid duration {text:?} ({e}); allowed: a duration such as \"250ms\", \"30s\", \"0s\"")
+    })
+}
+
+fn format_duration(d: &Duration) -> String {
+    humantime::format_duration(*d).to_string()
+}
+
+/// Durations as humantime strings ("250ms", "30s").
+mod duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&format_duration(d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text).expect_err("config should be refused").to_string()
+    }
+
+    #[test]
+    fn empty_config_is_the_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:5140");
+        assert_eq!(c.limits.max_connections, 1024);
+        assert_eq!(c.limits.send_timeout, Duration::from_secs(1));
+        assert_eq!(c.queue.capacity, 65536);
+        assert_eq!(c.sink.kind, SinkType::Stdout);
+        assert_eq!(c.shutdown.timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_key_names_the_key() {
+        let e = err("[limits]\nmax_conections = 5\n");
+        assert!(e.contains("limits"), "{e}");
+        assert!(e.contains("max_conections"), "{e}");
+    }
+
+    #[test]
+    fn unknown_table_is_refused() {
+        let e = err("[limitz]\n");
+        assert!(e.contains("limitz"), "{e}");
+    }
+
+    #[test]
+    fn zero_max_connections_is_refused() {
+        let e = err("[limits]\nmax_connections = 0\n");
+        assert!(e.starts_with("limits.max_connections:"), "{e}");
+    }
+
+    #[test]
+    fn watermarks_must_be_ordered() {
+        let e = err("[queue]\npause_accept_above = 0.5\nresume_accept_below = 0.5\n");
+        assert!(e.starts_with("queue.resume_accept_below:"), "{e}");
+        let e = err("[queue]\npause_accept_above = 1.5\n");
+        assert!(e.starts_with("queue.pause_accept_above:"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_key_and_value() {
+        let e = err("[limits]\nsend_timeout = \"soon\"\n");
+        assert!(e.starts_with("limits.send_timeout:"), "{e}");
+        assert!(e.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn durations_parse_humantime() {
+        let c = Config::parse("[limits]\nsend_timeout = \"250ms\"\nidle_timeout = \"0s\"\n").unwrap();
+        assert_eq!(c.limits.send_timeout, Duration::from_millis(250));
+        assert_eq!(c.limits.idle_timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn file_sink_needs_a_path() {
+        let e = err("[sink]\ntype = \"file\"\n");
+        assert!(e.starts_with("sink.path:"), "{e}");
+    }
+
+    #[test]
+    fn sink_keys_must_match_the_type() {
+        let e = err("[sink]\ntype = \"stdout\"\npath = \"/tmp/x\"\n");
+        assert!(e.starts_with("sink.path:"), "{e}");
+        let e = err("[sink]\ntype = \"file\"\npath = \"/tmp/x\"\naddress = \"127.0.0.1:1\"\n");
+        assert!(e.starts_with("sink.address:"), "{e}");
+    }
+
+    #[test]
+    fn file_sink_defaults_are_filled() {
+        let c = Config::parse("[sink]\ntype = \"file\"\npath = \"/tmp/x\"\n").unwrap();
+        assert_eq!(c.sink.flush_interval, Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn tcp_sink_defaults_are_filled() {
+        let c = Config::parse("[sink]\ntype = \"tcp\"\naddress = \"127.0.0.1:6000\"\n").unwrap();
+        assert_eq!(c.sink.framing, Some(SinkFraming::Lines));
+        assert_eq!(c.sink.connect_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(c.sink.write_timeout, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn bad_enum_value_names_key() {
+        let e = err("[server]\nframing = \"xml\"\n");
+        assert!(e.starts_with("server.framing:"), "{e}");
+        assert!(e.contains("xml"), "{e}");
+    }
+
+    #[test]
+    fn bad_listen_address_names_key() {
+        let e = err("[server]\nlisten = \"nowhere\"\n");
+        assert!(e.starts_with("server.listen:"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let e = err("[limits]\nmax_connections = \"many\"\n");
+        assert!(e.starts_with("limits.max_connections:"), "{e}");
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let c = Config::parse("[sink]\ntype = \"file\"\npath = \"/tmp/x\"\n").unwrap();
+        let again = Config::parse(&c.to_toml()).unwrap();
+        assert_eq!(c, again);
+    }
+}

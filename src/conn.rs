@@ -1,0 +1,438 @@
+//! One client connection, served by its own worker thread: read into a
+//! bounded buffer, frame, enqueue each read's messages as one batch with a
+//! timeout, and say why the connection ended.
+//!
+//! It owns nothing global: counters go to [`Stats`], backpressure comes
+//! from the queue, the thread and its permit belong to the server. A
+//! failure here (reset, garbage, slowloris) ends this connection only.
+
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use log::{error, warn};
+
+use crate::alerts::{Alerts, suppressed};
+use crate::config::{Config, Framing, OnSendTimeout};
+use crate::framing::{Decoder, Frame};
+use crate::queue::{Batch, QueueSender, SendError};
+use crate::shutdown::Shutdown;
+use crate::stats::Stats;
+
+/// First read buffer, allocated only once the peer has sent something, so
+/// an idle connection costs no buffer at all.
+const INITIAL_BUFFER: usize = 8 << 10;
+/// Buffers grow (doubling) to this while reads keep filling them.
+const READ_BUFFER: usize = 64 << 10;
+/// Most messages in one batch (one channel send).
+const BATCH_MESSAGES: usize = 4096;
+/// Difference between the wanted and the set socket read timeout that is
+/// worth a setsockopt.
+const TIMEOUT_SLACK: Duration = Duration::from_millis(10);
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// The peer closed its side.
+    Eof,
+    /// No complete message for `idle_timeout`.
+    Idle,
+    /// The queue stayed full for `send_timeout` (policy "close").
+    SendTimeout,
+    /// A bad octet count.
+    Framing,
+    /// A read error (reset by peer, ...).
+    Error(io::ErrorKind),
+    /// The daemon is shutting down.
+    Shutdown,
+    /// Every sink is gone; nothing can be delivered.
+    SinkGone,
+}
+
+impl Close {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Close::Eof => "eof",
+            Close::Idle => "idle",
+            Close::SendTimeout => "send_timeout",
+            Close::Framing => "framing",
+            Close::Error(_) => "error",
+            Close::Shutdown => "shutdown",
+            Close::SinkGone => "sink_gone",
+        }
+    }
+}
+
+/// What every worker shares: settings, the queue's sending end, counters.
+#[derive(Debug)]
+pub struct ConnContext {
+    pub framing: Framing,
+    pub max_message_bytes: usize,
+    pub idle_timeout: Option<Duration>,
+    pub send_timeout: Duration,
+    pub on_send_timeout: OnSendTimeout,
+    pub rate_per_connection: u64,
+    /// The workers' only handle on the queue. The last worker (and the
+    /// accept loop) dropping it disconnects the channel, which is what
+    /// tells the sinks to finish.
+    pub queue: QueueSender,
+    pub stats: std::sync::Arc<Stats>,
+    pub alerts: std::sync::Arc<Alerts>,
+    /// Checked before every read; a triggered shutdown also shuts the
+    /// socket's read side so that a blocked read returns at once.
+    pub shutdown: Shutdown,
+}
+
+impl ConnContext {
+    pub fn new(
+        config: &Config,
+        queue: QueueSender,
+        stats: std::sync::Arc<Stats>,
+        alerts: std::sync::Arc<Alerts>,
+        shutdown: Shutdown,
+    ) -> ConnContext {
+        let limits = &config.limits;
+        ConnContext {
+            framing: config.server.framing,
+            max_message_bytes: config.server.max_message_bytes,
+            idle_timeout: (!limits.idle_timeout.is_zero()).then_some(limits.idle_timeout),
+            send_timeout: limits.send_timeout,
+            on_send_timeout: limits.on_send_timeout,
+            rate_per_connection: limits.rate_per_connection,
+            queue,
+            stats,
+            alerts,
+            shutdown,
+        }
+    }
+}
+
+/// Totals of one connection, for its debug close line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+/// Serves one connection until it ends; returns why, and its totals.
+pub fn serve(ctx: &ConnContext, stream: &TcpStream, peer: SocketAddr) -> (Close, Totals) {
+    let mut conn = Connection {
+        ctx,
+        stream,
+        peer,
+        decoder: Decoder::new(ctx.framing, ctx.max_message_bytes),
+        buf: Vec::new(),
+        start: 0,
+        end: 0,
+        limit: READ_BUFFER.max(ctx.max_message_bytes + 16 + 1),
+        grow: false,
+        timeout: None,
+        last_message: Instant::now(),
+        bucket: (ctx.rate_per_connection > 0).then(|| Bucket::new(ctx.rate_per_connection)),
+        totals: Totals::default(),
+    };
+    let close = conn.run();
+    (close, conn.totals)
+}
+
+struct Connection<'a> {
+    ctx: &'a ConnContext,
+    stream: &'a TcpStream,
+    peer: SocketAddr,
+    decoder: Decoder,
+    /// Read buffer; unread bytes are `buf[start..end]`. Empty until the
+    /// peer first sends, then 8 KiB doubling up to `limit`.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Largest buffer: a read's worth, and always room for one maximal
+    /// frame (`Decoder::max_pending`), so the decoder can make progress.
+    limit: usize,
+    /// The last read filled all free space: grow before the next one.
+    grow: bool,
+    /// The read timeout currently set on the socket.
+    timeout: Option<Duration>,
+    /// Idle time counts from the last complete message, so a peer that
+    /// trickles bytes without ever finishing a message is idle too.
+    last_message: Instant,
+    bucket: Option<Bucket>,
+    totals: Totals,
+}
+
+impl Connection<'_> {
+    fn run(&mut self) -> Close {
+        loop {
+            if self.ctx.shutdown.is_triggered() {
+                return Close::Shutdown;
+            }
+            if let Some(close) = self.arm_idle_timeout() {
+                return close;
+            }
+            match self.read() {
+                Ok(0) => return self.at_eof(),
+                Ok(n) => {
+                    self.end += n;
+                    self.totals.bytes += n as u64;
+                    if let Some(close) = self.decode() {
+                        return close;
+                    }
+                    self.throttle();
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    // Timed out: the next turn decides whether it is idle.
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if self.ctx.shutdown.is_triggered() {
+                        return Close::Shutdown;
+                    }
+                    Stats::add(&self.ctx.stats.closed_error, 1);
+                    return Close::Error(e.kind());
+                }
+            }
+        }
+    }
+
+    /// Sets the socket read timeout to what is left of the idle window;
+    /// returns `Close::Idle` when nothing is left.
+    fn arm_idle_timeout(&mut self) -> Option<Close> {
+        let idle = self.ctx.idle_timeout?;
+        let left = idle.saturating_sub(self.last_message.elapsed());
+        if left.is_zero() {
+            Stats::add(&self.ctx.stats.closed_idle, 1);
+            return Some(Close::Idle);
+        }
+        let left = left.max(Duration::from_millis(1));
+        let stale = self.timeout.is_none_or(|t| t.abs_diff(left) > TIMEOUT_SLACK);
+        if stale {
+            // A failed setsockopt leaves the old timeout; the loop then
+            // re-checks the idle window after every read anyway.
+            if self.stream.set_read_timeout(Some(left)).is_ok() {
+                self.timeout = Some(left);
+            }
+        }
+        None
+    }
+
+    fn read(&mut self) -> io::Result<usize> {
+        if self.buf.is_empty() {
+            // Wait for the first byte before allocating: idle connections
+            // then hold no buffer.
+            let n = self.stream.peek(&mut [0u8; 1])?;
+            if n == 0 {
+                return Ok(0);
+            }
+            self.buf = vec![0; INITIAL_BUFFER.min(self.limit)];
+        }
+        self.make_room();
+        let n = (&*self.stream).read(&mut self.buf[self.end..])?;
+        self.grow = self.end + n == self.buf.len();
+        Ok(n)
+    }
+
+    /// Moves unread bytes to the front and grows the buffer if the last
+    /// read filled it or a partial frame needs more room.
+    fn make_room(&mut self) {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let full = self.end == self.buf.len();
+        if (self.grow || full) && self.buf.len() < self.limit {
+            let size = (self.buf.len() * 2).min(self.limit);
+            self.buf.resize(size, 0);
+        }
+        self.grow = false;
+    }
+
+    /// Frames everything complete in the buffer and enqueues it.
+    fn decode(&mut self) -> Option<Close> {
+        let mut batch = Batch::with_capacity(self.end - self.start + 1, 0);
+        loop {
+            match self.decoder.decode(&self.buf[self.start..self.end]) {
+                Ok((Frame::Message(range), used)) => {
+                    batch.push(&self.buf[self.start + range.start..self.start + range.end]);
+                    self.start += used;
+                    if batch.len() >= BATCH_MESSAGES.min(self.ctx.queue.capacity()) {
+                        let full = std::mem::take(&mut batch);
+                        if let Some(close) = self.enqueue(full) {
+                            return Some(close);
+                        }
+                    }
+                }
+                Ok((Frame::Oversize, used)) => {
+                    self.start += used;
+                    self.oversize();
+                }
+                Ok((Frame::NeedMore, used)) => {
+                    self.start += used;
+                    break;
+                }
+                Err(e) => {
+                    // Deliver what came before the bad frame, then close.
+                    if let Some(close) = self.enqueue(batch) {
+                        return Some(close);
+                    }
+                    Stats::add(&self.ctx.stats.closed_framing, 1);
+                    if let Some(n) = self.ctx.alerts.framing.allow() {
+                        warn!(
+                            "framing error, closing connection peer={} error=\"{e}\"{}",
+                            self.peer,
+                            suppressed(n)
+                        );
+                    }
+                    return Some(Close::Framing);
+                }
+            }
+        }
+        self.enqueue(batch)
+    }
+
+    fn at_eof(&mut self) -> Close {
+        if self.ctx.shutdown.is_triggered() {
+            // Our own shutdown(Read), not the peer: a partial line is not
+            // a message.
+            return Close::Shutdown;
+        }
+        match self.decoder.finish(&self.buf[self.start..self.end]) {
+            Some(Frame::Message(range)) => {
+                let mut batch = Batch::with_capacity(range.len() + 1, 1);
+                batch.push(&self.buf[self.start + range.start..self.start + range.end]);
+                if let Some(close) = self.enqueue(batch) {
+                    return close;
+                }
+            }
+            Some(_) => self.oversize(),
+            None => {}
+        }
+        Close::Eof
+    }
+
+    fn oversize(&mut self) {
+        self.last_message = Instant::now();
+        let stats = &self.ctx.stats;
+        Stats::add(&stats.received, 1);
+        Stats::add(&stats.dropped_oversize, 1);
+        if let Some(n) = self.ctx.alerts.oversize.allow() {
+            warn!(
+                "oversize message dropped peer={} max_message_bytes={}{}",
+                self.peer,
+                self.ctx.max_message_bytes,
+                suppressed(n)
+            );
+        }
+    }
+
+    /// Sends one batch with the send timeout; on expiry its messages are
+    /// counted dropped, and with policy "close" the connection ends.
+    fn enqueue(&mut self, batch: Batch) -> Option<Close> {
+        let n = batch.len() as u64;
+        if n == 0 {
+            return None;
+        }
+        self.last_message = Instant::now();
+        self.totals.messages += n;
+        let stats = &self.ctx.stats;
+        match self.ctx.queue.send_timeout(batch, self.ctx.send_timeout) {
+            Ok(()) => {
+                Stats::add(&stats.received, n);
+                None
+            }
+            Err(SendError::Timeout(_)) => {
+                Stats::add(&stats.received, n);
+                Stats::add(&stats.dropped_send_timeout, n);
+                let close = self.ctx.on_send_timeout == OnSendTimeout::Close;
+                if close {
+                    Stats::add(&stats.closed_send_timeout, 1);
+                }
+                if let Some(s) = self.ctx.alerts.send_timeout.allow() {
+                    warn!(
+                        "send timeout: queue full for {:?}, dropped {n} messages peer={}{}{}",
+                        self.ctx.send_timeout,
+                        self.peer,
+                        if close { ", connection closed" } else { "" },
+                        suppressed(s)
+                    );
+                }
+                close.then_some(Close::SendTimeout)
+            }
+            Err(SendError::Disconnected(_)) => {
+                // Only if every sink thread died; count the messages as
+                // dropped so the books still balance.
+                Stats::add(&stats.received, n);
+                Stats::add(&stats.dropped_send_timeout, n);
+                error!("no sink left to deliver to, closing peer={}", self.peer);
+                Some(Close::SinkGone)
+            }
+        }
+    }
+
+    /// Per-connection rate limit: sleep off any debt before reading again.
+    /// Not reading is the backpressure: the peer's sends block in TCP.
+    fn throttle(&mut self) {
+        let Some(bucket) = &mut self.bucket else {
+            return;
+        };
+        let mut wait = bucket.take(self.totals.messages);
+        while !wait.is_zero() {
+            if self.ctx.shutdown.wait_timeout(wait) {
+                return;
+            }
+            wait = bucket.take(self.totals.messages);
+        }
+    }
+}
+
+/// A token bucket of `rate` messages per second with one second of burst,
+/// fed the connection's running message total.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+    counted: u64,
+}
+
+impl Bucket {
+    fn new(rate: u64) -> Bucket {
+        Bucket {
+            rate: rate as f64,
+            tokens: rate as f64,
+            last: Instant::now(),
+            counted: 0,
+        }
+    }
+
+    /// Spends the messages since the last call; returns how long to wait
+    /// until the balance is back to zero.
+    fn take(&mut self, total_messages: u64) -> Duration {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate.max(1.0));
+        self.last = now;
+        self.tokens -= (total_messages - self.counted) as f64;
+        self.counted = total_messages;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_a_burst_then_paces() {
+        let mut b = Bucket::new(100);
+        assert_eq!(b.take(100), Duration::ZERO);
+        let wait = b.take(150);
+        assert!(
+            wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+    }
+}

@@ -1,0 +1,388 @@
+//! The message decoder: bytes in, message boundaries out. Pure: no sockets,
+//! no clocks, no allocation; the connection owns the buffer and hands the
+//! decoder the unread part of it.
+//!
+//! Framings (SPEC.md "Framing"):
+//! - `lines`: a message ends at LF, one trailing CR is stripped, empty lines
+//!   are skipped, an over-long line is reported once as [`Frame::Oversize`]
+//!   and skipped up to its LF.
+//! - `octet-counted` (RFC 6587 3.4.1): `MSG-LEN SP MSG`; a non-numeric or
+//!   oversize length is a [`FrameError`]: there is no safe way to resync.
+//! - `auto`: per frame, a first byte 1-9 means octet-counted, anything else
+//!   a line.
+//!
+//! The decoder never needs more than `max_message_bytes` plus a few header
+//! bytes of unread input to make progress, which is what bounds a
+//! connection's buffer.
+
+use std::ops::Range;
+
+use crate::config::Framing;
+
+/// Longest accepted MSG-LEN, in digits: enough for any length up to the
+/// largest `max_message_bytes` (64 MiB).
+const MAX_LEN_DIGITS: usize = 10;
+
+/// What the next bytes of the input hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A complete message: its bytes are `input[range]`.
+    Message(Range<usize>),
+    /// A message over `max_message_bytes`, dropped (counted by the caller).
+    Oversize,
+    /// No complete frame yet: read more input.
+    NeedMore,
+}
+
+/// An unrecoverable framing error: the connection must be closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("octet count is not a number (starts with {0:?})")]
+    BadLength(String),
+    #[error("octet count {length} exceeds max_message_bytes {max}")]
+    LengthTooLarge { length: u64, max: usize },
+}
+
+#[derive(Debug)]
+pub struct Decoder {
+    framing: Framing,
+    max: usize,
+    /// Inside an oversize line: discard everything up to the next LF.
+    skipping_line: bool,
+}
+
+impl Decoder {
+    pub fn new(framing: Framing, max_message_bytes: usize) -> Decoder {
+        Decoder {
+            framing,
+            max: max_message_bytes,
+            skipping_line: false,
+        }
+    }
+
+    /// The most unread bytes the caller may need to hold for the decoder to
+    /// make progress: one maximal octet-counted frame with its header, or
+    /// one maximal line with CR and LF.
+    pub fn max_pending(&self) -> usize {
+        self.max + MAX_LEN_DIGITS + 2
+    }
+
+    /// Decodes the next frame from `input` (the unread bytes). Returns the
+    /// frame and how many bytes of `input` it consumed; message ranges are
+    /// relative to `input`. `NeedMore` may consume bytes too (skipped data).
+    pub fn decode(&mut self, input: &[u8]) -> Result<(Frame, usize), FrameError> {
+        let mut pos = 0;
+        loop {
+            if self.skipping_line {
+                match memchr::memchr(b'\n', &input[pos..]) {
+                    Some(i) => {
+                        self.skipping_line = false;
+                        pos += i + 1;
+                    }
+                    None => return Ok((Frame::NeedMore, input.len())),
+                }
+            }
+            let rest = &input[pos..];
+            let Some(&first) = rest.first() else {
+                return Ok((Frame::NeedMore, pos));
+            };
+            let octet = match self.framing {
+                Framing::Lines => false,
+                Framing::OctetCounted => true,
+                Framing::Auto => (b'1'..=b'9').contains(&first),
+            };
+            if octet {
+                return match self.octet_frame(rest)? {
+                    Some((range, used)) => Ok((
+                        Frame::Message(range.start + pos..range.end + pos),
+                        pos + used,
+                    )),
+                    None => Ok((Frame::NeedMore, pos)),
+                };
+            }
+            match memchr::memchr(b'\n', rest) {
+                Some(i) => {
+                    let mut end = i;
+                    if end > 0 && rest[end - 1] == b'\r' {
+                        end -= 1;
+                    }
+                    let used = pos + i + 1;
+                    if end == 0 {
+                        pos = used; // empty line: skip
+                        continue;
+                    }
+                    if end > self.max {
+                        return Ok((Frame::Oversize, used));
+                    }
+                    return Ok((Frame::Message(pos..pos + end), used));
+                }
+                // Longer than max even if its last byte is the CR of a CRLF.
+                None if rest.len() > self.max + 1 => {
+                    self.skipping_line = true;
+                    return Ok((Frame::Oversize, input.len()));
+                }
+                None => return Ok((Frame::NeedMore, pos)),
+            }
+        }
+    }
+
+    /// At clean end of input: the final unterminated line, if any, as a
+    /// `Message` or `Oversize` (an octet frame cut short is not a message,
+    /// and the rest of an oversize line was counted already).
+    pub fn finish(&mut self, input: &[u8]) -> Option<Frame> {
+        if self.skipping_line || input.is_empty() {
+            return None;
+        }
+        let octet = match self.framing {
+            Framing::Lines => false,
+            Framing::OctetCounted => true,
+            Framing::Auto => (b'1'..=b'9').contains(&input[0]),
+        };
+        if octet {
+            return None;
+        }
+        let mut end = input.len();
+        if input[end - 1] == b'\r' {
+            end -= 1;
+        }
+        match end {
+            0 => None,
+            end if end > self.max => Some(Frame::Oversize),
+            end => Some(Frame::Message(0..end)),
+        }
+    }
+
+    /// `MSG-LEN SP MSG` at the start of `input`: Some((msg range, bytes
+    /// used)) when complete, None when more input is needed.
+    fn octet_frame(&self, input: &[u8]) -> Result<Option<(Range<usize>, usize)>, FrameError> {
+        let mut length: u64 = 0;
+        for (i, &b) in input.iter().enumerate() {
+            match b {
+                b' ' if i > 0 => {
+                    let start = i + 1;
+                    let end = start + length as usize;
+                    return Ok((end <= input.len()).then_some((start..end, end)));
+                }
+                b'0'..=b'9' if !(i == 0 && b == b'0') && i < MAX_LEN_DIGITS => {
+                    length = length * 10 + u64::from(b - b'0');
+                    if length > self.max as u64 {
+                        return Err(FrameError::LengthTooLarge {
+                            length,
+                            max: self.max,
+                        });
+                    }
+                }
+                _ => {
+                    let shown = &input[..(i + 1).min(input.len()).min(16)];
+                    return Err(FrameError::BadLength(
+                        String::from_utf8_lossy(shown).into_owned(),
+                    ));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Everything a decoder makes of `chunks` fed one after another, the way
+    /// a connection feeds it: Ok(messages and "OVERSIZE" markers) or the error.
+    fn run(framing: Framing, max: usize, chunks: &[&[u8]]) -> (Vec<Vec<u8>>, Option<FrameError>) {
+        let mut dec = Decoder::new(framing, max);
+        let mut buf: Vec<u8> = Vec::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            buf.extend_from_slice(chunk);
+            loop {
+                match dec.decode(&buf) {
+                    Ok((Frame::Message(r), used)) => {
+                        out.push(buf[r].to_vec());
+                        buf.drain(..used);
+                    }
+                    Ok((Frame::Oversize, used)) => {
+                        out.push(b"OVERSIZE".to_vec());
+                        buf.drain(..used);
+                    }
+                    Ok((Frame::NeedMore, used)) => {
+                        buf.drain(..used);
+                        break;
+                    }
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+            assert!(
+                buf.len() <= dec.max_pending(),
+                "decoder left {} bytes pending, more than {}",
+                buf.len(),
+                dec.max_pending()
+            );
+        }
+        match dec.finish(&buf) {
+            Some(Frame::Message(r)) => out.push(buf[r].to_vec()),
+            Some(_) => out.push(b"OVERSIZE".to_vec()),
+            None => {}
+        }
+        (out, None)
+    }
+
+    fn msgs(v: &[&str]) -> Vec<Vec<u8>> {
+        v.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn lines_strip_one_cr_and_skip_empty_lines() {
+        let (out, err) = run(Framing::Lines, 100, &[b"a\r\nb\n\n\r\nc\r\r\n"]);
+        assert_eq!(out, msgs(&["a", "b", "c\r"]));
+        assert!(err.is_none());
+    }
+
+    #[test]
+    fn final_unterminated_line_is_delivered_at_eof() {
+        let (out, _) = run(Framing::Lines, 100, &[b"a\nlast"]);
+        assert_eq!(out, msgs(&["a", "last"]));
+    }
+
+    #[test]
+    fn oversize_line_is_dropped_and_reading_resumes() {
+        let (out, err) = run(Framing::Lines, 4, &[b"1234\n12345\nab\n"]);
+        assert_eq!(out, msgs(&["1234", "OVERSIZE", "ab"]));
+        assert!(err.is_none());
+    }
+
+    #[test]
+    fn oversize_final_line_at_eof_is_counted() {
+        let (out, _) = run(Framing::Lines, 4, &[b"ok\n12345"]);
+        assert_eq!(out, msgs(&["ok", "OVERSIZE"]));
+    }
+
+    #[test]
+    fn oversize_line_split_across_reads_is_counted_once() {
+        let (out, _) = run(Framing::Lines, 4, &[b"1234567", b"89", b"0123\nok\n"]);
+        assert_eq!(out, msgs(&["OVERSIZE", "ok"]));
+    }
+
+    #[test]
+    fn max_length_line_with_crlf_split_before_lf_is_kept() {
+        let (out, _) = run(Framing::Lines, 4, &[b"1234\r", b"\n"]);
+        assert_eq!(out, msgs(&["1234"]));
+    }
+
+    #[test]
+    fn octet_counted_frames() {
+        let (out, err) = run(Framing::OctetCounted, 100, &[b"5 hello3 a\nb12 with\nnewline"]);
+        assert_eq!(out, msgs(&["hello", "a\nb", "with\nnewline"]));
+        assert!(err.is_none());
+    }
+
+    #[test]
+    fn octet_counted_split_in_header_and_body() {
+        let (out, _) = run(Framing::OctetCounted, 100, &[b"1", b"2", b" hello", b" world!"]);
+        assert_eq!(out, msgs(&["hello world!"]));
+    }
+
+    #[test]
+    fn octet_count_errors() {
+        let (_, err) = run(Framing::OctetCounted, 100, &[b"abc hello"]);
+        assert!(matches!(err, Some(FrameError::BadLength(_))));
+        let (_, err) = run(Framing::OctetCounted, 100, &[b"05 hello"]);
+        assert!(matches!(err, Some(FrameError::BadLength(_))));
+        let (_, err) = run(Framing::OctetCounted, 100, &[b"-5 hello"]);
+        assert!(matches!(err, Some(FrameError::BadLength(_))));
+        let (_, err) = run(Framing::OctetCounted, 100, &[b"101 x"]);
+        assert!(matches!(err, Some(FrameError::LengthTooLarge { length: 101, .. })));
+        let (_, err) = run(Framing::OctetCounted, 100, &[b"99999999999999999999 x"]);
+        assert!(err.is_some());
+        let (_, err) = run(Framing::OctetCounted, 100, &[b" 5 hello"]);
+        assert!(matches!(err, Some(FrameError::BadLength(_))));
+    }
+
+    #[test]
+    fn octet_frame_cut_short_at_eof_is_not_a_message() {
+        let (out, err) = run(Framing::OctetCounted, 100, &[b"10 short"]);
+        assert!(out.is_empty());
+        assert!(err.is_none());
+    }
+
+    #[test]
+    fn auto_decides_per_frame() {
+        let (out, err) = run(
+            Framing::Auto,
+            100,
+            &[b"<13>line one\n5 hello<14>line two\n3 abc\n{\"json\":1}"],
+        );
+        assert_eq!(
+            out,
+            msgs(&["<13>line one", "hello", "<14>line two", "abc", "{\"json\":1}"])
+        );
+        assert!(err.is_none());
+    }
+
+    #[test]
+    fn auto_digit_start_that_is_not_a_count_is_a_framing_error() {
+        let (out, err) = run(Framing::Auto, 100, &[b"ok\n2024-01-01 x\n"]);
+        assert_eq!(out, msgs(&["ok"]));
+        assert!(err.is_some());
+        let (_, err) = run(Framing::Auto, 100, &[b"12:00 x\n"]);
+        assert!(matches!(err, Some(FrameError::BadLength(_))));
+    }
+
+    #[test]
+    fn auto_zero_start_is_a_line() {
+        let (out, _) = run(Framing::Auto, 100, &[b"0 is a line\n"]);
+        assert_eq!(out, msgs(&["0 is a line"]));
+    }
+
+    fn framing() -> impl Strategy<Value = Framing> {
+        prop_oneof![
+            Just(Framing::Lines),
+            Just(Framing::OctetCounted),
+            Just(Framing::Auto)
+        ]
+    }
+
+    /// Bytes that look like our inputs often enough to reach every branch.
+    fn input() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..12),
+            Just(b"\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            (1u8..30).prop_map(|n| format!("{n} ").into_bytes()),
+            Just(b"hello world".to_vec()),
+        ];
+        proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Any split of the input into reads gives what one big read gives,
+        /// never panics and never holds more than max_pending unread bytes.
+        #[test]
+        fn splitting_reads_changes_nothing(
+            framing in framing(),
+            max in 1usize..40,
+            data in input(),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let whole = run(framing, max, &[&data]);
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(data.len() + 1)).collect();
+            points.sort_unstable();
+            let mut chunks: Vec<&[u8]> = Vec::new();
+            let mut last = 0;
+            for p in points {
+                chunks.push(&data[last..p]);
+                last = p;
+            }
+            chunks.push(&data[last..]);
+            let split = run(framing, max, &chunks);
+            prop_assert_eq!(&whole, &split);
+            for m in &whole.0 {
+                prop_assert!(m.len() <= max || m.as_slice() == b"OVERSIZE");
+            }
+        }
+    }
+}

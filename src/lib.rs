@@ -1,0 +1,302 @@
+//! floodwall: a TCP message-ingest daemon whose threads cannot pile up.
+//!
+//! The data flow, one thread kind per step:
+//!
+//! ```text
+//! fw-accept ──permit──▶ fw-conn-<id> (one per connection, <= max_connections)
+//!                          read → frame → send_timeout(batch)
+//!                                             │ bounded queue (messages)
+//!                                             ▼
+//!                                       fw-sink-<n> → stdout | file | tcp | null
+//! fw-stats: logs the counters every stats_interval
+//! ```
+//!
+//! Each layer bounds one resource: the [`limiter`] bounds threads, the
+//! [`queue`] bounds memory, `send_timeout` bounds how long a worker can be
+//! stuck, the accept loop pauses above the queue's high watermark, and
+//! every message that is not delivered is counted in [`stats`].
+//!
+//! [`start`] brings a daemon up (bind, open sinks, spawn threads) and
+//! returns a [`Daemon`]; [`Daemon::wait`] blocks until the [`Shutdown`]
+//! handle fires, then drains the queue within `shutdown.timeout` and
+//! returns a [`Report`]. main turns that into an exit code.
+
+#![forbid(unsafe_code)]
+
+pub mod alerts;
+pub mod config;
+pub mod conn;
+pub mod framing;
+pub mod limiter;
+pub mod queue;
+pub mod server;
+pub mod shutdown;
+pub mod sink;
+pub mod stats;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use log::{error, info};
+
+pub use config::{Config, ConfigError};
+pub use shutdown::{Reopen, Shutdown};
+pub use sink::Sink;
+pub use stats::Snapshot;
+
+use alerts::Alerts;
+use conn::ConnContext;
+use queue::QueueDepth;
+use server::{Acceptor, Registry};
+use sink::SinkContext;
+use stats::Stats;
+
+/// Why the daemon could not start. Each variant has a fixed exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open sink: {0}")]
+    Sink(std::io::Error),
+    #[error("cannot start thread {name}: {source}")]
+    Thread {
+        name: &'static str,
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// SPEC.md exit codes: 2 configuration, 3 bind or sink at start-up.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => 2,
+            Error::Bind { .. } | Error::Sink(_) | Error::Thread { .. } => 3,
+        }
+    }
+}
+
+/// How a shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// The queue was empty and every sink finished before the deadline.
+    pub drained: bool,
+    /// Messages still queued when the deadline passed.
+    pub lost: u64,
+    /// The final counters.
+    pub stats: Snapshot,
+}
+
+impl Report {
+    /// 0 when drained, 1 when messages were lost.
+    pub fn exit_code(&self) -> u8 {
+        if self.drained { 0 } else { 1 }
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    local_addr: SocketAddr,
+    shutdown_timeout: Duration,
+    stats: Arc<Stats>,
+    depth: QueueDepth,
+    registry: Arc<Registry>,
+    reopen: Reopen,
+    /// Fires the shutdown; everything else watches it.
+    shutdown: Shutdown,
+    /// Set at the drain deadline: sinks stop retrying.
+    abandon: Arc<AtomicBool>,
+    accept: JoinHandle<()>,
+    stats_thread: Option<JoinHandle<()>>,
+    /// Every sink thread holds a sender; all dropped = all sinks done.
+    sinks_done: crossbeam_channel::Receiver<()>,
+    sink_threads: Vec<JoinHandle<()>>,
+}
+
+/// Runs a daemon until `shutdown` fires; returns how the drain went.
+pub fn run(config: Config, shutdown: Shutdown) -> Result<Report, Error> {
+    Ok(start(config, shutdown)?.wait())
+}
+
+/// Binds, opens the configured sinks and starts every thread.
+pub fn start(config: Config, shutdown: Shutdown) -> Result<Daemon, Error> {
+    let sinks = sink::open(&config.sink).map_err(Error::Sink)?;
+    start_with_sinks(config, shutdown, sinks)
+}
+
+/// Like [`start`], with sinks supplied by the caller (one per sink
+/// worker): tests use it to stall or observe the sink.
+pub fn start_with_sinks(
+    config: Config,
+    shutdown: Shutdown,
+    sinks: Vec<Box<dyn Sink>>,
+) -> Result<Daemon, Error> {
+    let config = config.validate()?;
+    let addr = config.listen_addr()?;
+    let listener = server::bind(addr, config.server.backlog)
+        .map_err(|source| Error::Bind { addr, source })?;
+    let local_addr = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(addr);
+
+    let stats = Arc::new(Stats::default());
+    let alerts = Arc::new(Alerts::default());
+    let (tx, rx) = queue::queue(config.queue.capacity);
+    let depth = tx.depth();
+    let reopen = Reopen::default();
+    let abandon = Arc::new(AtomicBool::new(false));
+    let registry = Arc::new(Registry::default());
+
+    let (done_tx, sinks_done) = crossbeam_channel::bounded::<()>(0);
+    let tick = config
+        .sink
+        .flush_interval
+        .unwrap_or(Duration::from_secs(1))
+        .min(Duration::from_millis(250));
+    let mut sink_threads = Vec::new();
+    for (n, sink) in sinks.into_iter().enumerate() {
+        let ctx = SinkContext {
+            queue: rx.clone(),
+            stats: stats.clone(),
+            alerts: alerts.clone(),
+            reopen: reopen.clone(),
+            tick,
+            abandon: abandon.clone(),
+        };
+        let done = done_tx.clone();
+        let handle = thread::Builder::new()
+            .name(format!("fw-sink-{n}"))
+            .spawn(move || {
+                let _done = done;
+                sink::run(sink, ctx);
+            })
+            .map_err(|source| Error::Thread {
+                name: "fw-sink",
+                source,
+            })?;
+        sink_threads.push(handle);
+    }
+    drop(done_tx);
+    drop(rx);
+
+    let ctx = Arc::new(ConnContext::new(
+        &config,
+        tx,
+        stats.clone(),
+        alerts.clone(),
+        shutdown.clone(),
+    ));
+    let acceptor = Acceptor::new(&config, listener, depth.clone(), ctx, registry.clone());
+    let accept = thread::Builder::new()
+        .name("fw-accept".to_string())
+        .spawn(move || acceptor.run())
+        .map_err(|source| Error::Thread {
+            name: "fw-accept",
+            source,
+        })?;
+
+    let stats_thread = if config.log.stats_interval.is_zero() {
+        None
+    } else {
+        let (stats, depth, shutdown) = (stats.clone(), depth.clone(), shutdown.clone());
+        let interval = config.log.stats_interval;
+        Some(
+            thread::Builder::new()
+                .name("fw-stats".to_string())
+                .spawn(move || {
+                    while !shutdown.wait_timeout(interval) {
+                        info!("{}", stats.snapshot(&depth));
+                    }
+                })
+                .map_err(|source| Error::Thread {
+                    name: "fw-stats",
+                    source,
+                })?,
+        )
+    };
+
+    info!("listening addr={local_addr}");
+    Ok(Daemon {
+        local_addr,
+        shutdown_timeout: config.shutdown.timeout,
+        stats,
+        depth,
+        registry,
+        reopen,
+        shutdown,
+        abandon,
+        accept,
+        stats_thread,
+        sinks_done,
+        sink_threads,
+    })
+}
+
+impl Daemon {
+    /// The address actually bound (the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn stats(&self) -> Snapshot {
+        self.stats.snapshot(&self.depth)
+    }
+
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// The handle SIGHUP pokes: sinks reopen their files.
+    pub fn reopen_handle(&self) -> Reopen {
+        self.reopen.clone()
+    }
+
+    /// Blocks until shutdown is triggered, then drains: stop accepting,
+    /// stop reading, let the sinks write what is queued until
+    /// `shutdown.timeout`, and log the final stats and shutdown lines.
+    pub fn wait(self) -> Report {
+        self.shutdown.wait();
+        let deadline = Instant::now() + self.shutdown_timeout;
+        info!("shutting down, draining the queue timeout={:?}", self.shutdown_timeout);
+        if self.accept.join().is_err() {
+            error!("accept thread panicked");
+        }
+        // No new connections now; wake every blocked read.
+        self.registry.shutdown_reads();
+        let drained = matches!(
+            self.sinks_done.recv_deadline(deadline),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        );
+        if drained {
+            for t in self.sink_threads {
+                if t.join().is_err() {
+                    error!("sink thread panicked");
+                }
+            }
+        } else {
+            // Sinks stuck in a write stay behind; the process is exiting.
+            self.abandon.store(true, Ordering::SeqCst);
+        }
+        if let Some(t) = self.stats_thread {
+            let _ = t.join();
+        }
+        let stats = self.stats.snapshot(&self.depth);
+        let lost = if drained { 0 } else { stats.queue_depth };
+        info!("{stats}");
+        info!("shutdown drained={drained} lost={lost}");
+        Report {
+            drained,
+            lost,
+            stats,
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The floodwall binary: parse the command line, load the config, set up
+//! logging and signals, run the daemon, map the outcome to an exit code
+//! (SPEC.md): 0 drained, 1 messages lost at the deadline, 2 bad command
+//! line or config, 3 cannot bind or open the sink.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::thread;
+
+use clap::Parser;
+use log::{info, warn};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use floodwall::{Config, Shutdown};
+
+/// A TCP message-ingest daemon: bounded threads, bounded memory, every
+/// undelivered message counted.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// TOML config file (without it: built-in defaults).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Validate the config, print the effective config and exit
+    /// (0 valid, 2 invalid).
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match &args.config {
+        Some(path) => Config::load(path),
+        None => Ok(Config::default()),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("floodwall: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config.log.level);
+
+    // Handlers first, so a signal during start-up is not lost.
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("floodwall: cannot install signal handlers: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let shutdown = Shutdown::new();
+    let daemon = match floodwall::start(config, shutdown.clone()) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("floodwall: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    let reopen = daemon.reopen_handle();
+    let spawned = thread::Builder::new()
+        .name("fw-signal".to_string())
+        .spawn(move || {
+            for signal in signals.forever() {
+                match signal {
+                    SIGHUP => {
+                        info!("SIGHUP: reopening the sink");
+                        reopen.request();
+                    }
+                    _ if shutdown.trigger() => info!("signal {signal}: graceful shutdown"),
+                    _ => {
+                        warn!("second signal {signal}: exiting now, queued messages are lost");
+                        std::process::exit(1);
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("floodwall: cannot start the signal thread: {e}");
+        return ExitCode::from(3);
+    }
+    ExitCode::from(daemon.wait().exit_code())
+}
+
+/// env_logger to stderr at the configured level; RUST_LOG overrides.
+fn init_logging(level: &str) {
+    let env = env_logger::Env::default().default_filter_or(level);
+    env_logger::Builder::from_env(env)
+        .format_timestamp_millis()
+        .init();
+}

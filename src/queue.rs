@@ -1,0 +1,329 @@
+//! The bounded queue between connection workers and sink threads.
+//!
+//! Workers hold only a [`QueueSender`], sinks only a [`QueueReceiver`]
+//! (channel directionality). Messages travel in [`Batch`]es, one channel
+//! send per read's worth of messages, but the bound is counted in
+//! messages: `queue.capacity` is what SPEC.md promises, whatever the
+//! batching.
+//!
+//! Why not just a bounded crossbeam channel: its capacity counts items
+//! (batches), not messages. So a credit gate counts messages: a sender
+//! reserves `batch.len()` credits before its batch enters the channel,
+//! waiting at most `timeout` for them (the select-with-timeout of the
+//! design card, done as a condvar wait because the wait is for credits,
+//! not for a channel slot); a sink returns the credits only after the
+//! messages are written. So the gate's depth is exactly SPEC.md's
+//! `queue_depth`: messages in the channel or taken by a sink and not yet
+//! written. The channel itself never blocks, since it never holds more
+//! batches than there are credits out.
+//!
+//! When every sender is dropped the channel disconnects; sinks drain what
+//! is queued and then see the disconnection (crossbeam semantics).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use parking_lot::{Condvar, Mutex};
+
+/// Messages of one read, stored back to back, each followed by LF so that
+/// line-oriented sinks write `data` as it is.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Batch {
+    data: Vec<u8>,
+    /// End offset in `data` of each message, LF excluded.
+    ends: Vec<u32>,
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    pub fn with_capacity(bytes: usize, messages: usize) -> Batch {
+        Batch {
+            data: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(messages),
+        }
+    }
+
+    pub fn push(&mut self, message: &[u8]) {
+        self.data.extend_from_slice(message);
+        self.ends.push(self.data.len() as u32);
+        self.data.push(b'\n');
+    }
+
+    /// Number of messages.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bytes of messages plus one LF each.
+    pub fn byte_len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Every message followed by LF: what stdout, file and tcp-lines write.
+    pub fn as_lines(&self) -> &[u8] {
+        &self.data
+    }
+
+    pub fn messages(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut start = 0usize;
+        self.ends.iter().map(move |&end| {
+            let end = end as usize;
+            let m = &self.data[start..end];
+            start = end + 1;
+            m
+        })
+    }
+
+    /// Empties the batch, keeping its allocations for reuse.
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.ends.clear();
+    }
+}
+
+/// Why a batch did not enter the queue; the batch is handed back so that
+/// its messages can be counted, never silently lost.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// No room for `send_timeout`.
+    Timeout(Batch),
+    /// Every sink is gone.
+    Disconnected(Batch),
+}
+
+/// The message-credit gate shared by both ends.
+#[derive(Debug)]
+struct Gate {
+    capacity: usize,
+    /// Messages in the channel or held by a sink and not yet written.
+    depth: AtomicUsize,
+    /// Senders waiting for credits; a sink wakes them only if non-zero.
+    waiters: AtomicUsize,
+    lock: Mutex<()>,
+    space: Condvar,
+}
+
+impl Gate {
+    fn try_reserve(&self, n: usize) -> bool {
+        let mut depth = self.depth.load(Ordering::SeqCst);
+        loop {
+            if depth + n > self.capacity {
+                return false;
+            }
+            match self.depth.compare_exchange_weak(
+                depth,
+                depth + n,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return true,
+                Err(now) => depth = now,
+            }
+        }
+    }
+
+    fn reserve_until(&self, n: usize, deadline: Instant) -> bool {
+        if self.try_reserve(n) {
+            return true;
+        }
+        let mut guard = self.lock.lock();
+        // Registered before re-checking, so a release that happens after
+        // the check sees us and notifies under the lock we hold: no lost
+        // wake-up.
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let ok = loop {
+            if self.try_reserve(n) {
+                break true;
+            }
+            if self.space.wait_until(&mut guard, deadline).timed_out() {
+                break self.try_reserve(n);
+            }
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        ok
+    }
+
+    fn release(&self, n: usize) {
+        self.depth.fetch_sub(n, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            let _guard = self.lock.lock();
+            self.space.notify_all();
+        }
+    }
+}
+
+/// Creates the queue: `capacity` messages at most.
+pub fn queue(capacity: usize) -> (QueueSender, QueueReceiver) {
+    let gate = Arc::new(Gate {
+        capacity,
+        depth: AtomicUsize::new(0),
+        waiters: AtomicUsize::new(0),
+        lock: Mutex::new(()),
+        space: Condvar::new(),
+    });
+    // Unbounded is safe: the gate admits at most `capacity` messages, so
+    // at most `capacity` batches are ever in the channel.
+    let (tx, rx) = crossbeam_channel::unbounded();
+    (
+        QueueSender {
+            tx,
+            gate: gate.clone(),
+        },
+        QueueReceiver { rx, gate },
+    )
+}
+
+/// The producing end, one clone per worker.
+#[derive(Debug, Clone)]
+pub struct QueueSender {
+    tx: Sender<Batch>,
+    gate: Arc<Gate>,
+}
+
+impl QueueSender {
+    /// Enqueues `batch`, waiting at most `timeout` for room for all of its
+    /// messages. A batch larger than the capacity can never fit: callers
+    /// keep batches at most [`QueueSender::capacity`] messages.
+    pub fn send_timeout(&self, batch: Batch, timeout: Duration) -> Result<(), SendError> {
+        let n = batch.len();
+        if n == 0 {
+            return Ok(());
+        }
+        if !self.gate.reserve_until(n, Instant::now() + timeout) {
+            return Err(SendError::Timeout(batch));
+        }
+        self.tx.send(batch).map_err(|e| {
+            self.gate.release(n);
+            SendError::Disconnected(e.into_inner())
+        })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.gate.capacity
+    }
+
+    pub fn depth(&self) -> QueueDepth {
+        QueueDepth(self.gate.clone())
+    }
+}
+
+/// The consuming end, one clone per sink thread.
+#[derive(Debug, Clone)]
+pub struct QueueReceiver {
+    rx: Receiver<Batch>,
+    gate: Arc<Gate>,
+}
+
+impl QueueReceiver {
+    /// The channel, for `select!` with a tick.
+    pub fn channel(&self) -> &Receiver<Batch> {
+        &self.rx
+    }
+
+    pub fn try_recv(&self) -> Result<Batch, TryRecvError> {
+        self.rx.try_recv()
+    }
+
+    /// `n` messages taken from the queue were written: their credits
+    /// return and waiting senders wake.
+    pub fn written(&self, n: usize) {
+        self.gate.release(n);
+    }
+
+    pub fn depth(&self) -> QueueDepth {
+        QueueDepth(self.gate.clone())
+    }
+}
+
+/// A read-only view of the queue depth, for stats and the accept loop.
+#[derive(Debug, Clone)]
+pub struct QueueDepth(Arc<Gate>);
+
+impl QueueDepth {
+    /// Messages queued or held by a sink and not yet written.
+    pub fn get(&self) -> usize {
+        self.0.depth.load(Ordering::SeqCst)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.0.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(msgs: &[&str]) -> Batch {
+        let mut b = Batch::new();
+        for m in msgs {
+            b.push(m.as_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn batch_keeps_messages_and_lines() {
+        let b = batch(&["a", "", "bc"]);
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.as_lines(), b"a\n\nbc\n");
+        let v: Vec<&[u8]> = b.messages().collect();
+        assert_eq!(v, vec![&b"a"[..], b"", b"bc"]);
+    }
+
+    #[test]
+    fn capacity_counts_messages_not_batches() {
+        let (tx, rx) = queue(3);
+        tx.send_timeout(batch(&["a", "b"]), Duration::ZERO).unwrap();
+        let e = tx.send_timeout(batch(&["c", "d"]), Duration::from_millis(20));
+        assert!(matches!(e, Err(SendError::Timeout(b)) if b.len() == 2));
+        tx.send_timeout(batch(&["c"]), Duration::ZERO).unwrap();
+        assert_eq!(tx.depth().get(), 3);
+        let got = rx.try_recv().unwrap();
+        assert_eq!(got.len(), 2);
+        // Taken but not written: still counted.
+        assert_eq!(rx.depth().get(), 3);
+        rx.written(2);
+        assert_eq!(rx.depth().get(), 1);
+    }
+
+    #[test]
+    fn waiting_sender_wakes_when_a_sink_writes() {
+        let (tx, rx) = queue(1);
+        tx.send_timeout(batch(&["a"]), Duration::ZERO).unwrap();
+        let t = std::thread::spawn(move || {
+            tx.send_timeout(batch(&["b"]), Duration::from_secs(30))
+        });
+        let first = rx.channel().recv().unwrap();
+        rx.written(first.len());
+        assert_eq!(t.join().unwrap(), Ok(()));
+        assert_eq!(rx.channel().recv().unwrap(), batch(&["b"]));
+    }
+
+    #[test]
+    fn send_after_every_receiver_dropped_hands_the_batch_back() {
+        let (tx, rx) = queue(10);
+        drop(rx);
+        let e = tx.send_timeout(batch(&["a"]), Duration::ZERO);
+        assert!(matches!(e, Err(SendError::Disconnected(_))));
+        assert_eq!(tx.depth().get(), 0);
+    }
+
+    #[test]
+    fn receivers_drain_after_senders_drop() {
+        let (tx, rx) = queue(10);
+        tx.send_timeout(batch(&["a"]), Duration::ZERO).unwrap();
+        drop(tx);
+        assert_eq!(rx.channel().recv().unwrap().len(), 1);
+        assert!(rx.channel().recv().is_err());
+    }
+}

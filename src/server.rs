@@ -1,0 +1,314 @@
+//! The listener and the accept loop: bind with socket2, admit connections
+//! through the [`Limiter`], pause while the queue is above its high
+//! watermark, and hand each socket to a named worker thread that owns its
+//! permit.
+//!
+//! Every wait here is bounded so the loop notices shutdown: accept() has a
+//! socket timeout (SO_RCVTIMEO applies to accept on Linux), permit and
+//! pause waits are short slices. Accept errors such as EMFILE back off
+//! instead of spinning.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Shutdown as SocketShutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use parking_lot::Mutex;
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+
+use crate::alerts::{Alerts, suppressed};
+use crate::config::{Config, OnConnectionLimit};
+use crate::conn::{self, ConnContext};
+use crate::limiter::{Limiter, Permit};
+use crate::queue::QueueDepth;
+use crate::shutdown::Shutdown;
+use crate::stats::Stats;
+
+/// How long one blocking accept or permit wait lasts before the loop
+/// looks at shutdown and the watermarks again.
+const POLL: Duration = Duration::from_millis(100);
+/// Poll period while paused at the high watermark.
+const PAUSE_POLL: Duration = Duration::from_millis(10);
+/// Back-off after an accept error (EMFILE, ENOBUFS, ...).
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// Worker stack: the worker needs little (measured in the bench notes);
+/// small stacks let thousands of threads fit.
+pub const WORKER_STACK: usize = 128 << 10;
+
+/// Binds the listening socket: SO_REUSEADDR, the configured backlog, and a
+/// receive timeout so that accept() wakes up regularly.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    socket.set_read_timeout(Some(POLL))?;
+    Ok(socket)
+}
+
+/// Live connections' sockets, so shutdown can wake their blocked reads.
+/// The accept loop registers a socket before its worker starts; the worker
+/// removes it as it ends.
+#[derive(Debug, Default)]
+pub struct Registry {
+    conns: Mutex<HashMap<u64, Arc<TcpStream>>>,
+}
+
+impl Registry {
+    fn insert(&self, id: u64, stream: Arc<TcpStream>) {
+        self.conns.lock().insert(id, stream);
+    }
+
+    fn remove(&self, id: u64) {
+        self.conns.lock().remove(&id);
+    }
+
+    /// Shuts the read side of every live connection: blocked reads return.
+    pub fn shutdown_reads(&self) {
+        for stream in self.conns.lock().values() {
+            let _ = stream.shutdown(SocketShutdown::Read);
+        }
+    }
+}
+
+/// Everything the accept loop needs.
+pub struct Acceptor {
+    pub listener: Socket,
+    pub on_connection_limit: OnConnectionLimit,
+    pub tcp_keepalive: Duration,
+    pub pause_above: usize,
+    pub resume_below: usize,
+    pub limiter: Limiter,
+    pub depth: QueueDepth,
+    /// Shared with every worker; dropped by this loop when it returns, so
+    /// the queue disconnects once the last worker is gone too.
+    pub ctx: Arc<ConnContext>,
+    pub registry: Arc<Registry>,
+    pub stats: Arc<Stats>,
+    pub alerts: Arc<Alerts>,
+    pub shutdown: Shutdown,
+}
+
+impl Acceptor {
+    pub fn new(
+        config: &Config,
+        listener: Socket,
+        depth: QueueDepth,
+        ctx: Arc<ConnContext>,
+        registry: Arc<Registry>,
+    ) -> Acceptor {
+        let capacity = config.queue.capacity as f64;
+        Acceptor {
+            listener,
+            on_connection_limit: config.limits.on_connection_limit,
+            tcp_keepalive: config.server.tcp_keepalive,
+            pause_above: ((config.queue.pause_accept_above * capacity).ceil() as usize).max(1),
+            resume_below: (config.queue.resume_accept_below * capacity).ceil() as usize,
+            limiter: Limiter::new(config.limits.max_connections),
+            depth,
+            stats: ctx.stats.clone(),
+            alerts: ctx.alerts.clone(),
+            shutdown: ctx.shutdown.clone(),
+            ctx,
+            registry,
+        }
+    }
+
+    /// The accept loop; returns at shutdown.
+    pub fn run(self) {
+        let mut next_id: u64 = 0;
+        while !self.shutdown.is_triggered() {
+            if !self.wait_below_watermark() {
+                break;
+            }
+            let permit = match self.on_connection_limit {
+                OnConnectionLimit::Wait => match self.limiter.acquire_timeout(POLL) {
+                    Some(p) => Some(p),
+                    None => continue,
+                },
+                OnConnectionLimit::Reject => None,
+            };
+            let (socket, peer) = match self.listener.accept() {
+                Ok((socket, addr)) => match addr.as_socket() {
+                    Some(peer) => (socket, peer),
+                    None => continue,
+                },
+                Err(e) => {
+                    self.accept_error(e);
+                    continue;
+                }
+            };
+            let permit = match permit.or_else(|| self.limiter.try_acquire()) {
+                Some(p) => p,
+                None => {
+                    self.reject(socket, peer);
+                    continue;
+                }
+            };
+            next_id += 1;
+            self.spawn(next_id, socket, peer, permit);
+        }
+        debug!("accept loop stopped");
+    }
+
+    /// Pauses while the queue is above the high watermark, until it is
+    /// below the low one. Returns false if shutdown came first.
+    fn wait_below_watermark(&self) -> bool {
+        let depth = self.depth.get();
+        if depth < self.pause_above {
+            return true;
+        }
+        self.stats.accept_paused.store(true, std::sync::atomic::Ordering::Relaxed);
+        let since = Instant::now();
+        if let Some(n) = self.alerts.accept_paused.allow() {
+            warn!(
+                "accept paused queue_depth={depth} queue_capacity={} pause_accept_above={}{}",
+                self.depth.capacity(),
+                self.pause_above,
+                suppressed(n)
+            );
+        }
+        while self.depth.get() >= self.resume_below.max(1) {
+            if self.shutdown.wait_timeout(PAUSE_POLL) {
+                return false;
+            }
+        }
+        self.stats.accept_paused.store(false, std::sync::atomic::Ordering::Relaxed);
+        if let Some(n) = self.alerts.accept_resumed.allow() {
+            info!(
+                "accept resumed queue_depth={} paused_for={:?}{}",
+                self.depth.get(),
+                since.elapsed(),
+                suppressed(n)
+            );
+        }
+        true
+    }
+
+    fn accept_error(&self, e: io::Error) {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => {}
+            // The peer gave up between SYN and accept: nothing to do.
+            io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset => {}
+            _ => {
+                if let Some(n) = self.alerts.accept_error.allow() {
+                    warn!("accept failed, backing off error=\"{e}\"{}", suppressed(n));
+                }
+                self.shutdown.wait_timeout(ACCEPT_ERROR_BACKOFF);
+            }
+        }
+    }
+
+    fn reject(&self, socket: Socket, peer: SocketAddr) {
+        Stats::add(&self.stats.conns_rejected, 1);
+        drop(socket);
+        if let Some(n) = self.alerts.connection_limit.allow() {
+            warn!(
+                "connection limit reached, rejected peer={peer} max_connections={}{}",
+                self.ctx_max_connections(),
+                suppressed(n)
+            );
+        }
+    }
+
+    fn ctx_max_connections(&self) -> usize {
+        self.limiter.available() + self.stats.conns_active.load(std::sync::atomic::Ordering::Relaxed) as usize
+    }
+
+    fn spawn(&self, id: u64, socket: Socket, peer: SocketAddr, permit: Permit) {
+        if let Err(e) = self.prepare(&socket) {
+            debug!("conn setup failed id={id} peer={peer} error=\"{e}\"");
+        }
+        let stream = Arc::new(TcpStream::from(socket));
+        Stats::add(&self.stats.conns_total, 1);
+        Stats::add(&self.stats.conns_active, 1);
+        self.registry.insert(id, stream.clone());
+        debug!("conn open id={id} peer={peer}");
+        let ctx = self.ctx.clone();
+        let registry = self.registry.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("fw-conn-{id}"))
+            .stack_size(WORKER_STACK)
+            .spawn(move || worker(id, peer, stream, ctx, registry, permit));
+        if let Err(e) = spawned {
+            // The closure (stream, permit) was dropped with the error.
+            self.registry.remove(id);
+            Stats::add(&self.stats.conns_active, u64::MAX); // -1
+            Stats::add(&self.stats.conns_rejected, 1);
+            if let Some(n) = self.alerts.spawn_failed.allow() {
+                error!(
+                    "cannot start a worker thread, connection closed peer={peer} error=\"{e}\"{}",
+                    suppressed(n)
+                );
+            }
+        }
+    }
+
+    /// Per-socket settings: keepalive to find dead peers. The read
+    /// timeout is set by the worker (the listener's would be inherited).
+    fn prepare(&self, socket: &Socket) -> io::Result<()> {
+        if !self.tcp_keepalive.is_zero() {
+            let interval = self.tcp_keepalive.min(Duration::from_secs(10));
+            let keepalive = TcpKeepalive::new()
+                .with_time(self.tcp_keepalive)
+                .with_interval(interval)
+                .with_retries(3);
+            socket.set_tcp_keepalive(&keepalive)?;
+        }
+        socket.set_read_timeout(None)
+    }
+}
+
+/// The worker thread's body. Owns the permit and the stream; both go when
+/// it returns (or unwinds).
+fn worker(
+    id: u64,
+    peer: SocketAddr,
+    stream: Arc<TcpStream>,
+    ctx: Arc<ConnContext>,
+    registry: Arc<Registry>,
+    _permit: Permit,
+) {
+    let _alive = WorkerGuard::new(&ctx.stats, &registry, id);
+    let started = Instant::now();
+    let (close, totals) = conn::serve(&ctx, &stream, peer);
+    debug!(
+        "conn closed id={id} peer={peer} reason={} messages={} bytes={} duration={:?}",
+        close.as_str(),
+        totals.messages,
+        totals.bytes,
+        started.elapsed()
+    );
+    // Let the peer see the close now, even if the registry still holds a
+    // reference for a moment.
+    let _ = SockRef::from(&*stream).shutdown(SocketShutdown::Both);
+}
+
+/// Counts the thread as live and undoes everything on the way out.
+struct WorkerGuard<'a> {
+    stats: &'a Stats,
+    registry: &'a Registry,
+    id: u64,
+}
+
+impl<'a> WorkerGuard<'a> {
+    fn new(stats: &'a Stats, registry: &'a Registry, id: u64) -> Self {
+        Stats::add(&stats.workers, 1);
+        WorkerGuard {
+            stats,
+            registry,
+            id,
+        }
+    }
+}
+
+impl Drop for WorkerGuard<'_> {
+    fn drop(&mut self) {
+        self.registry.remove(self.id);
+        Stats::add(&self.stats.conns_active, u64::MAX); // -1
+        Stats::add(&self.stats.workers, u64::MAX); // -1
+    }
+}

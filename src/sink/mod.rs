@@ -1,0 +1,275 @@
+//! Sinks: where messages leave floodwall. The [`Sink`] trait is the one
+//! thing a destination implements; [`run`] is the sink thread around it:
+//! it drains the queue (the only holder of a receiving end), gathers
+//! batches into large vectored writes, retries failed writes with back-off
+//! (a sink error never kills the thread), reopens on SIGHUP, and returns
+//! the queue's credits only once messages are written, which keeps
+//! `queue_depth` honest.
+//!
+//! The thread ends when the queue disconnects (every sender gone) and all
+//! it holds is written, or when the shutdown deadline abandons it.
+
+mod file;
+mod stdout;
+mod tcp;
+
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{TryRecvError, select};
+use log::{debug, info, warn};
+
+use crate::alerts::{Alerts, suppressed};
+use crate::config::{SinkConfig, SinkType};
+use crate::queue::{Batch, QueueReceiver};
+use crate::shutdown::Reopen;
+use crate::stats::Stats;
+
+pub use file::FileSink;
+pub use stdout::StdoutSink;
+pub use tcp::TcpSink;
+
+/// A destination for messages.
+pub trait Sink: Send {
+    /// Writes every message of `batches`, in order, or fails. After a
+    /// failure the runner calls again with the same batches: the sink
+    /// decides whether to resume after what it already wrote (file) or
+    /// start over (tcp, at-least-once).
+    fn write(&mut self, batches: &[Batch]) -> io::Result<()>;
+
+    /// SIGHUP: reopen the destination (logrotate). Default: nothing.
+    fn reopen(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Discards everything (for benchmarks).
+#[derive(Debug, Default)]
+pub struct NullSink;
+
+impl Sink for NullSink {
+    fn write(&mut self, _batches: &[Batch]) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Opens `workers` sinks of the configured type. Fails only for what is
+/// fatal at start-up (a file that cannot be opened); a tcp downstream
+/// that is down is retried later.
+pub fn open(config: &SinkConfig) -> io::Result<Vec<Box<dyn Sink>>> {
+    (0..config.workers)
+        .map(|_| -> io::Result<Box<dyn Sink>> {
+            Ok(match config.kind {
+                SinkType::Stdout => Box::new(StdoutSink),
+                SinkType::Null => Box::new(NullSink),
+                SinkType::File => Box::new(FileSink::open(
+                    config.path.as_deref().expect("validate() requires sink.path for file"),
+                )?),
+                SinkType::Tcp => Box::new(TcpSink::new(config)),
+            })
+        })
+        .collect()
+}
+
+/// Writes gathered per call, at most: large enough to amortise the
+/// syscall, small enough that credits return steadily.
+const GATHER_BYTES: usize = 1 << 20;
+const GATHER_BATCHES: usize = 256;
+/// Back-off between retries of a failed write.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often a sink waiting to retry looks at the abandon flag.
+const ABANDON_POLL: Duration = Duration::from_millis(10);
+
+/// What a sink thread shares with the daemon.
+#[derive(Debug, Clone)]
+pub struct SinkContext {
+    pub queue: QueueReceiver,
+    pub stats: Arc<Stats>,
+    pub alerts: Arc<Alerts>,
+    pub reopen: Reopen,
+    /// How often an idle sink wakes to look at reopen requests.
+    pub tick: Duration,
+    /// Set when the shutdown deadline has passed: stop retrying, give up.
+    pub abandon: Arc<AtomicBool>,
+}
+
+/// The sink thread body.
+pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
+    let ticker = crossbeam_channel::tick(ctx.tick);
+    let mut seen_reopen = ctx.reopen.generation();
+    let mut pending: Vec<Batch> = Vec::new();
+    let mut disconnected = false;
+    while !disconnected {
+        select! {
+            recv(ctx.queue.channel()) -> msg => match msg {
+                Ok(batch) => pending.push(batch),
+                Err(_) => disconnected = true,
+            },
+            recv(ticker) -> _ => {}
+        }
+        // Gather what else is already queued into one write.
+        let mut bytes: usize = pending.iter().map(Batch::byte_len).sum();
+        while !disconnected && bytes < GATHER_BYTES && pending.len() < GATHER_BATCHES {
+            match ctx.queue.try_recv() {
+                Ok(batch) => {
+                    bytes += batch.byte_len();
+                    pending.push(batch);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => disconnected = true,
+            }
+        }
+        let generation = ctx.reopen.generation();
+        if generation != seen_reopen {
+            seen_reopen = generation;
+            match sink.reopen() {
+                Ok(()) => info!("sink reopened"),
+                Err(e) => {
+                    Stats::add(&ctx.stats.sink_errors, 1);
+                    warn!("sink reopen failed, still writing to the old file error=\"{e}\"");
+                }
+            }
+        }
+        if !pending.is_empty() && !write_all(&mut *sink, &pending, &ctx) {
+            return;
+        }
+        pending.clear();
+    }
+}
+
+/// Writes `batches`, retrying with back-off (100 ms doubling to 5 s) until
+/// it works or the shutdown deadline abandons the sink (returns false
+/// then). One warning per outage, one info line on recovery.
+fn write_all(sink: &mut dyn Sink, batches: &[Batch], ctx: &SinkContext) -> bool {
+    let mut backoff = RETRY_MIN;
+    let mut outage: Option<Instant> = None;
+    loop {
+        match sink.write(batches) {
+            Ok(()) => {
+                let n: usize = batches.iter().map(Batch::len).sum();
+                Stats::add(&ctx.stats.delivered, n as u64);
+                ctx.queue.written(n);
+                if let Some(since) = outage {
+                    info!("sink recovered outage={:?}", since.elapsed());
+                }
+                return true;
+            }
+            Err(e) => {
+                Stats::add(&ctx.stats.sink_errors, 1);
+                if outage.is_none() {
+                    outage = Some(Instant::now());
+                    if let Some(n) = ctx.alerts.sink_error.allow() {
+                        warn!(
+                            "sink write failed, retrying with back-off error=\"{e}\"{}",
+                            suppressed(n)
+                        );
+                    }
+                } else {
+                    debug!("sink write failed again, retry in {backoff:?} error=\"{e}\"");
+                }
+                let deadline = Instant::now() + backoff;
+                loop {
+                    if ctx.abandon.load(Ordering::SeqCst) {
+                        return false;
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    std::thread::sleep((deadline - now).min(ABANDON_POLL));
+                }
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// Writes all of `bufs` to `w` with vectored writes, starting `*done`
+/// bytes in; `*done` tracks progress across failures so a retry resumes
+/// where the last attempt stopped. Resets `*done` to 0 on success.
+pub fn write_vectored_all(
+    w: &mut impl io::Write,
+    bufs: &[&[u8]],
+    done: &mut usize,
+) -> io::Result<()> {
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(bufs.len());
+    while *done < total {
+        slices.clear();
+        let mut skip = *done;
+        for b in bufs {
+            if skip >= b.len() {
+                skip -= b.len();
+                continue;
+            }
+            slices.push(IoSlice::new(&b[skip..]));
+            skip = 0;
+            if slices.len() == 1024 {
+                break; // IOV_MAX
+            }
+        }
+        match w.write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => *done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    *done = 0;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepts `limit` bytes per call, fails every other call.
+    struct Flaky {
+        out: Vec<u8>,
+        limit: usize,
+        fail_next: bool,
+    }
+
+    impl io::Write for Flaky {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.fail_next = !self.fail_next;
+            if !self.fail_next {
+                return Err(io::Error::other("disk full"));
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = (self.limit - n).min(b.len());
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn vectored_write_resumes_after_partial_writes_and_errors() {
+        let mut w = Flaky {
+            out: Vec::new(),
+            limit: 3,
+            fail_next: false,
+        };
+        let bufs: [&[u8]; 3] = [b"hello\n", b"", b"world\n"];
+        let mut done = 0;
+        let mut attempts = 0;
+        while write_vectored_all(&mut w, &bufs, &mut done).is_err() {
+            attempts += 1;
+            assert!(attempts < 100);
+        }
+        assert_eq!(w.out, b"hello\nworld\n");
+        assert_eq!(done, 0);
+    }
+}

@@ -1,0 +1,158 @@
+//! The counters every thread bumps, a consistent-enough [`Snapshot`] of
+//! them, and the logfmt `stats` line (SPEC.md "Observability").
+//!
+//! Counters are plain relaxed atomics bumped once per batch or per event,
+//! never per byte. The queue depth is not a counter here: it is the
+//! queue's own credit count, read through [`QueueDepth`].
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::queue::QueueDepth;
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections admitted and not yet closed.
+    pub conns_active: AtomicU64,
+    pub conns_total: AtomicU64,
+    /// Connections closed at once: "reject" policy, or no thread could be
+    /// spawned for them.
+    pub conns_rejected: AtomicU64,
+    /// Live worker threads (incremented first thing in the thread,
+    /// decremented by a guard as it ends).
+    pub workers: AtomicU64,
+    pub received: AtomicU64,
+    pub delivered: AtomicU64,
+    pub dropped_send_timeout: AtomicU64,
+    pub dropped_oversize: AtomicU64,
+    pub closed_idle: AtomicU64,
+    pub closed_send_timeout: AtomicU64,
+    pub closed_framing: AtomicU64,
+    /// Connections ended by a read error (reset by peer, ...).
+    pub closed_error: AtomicU64,
+    /// Failed sink writes (each retried).
+    pub sink_errors: AtomicU64,
+    /// Set while the accept loop is paused at the high watermark.
+    pub accept_paused: AtomicBool,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self, depth: &QueueDepth) -> Snapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        // Read in data-flow order (received first, delivered last) so
+        // that a snapshot taken mid-flight errs towards "in the queue".
+        let received = get(&self.received);
+        let dropped_send_timeout = get(&self.dropped_send_timeout);
+        let dropped_oversize = get(&self.dropped_oversize);
+        let queue_depth = depth.get() as u64;
+        let delivered = get(&self.delivered);
+        Snapshot {
+            conns_active: get(&self.conns_active),
+            conns_total: get(&self.conns_total),
+            conns_rejected: get(&self.conns_rejected),
+            workers: get(&self.workers),
+            queue_depth,
+            queue_capacity: depth.capacity() as u64,
+            accept_paused: self.accept_paused.load(Ordering::Relaxed),
+            received,
+            delivered,
+            dropped_send_timeout,
+            dropped_oversize,
+            closed_idle: get(&self.closed_idle),
+            closed_send_timeout: get(&self.closed_send_timeout),
+            closed_framing: get(&self.closed_framing),
+            closed_error: get(&self.closed_error),
+            sink_errors: get(&self.sink_errors),
+        }
+    }
+}
+
+/// The counters at one moment; `Display` is the `stats` log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub conns_active: u64,
+    pub conns_total: u64,
+    pub conns_rejected: u64,
+    pub workers: u64,
+    pub queue_depth: u64,
+    pub queue_capacity: u64,
+    pub accept_paused: bool,
+    pub received: u64,
+    pub delivered: u64,
+    pub dropped_send_timeout: u64,
+    pub dropped_oversize: u64,
+    pub closed_idle: u64,
+    pub closed_send_timeout: u64,
+    pub closed_framing: u64,
+    pub closed_error: u64,
+    pub sink_errors: u64,
+}
+
+impl Snapshot {
+    /// SPEC.md invariant 3: received = delivered + dropped + queue_depth.
+    pub fn balanced(&self) -> bool {
+        self.received
+            == self.delivered + self.dropped_send_timeout + self.dropped_oversize + self.queue_depth
+    }
+}
+
+impl fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "stats conns_active={} conns_total={} conns_rejected={} workers={} \
+             queue_depth={} queue_capacity={} accept_paused={} received={} delivered={} \
+             dropped_send_timeout={} dropped_oversize={} closed_idle={} \
+             closed_send_timeout={} closed_framing={} closed_error={} sink_errors={}",
+            self.conns_active,
+            self.conns_total,
+            self.conns_rejected,
+            self.workers,
+            self.queue_depth,
+            self.queue_capacity,
+            self.accept_paused,
+            self.received,
+            self.delivered,
+            self.dropped_send_timeout,
+            self.dropped_oversize,
+            self.closed_idle,
+            self.closed_send_timeout,
+            self.closed_framing,
+            self.closed_error,
+            self.sink_errors,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_line_is_logfmt_with_every_spec_key() {
+        let line = Snapshot::default().to_string();
+        assert!(line.starts_with("stats "));
+        for key in [
+            "conns_active",
+            "conns_total",
+            "conns_rejected",
+            "workers",
+            "queue_depth",
+            "queue_capacity",
+            "accept_paused",
+            "received",
+            "delivered",
+            "dropped_send_timeout",
+            "dropped_oversize",
+            "closed_idle",
+            "closed_send_timeout",
+            "closed_framing",
+        ] {
+            assert!(line.contains(&format!(" {key}=")), "{key} missing in {line}");
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! Shared test support: start the real `floodwall` binary on port 0 in a
+//! temp dir of its own, talk to it over loopback, read its log, sample its
+//! threads/RSS/fds from /proc, and wait for events against a deadline
+//! (never a bare sleep as synchronisation).
+//!
+//! Also in-process helpers around `floodwall::start_with_sinks`: sinks
+//! that record what they get, or stall until released.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Polls `pred` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if pred() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A stats line's logfmt pairs.
+pub type StatsLine = HashMap<String, String>;
+
+/// Parses the `stats k=v ...` part of a log line (None if not a stats line).
+pub fn parse_stats(line: &str) -> Option<StatsLine> {
+    let at = line.find("] stats ")?;
+    Some(
+        line[at + 8..]
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+pub fn num(s: &StatsLine, key: &str) -> u64 {
+    s.get(key)
+        .unwrap_or_else(|| panic!("stats line has no {key}: {s:?}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("stats {key} not a number: {e}"))
+}
+
+/// SPEC.md invariant 3 on one stats line.
+pub fn assert_balanced(s: &StatsLine) {
+    let received = num(s, "received");
+    let rhs = num(s, "delivered")
+        + num(s, "dropped_send_timeout")
+        + num(s, "dropped_oversize")
+        + num(s, "queue_depth");
+    assert_eq!(
+        received, rhs,
+        "accounting identity broken: received != delivered + dropped_send_timeout + dropped_oversize + queue_depth in {s:?}"
+    );
+}
+
+/// Log lines collected from the daemon's stderr, with a condvar to wait on.
+#[derive(Default)]
+struct Log {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+/// The real binary, started with a config in a temp dir.
+pub struct Daemon {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    log: Arc<Log>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_floodwall")
+}
+
+impl Daemon {
+    /// Writes `config` (with `{dir}` replaced by the temp dir) and starts
+    /// the daemon, waiting for its `listening addr=` line. The config
+    /// should listen on 127.0.0.1:0.
+    pub fn start(config: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Daemon::start_in(dir, config)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, config: &str) -> Daemon {
+        let config = config.replace("{dir}", &dir.path().display().to_string());
+        let path = dir.path().join("floodwall.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut child = Command::new(bin())
+            .arg("--config")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn floodwall");
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("FLOODWALL_TEST_LOG").is_some() {
+                    eprintln!("daemon: {line}");
+                }
+                sink.lines.lock().unwrap().push(line);
+                sink.grew.notify_all();
+            }
+        });
+        let mut d = Daemon {
+            child: Some(child),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            dir,
+            log,
+        };
+        let line = d
+            .wait_log(Duration::from_secs(20), |l| l.contains("listening addr="))
+            .unwrap_or_else(|| panic!("daemon did not report listening; log:\n{}", d.log_text()));
+        let addr = line.split("listening addr=").nth(1).unwrap().split_whitespace().next().unwrap();
+        d.addr = addr.parse().expect("listening address");
+        d
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        TcpStream::connect(self.addr).expect("connect to daemon")
+    }
+
+    /// Connects, sends `data`, closes, and returns after the close.
+    pub fn send(&self, data: &[u8]) {
+        let mut s = self.connect();
+        s.write_all(data).expect("send");
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lines.lock().unwrap().clone()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log_lines().join("\n")
+    }
+
+    /// Waits for a log line matching `pred` (searching all lines so far).
+    pub fn wait_log(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().find(|l| pred(l)) {
+                return Some(l.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            lines = self.log.grew.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Every stats line so far, parsed.
+    pub fn stats_lines(&self) -> Vec<StatsLine> {
+        self.log_lines().iter().filter_map(|l| parse_stats(l)).collect()
+    }
+
+    /// Waits for a stats line (logged after this call's start) that
+    /// satisfies `pred`; needs a short `stats_interval`.
+    pub fn wait_stats(&self, timeout: Duration, pred: impl Fn(&StatsLine) -> bool) -> Option<StatsLine> {
+        let skip = self.stats_lines().len();
+        let deadline = Instant::now() + timeout;
+        let mut seen = skip;
+        loop {
+            let all = self.stats_lines();
+            if let Some(s) = all[seen..].iter().find(|s| pred(s)) {
+                return Some(s.clone());
+            }
+            seen = all.len();
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let n = self.log_lines().len();
+            let _ = self.wait_log(Duration::from_millis(200), |_| false);
+            let _ = n;
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// SIGTERM, then wait for exit (panics after `timeout`).
+    pub fn stop(&mut self, timeout: Duration) -> ExitStatus {
+        self.signal("TERM");
+        self.wait_exit(timeout)
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                // Let the stderr reader see the last lines.
+                let _ = self.wait_log(Duration::from_secs(2), |l| l.contains("shutdown drained="));
+                self.child = None;
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("daemon did not exit within {timeout:?}; log:\n{}", self.log_text());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The final stats line (after shutdown).
+    pub fn final_stats(&self) -> StatsLine {
+        self.stats_lines().pop().expect("a final stats line")
+    }
+
+    /// Live OS threads of the daemon (/proc/PID/status).
+    pub fn threads(&self) -> u64 {
+        proc_status(self.pid(), "Threads:")
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        proc_status(self.pid(), "VmRSS:")
+    }
+
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn proc_status(pid: u32, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Reads a file, or empty if it does not exist yet.
+pub fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
+}
+
+/// Prints expected vs actual as blocks on mismatch.
+pub fn assert_bytes(expected: &[u8], actual: &[u8]) {
+    if expected != actual {
+        panic!(
+            "bytes differ\n--- expected ({} bytes)\n{}\n--- actual ({} bytes)\n{}\n---",
+            expected.len(),
+            String::from_utf8_lossy(expected),
+            actual.len(),
+            String::from_utf8_lossy(actual)
+        );
+    }
+}
+
+/// Runs `floodwall` with `args` to completion: (exit code, stdout, stderr).
+pub fn run_bin(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin()).args(args).output().expect("run floodwall");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// ---- in-process helpers -------------------------------------------------
+
+use floodwall::Sink;
+use floodwall::queue::Batch;
+
+/// A sink that records every message and can be stalled: while stalled,
+/// `write` blocks until released.
+#[derive(Clone, Default)]
+pub struct TestSink {
+    inner: Arc<(Mutex<TestSinkState>, Condvar)>,
+}
+
+#[derive(Default)]
+struct TestSinkState {
+    stalled: bool,
+    /// Writes currently blocked in the stall.
+    blocked: usize,
+    messages: Vec<Vec<u8>>,
+}
+
+impl TestSink {
+    pub fn new() -> TestSink {
+        TestSink::default()
+    }
+
+    pub fn stalled() -> TestSink {
+        let s = TestSink::default();
+        s.stall();
+        s
+    }
+
+    pub fn stall(&self) {
+        self.inner.0.lock().unwrap().stalled = true;
+    }
+
+    pub fn release(&self) {
+        self.inner.0.lock().unwrap().stalled = false;
+        self.inner.1.notify_all();
+    }
+
+    pub fn blocked(&self) -> usize {
+        self.inner.0.lock().unwrap().blocked
+    }
+
+    pub fn messages(&self) -> Vec<Vec<u8>> {
+        self.inner.0.lock().unwrap().messages.clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.inner.0.lock().unwrap().messages.len()
+    }
+
+    pub fn boxed(&self) -> Vec<Box<dyn Sink>> {
+        vec![Box::new(self.clone())]
+    }
+}
+
+impl Sink for TestSink {
+    fn write(&mut self, batches: &[Batch]) -> std::io::Result<()> {
+        let (lock, cv) = &*self.inner;
+        let mut st = lock.lock().unwrap();
+        st.blocked += 1;
+        while st.stalled {
+            st = cv.wait(st).unwrap();
+        }
+        st.blocked -= 1;
+        for b in batches {
+            st.messages.extend(b.messages().map(|m| m.to_vec()));
+        }
+        Ok(())
+    }
+}
+
+/// A config for in-process tests: port 0, no stats thread unless asked.
+pub fn test_config(extra: &str) -> floodwall::Config {
+    let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n{extra}");
+    floodwall::Config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
+}
