@@ -24,7 +24,7 @@ use crate::stats::Stats;
 const INITIAL_BUFFER: usize = 8 << 10;
 /// Buffers grow (doubling) to this while reads keep filling them.
 const READ_BUFFER: usize = 64 << 10;
-/// Most messages in one batch (one channel send).
+/// Most messages in one batch (one channel send), whatever the queue size.
 const BATCH_MESSAGES: usize = 4096;
 /// Difference between the wanted and the set socket read timeout that is
 /// worth a setsockopt.
@@ -127,6 +127,7 @@ pub fn serve(ctx: &ConnContext, stream: &TcpStream, peer: SocketAddr) -> (Close,
         limit: READ_BUFFER.max(ctx.max_message_bytes + 16 + 1),
         grow: false,
         timeout: None,
+        batch_limit: BATCH_MESSAGES.min((ctx.queue.capacity() / 16).max(1)),
         last_message: Instant::now(),
         bucket: (ctx.rate_per_connection > 0).then(|| Bucket::new(ctx.rate_per_connection)),
         totals: Totals::default(),
@@ -150,6 +151,9 @@ struct Connection<'a> {
     limit: usize,
     /// The last read filled all free space: grow before the next one.
     grow: bool,
+    /// Most messages per batch: a sixteenth of the queue at most, so a
+    /// big batch does not wait long for room that small ones keep taking.
+    batch_limit: usize,
     /// The read timeout currently set on the socket.
     timeout: Option<Duration>,
     /// Idle time counts from the last complete message, so a peer that
@@ -254,7 +258,7 @@ impl Connection<'_> {
                 Ok((Frame::Message(range), used)) => {
                     batch.push(&self.buf[self.start + range.start..self.start + range.end]);
                     self.start += used;
-                    if batch.len() >= BATCH_MESSAGES.min(self.ctx.queue.capacity()) {
+                    if batch.len() >= self.batch_limit {
                         let full = std::mem::take(&mut batch);
                         if let Some(close) = self.enqueue(full) {
                             return Some(close);

@@ -104,6 +104,8 @@ pub enum SendError {
 #[derive(Debug)]
 struct Gate {
     capacity: usize,
+    /// Waiting senders are woken when the depth drops to this.
+    wake_below: usize,
     /// Messages in the channel or held by a sink and not yet written.
     depth: AtomicUsize,
     /// Senders waiting for credits; a sink wakes them only if non-zero.
@@ -153,8 +155,12 @@ impl Gate {
     }
 
     fn release(&self, n: usize) {
-        self.depth.fetch_sub(n, Ordering::SeqCst);
-        if self.waiters.load(Ordering::SeqCst) > 0 {
+        let depth = self.depth.fetch_sub(n, Ordering::SeqCst) - n;
+        // Waking every waiter on every small release makes a herd of
+        // context switches that starves the sink itself; wake them once
+        // a quarter of the queue is free (or it is empty), so each wake-up
+        // admits many batches. A waiter whose timeout ends re-checks anyway.
+        if depth <= self.wake_below && self.waiters.load(Ordering::SeqCst) > 0 {
             let _guard = self.lock.lock();
             self.space.notify_all();
         }
@@ -165,6 +171,7 @@ impl Gate {
 pub fn queue(capacity: usize) -> (QueueSender, QueueReceiver) {
     let gate = Arc::new(Gate {
         capacity,
+        wake_below: capacity - capacity / 4,
         depth: AtomicUsize::new(0),
         waiters: AtomicUsize::new(0),
         lock: Mutex::new(()),
