@@ -126,6 +126,7 @@ pub fn serve(ctx: &ConnContext, stream: &TcpStream, peer: SocketAddr) -> (Close,
         end: 0,
         limit: READ_BUFFER.max(ctx.max_message_bytes + 16 + 1),
         grow: false,
+        quiet: false,
         timeout: None,
         batch_limit: BATCH_MESSAGES.min((ctx.queue.capacity() / 16).max(1)),
         last_message: Instant::now(),
@@ -151,6 +152,9 @@ struct Connection<'a> {
     limit: usize,
     /// The last read filled all free space: grow before the next one.
     grow: bool,
+    /// The last read used under a quarter of the free space: the peer
+    /// sends little, so an emptied buffer is released.
+    quiet: bool,
     /// Most messages per batch: a sixteenth of the queue at most, so a
     /// big batch does not wait long for room that small ones keep taking.
     batch_limit: usize,
@@ -219,6 +223,14 @@ impl Connection<'_> {
     }
 
     fn read(&mut self) -> io::Result<usize> {
+        if self.start == self.end && !self.buf.is_empty() && !self.grow && self.quiet {
+            // Everything read was consumed and the peer is not streaming:
+            // give the buffer back, so that memory follows busy
+            // connections, not connected ones.
+            self.buf = Vec::new();
+            self.start = 0;
+            self.end = 0;
+        }
         if self.buf.is_empty() {
             // Wait for the first byte before allocating: idle connections
             // then hold no buffer.
@@ -229,8 +241,10 @@ impl Connection<'_> {
             self.buf = vec![0; INITIAL_BUFFER.min(self.limit)];
         }
         self.make_room();
+        let free = self.buf.len() - self.end;
         let n = (&*self.stream).read(&mut self.buf[self.end..])?;
-        self.grow = self.end + n == self.buf.len();
+        self.grow = n == free;
+        self.quiet = n < free / 4;
         Ok(n)
     }
 
