@@ -3,11 +3,23 @@
 //!
 //! It connects lazily and reconnects on the next write after any failure;
 //! the sink thread ([`super::run`]) paces the retries (100 ms doubling to
-//! 5 s) and logs one warning per outage. A write that failed is sent again
-//! whole on the new connection: at-least-once, so the downstream may see
-//! the tail of one batch twice per outage, never a gap.
+//! 5 s) and logs one warning per outage.
+//!
+//! Two kinds of failure, two answers:
+//! - The connection broke (reset, closed, refused): the batches are sent
+//!   again whole on a new connection. At-least-once: the downstream may see
+//!   the head of one batch twice per outage, never a gap caused by us.
+//! - A write timed out (the downstream is alive but not reading, e.g.
+//!   stopped): the connection is kept and the retry resumes at the byte
+//!   where the write stopped, so a downstream that wakes up later reads
+//!   every message once, none cut in half.
+//!
+//! Before each write on an open connection the sink looks (without
+//! blocking) whether the downstream has closed it: a write into a socket
+//! whose peer is gone succeeds once and loses its data, so that first
+//! write must go to a new connection instead.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
@@ -24,6 +36,9 @@ pub struct TcpSink {
     connect_timeout: Duration,
     write_timeout: Duration,
     conn: Option<TcpStream>,
+    /// Bytes of the current batches already written on `conn`: a retry
+    /// after a write timeout resumes there. 0 whenever `conn` is new.
+    done: usize,
     /// Octet-counted output is built here; reused between writes.
     scratch: Vec<u8>,
     connected_once: bool,
@@ -37,6 +52,7 @@ impl TcpSink {
             connect_timeout: config.connect_timeout.unwrap_or(Duration::from_secs(2)),
             write_timeout: config.write_timeout.unwrap_or(Duration::from_secs(5)),
             conn: None,
+            done: 0,
             scratch: Vec::new(),
             connected_once: false,
         }
@@ -66,34 +82,95 @@ impl TcpSink {
         Err(last)
     }
 
+    /// Writes `batches` from byte `self.done` on; on a timeout `self.done`
+    /// says how far it got.
     fn send(&mut self, stream: &mut TcpStream, batches: &[Batch]) -> io::Result<()> {
-        // Always from the start: a retry after a failure re-sends whole.
-        let mut done = 0;
         match self.framing {
             SinkFraming::Lines => {
                 let bufs: Vec<&[u8]> = batches.iter().map(Batch::as_lines).collect();
-                write_vectored_all(stream, &bufs, &mut done)
+                write_vectored_all(stream, &bufs, &mut self.done)
             }
             SinkFraming::OctetCounted => {
+                // Rebuilt on a retry too: the same batches give the same
+                // bytes, so `done` still points at the right place.
                 self.scratch.clear();
                 for m in batches.iter().flat_map(Batch::messages) {
                     let _ = write!(self.scratch, "{} ", m.len());
                     self.scratch.extend_from_slice(m);
                 }
-                stream.write_all(&self.scratch)
+                write_vectored_all(stream, &[&self.scratch], &mut self.done)
             }
         }
     }
 }
 
+/// Whether the downstream has closed or reset `stream`, looked at without
+/// blocking. A syslog receiver never talks back, so anything readable is
+/// either the end of the stream or bytes we discard.
+fn peer_closed(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut buf = [0u8; 512];
+    let mut reader = stream;
+    let mut closed = false;
+    // Bounded: a chatty downstream cannot keep us here.
+    for _ in 0..64 {
+        match reader.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    closed || stream.set_nonblocking(false).is_err()
+}
+
+/// SO_SNDTIMEO expired: the downstream is alive but not reading.
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
 impl Sink for TcpSink {
     fn write(&mut self, batches: &[Batch]) -> io::Result<()> {
         let mut stream = match self.conn.take() {
-            Some(s) => s,
-            None => self.connect()?,
+            Some(s) if !peer_closed(&s) => s,
+            old => {
+                if old.is_some() {
+                    debug!("tcp sink: downstream closed the connection, reconnecting");
+                }
+                // A new connection starts the batches over.
+                self.done = 0;
+                self.connect()?
+            }
         };
-        self.send(&mut stream, batches)?;
-        self.conn = Some(stream);
-        Ok(())
+        match self.send(&mut stream, batches) {
+            Ok(()) => {
+                self.conn = Some(stream);
+                Ok(())
+            }
+            Err(e) if is_timeout(&e) => {
+                // Keep the connection and the progress: resume, not resend.
+                self.conn = Some(stream);
+                Err(io::Error::new(
+                    e.kind(),
+                    format!("write timed out, downstream not reading: {e}"),
+                ))
+            }
+            Err(e) => {
+                self.done = 0;
+                Err(e)
+            }
+        }
     }
 }
