@@ -368,7 +368,9 @@ impl SinkConfig {
             if set && kind != allowed {
                 Err(invalid(
                     key,
-                    format!("only allowed when sink.type = \"{allowed}\" (sink.type is \"{kind}\")"),
+                    format!(
+                        "only allowed when sink.type = \"{allowed}\" (sink.type is \"{kind}\")"
+                    ),
                 ))
             } else {
                 Ok(())
@@ -396,16 +398,10 @@ impl SinkConfig {
             SinkType::File => {
                 match &self.path {
                     None => {
-                        return Err(invalid(
-                            "sink.path",
-                            "required when sink.type = \"file\"",
-                        ));
+                        return Err(invalid("sink.path", "required when sink.type = \"file\""));
                     }
                     Some(p) if p.as_os_str().is_empty() => {
-                        return Err(invalid(
-                            "sink.path",
-                            "\"\" is empty; allowed: a file path",
-                        ));
+                        return Err(invalid("sink.path", "\"\" is empty; allowed: a file path"));
                     }
                     Some(_) => {}
                 }
@@ -419,10 +415,7 @@ impl SinkConfig {
             }
             SinkType::Tcp => {
                 let Some(address) = &self.address else {
-                    return Err(invalid(
-                        "sink.address",
-                        "required when sink.type = \"tcp\"",
-                    ));
+                    return Err(invalid("sink.address", "required when sink.type = \"tcp\""));
                 };
                 resolve("sink.address", address)?;
                 self.framing.get_or_insert(SinkFraming::Lines);
@@ -513,7 +506,9 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        Config::parse(text).expect_err("config should be refused").to_string()
+        Config::parse(text)
+            .expect_err("config should be refused")
+            .to_string()
     }
 
     #[test]
@@ -563,7 +558,8 @@ mod tests {
 
     #[test]
     fn durations_parse_humantime() {
-        let c = Config::parse("[limits]\nsend_timeout = \"250ms\"\nidle_timeout = \"0s\"\n").unwrap();
+        let c =
+            Config::parse("[limits]\nsend_timeout = \"250ms\"\nidle_timeout = \"0s\"\n").unwrap();
         assert_eq!(c.limits.send_timeout, Duration::from_millis(250));
         assert_eq!(c.limits.idle_timeout, Duration::ZERO);
     }

@@ -186,7 +186,12 @@ impl Connection<'_> {
                     }
                     self.throttle();
                 }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     // Timed out: the next turn decides whether it is idle.
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -211,7 +216,9 @@ impl Connection<'_> {
             return Some(Close::Idle);
         }
         let left = left.max(Duration::from_millis(1));
-        let stale = self.timeout.is_none_or(|t| t.abs_diff(left) > TIMEOUT_SLACK);
+        let stale = self
+            .timeout
+            .is_none_or(|t| t.abs_diff(left) > TIMEOUT_SLACK);
         if stale {
             // A failed setsockopt leaves the old timeout; the loop then
             // re-checks the idle window after every read anyway.

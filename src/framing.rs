@@ -273,14 +273,22 @@ mod tests {
 
     #[test]
     fn octet_counted_frames() {
-        let (out, err) = run(Framing::OctetCounted, 100, &[b"5 hello3 a\nb12 with\nnewline"]);
+        let (out, err) = run(
+            Framing::OctetCounted,
+            100,
+            &[b"5 hello3 a\nb12 with\nnewline"],
+        );
         assert_eq!(out, msgs(&["hello", "a\nb", "with\nnewline"]));
         assert!(err.is_none());
     }
 
     #[test]
     fn octet_counted_split_in_header_and_body() {
-        let (out, _) = run(Framing::OctetCounted, 100, &[b"1", b"2", b" hello", b" world!"]);
+        let (out, _) = run(
+            Framing::OctetCounted,
+            100,
+            &[b"1", b"2", b" hello", b" world!"],
+        );
         assert_eq!(out, msgs(&["hello world!"]));
     }
 
@@ -293,7 +301,10 @@ mod tests {
         let (_, err) = run(Framing::OctetCounted, 100, &[b"-5 hello"]);
         assert!(matches!(err, Some(FrameError::BadLength(_))));
         let (_, err) = run(Framing::OctetCounted, 100, &[b"101 x"]);
-        assert!(matches!(err, Some(FrameError::LengthTooLarge { length: 101, .. })));
+        assert!(matches!(
+            err,
+            Some(FrameError::LengthTooLarge { length: 101, .. })
+        ));
         let (_, err) = run(Framing::OctetCounted, 100, &[b"99999999999999999999 x"]);
         assert!(err.is_some());
         let (_, err) = run(Framing::OctetCounted, 100, &[b" 5 hello"]);
@@ -316,7 +327,13 @@ mod tests {
         );
         assert_eq!(
             out,
-            msgs(&["<13>line one", "hello", "<14>line two", "abc", "{\"json\":1}"])
+            msgs(&[
+                "<13>line one",
+                "hello",
+                "<14>line two",
+                "abc",
+                "{\"json\":1}"
+            ])
         );
         assert!(err.is_none());
     }
@@ -383,6 +400,29 @@ mod tests {
             for m in &whole.0 {
                 prop_assert!(m.len() <= max || m.as_slice() == b"OVERSIZE");
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        /// Plain arbitrary bytes (no bias towards our framings) fed one byte
+        /// per read, the finest split a socket can produce: same result as
+        /// one big read, no panic, and the unread bytes never exceed
+        /// max_pending (max_message_bytes plus an octet-count header).
+        #[test]
+        fn byte_at_a_time_reads_change_nothing(
+            framing in framing(),
+            max in 1usize..64,
+            data in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..600),
+                input(),
+            ],
+        ) {
+            let whole = run(framing, max, &[&data]);
+            let bytes: Vec<&[u8]> = data.chunks(1).collect();
+            let split = run(framing, max, &bytes);
+            prop_assert_eq!(&whole, &split);
         }
     }
 }

@@ -140,8 +140,8 @@ pub fn start_with_sinks(
 ) -> Result<Daemon, Error> {
     let config = config.validate()?;
     let addr = config.listen_addr()?;
-    let listener = server::bind(addr, config.server.backlog)
-        .map_err(|source| Error::Bind { addr, source })?;
+    let listener =
+        server::bind(addr, config.server.backlog).map_err(|source| Error::Bind { addr, source })?;
     let local_addr = listener
         .local_addr()
         .ok()
@@ -266,7 +266,10 @@ impl Daemon {
     pub fn wait(self) -> Report {
         self.shutdown.wait();
         let deadline = Instant::now() + self.shutdown_timeout;
-        info!("shutting down, draining the queue timeout={:?}", self.shutdown_timeout);
+        info!(
+            "shutting down, draining the queue timeout={:?}",
+            self.shutdown_timeout
+        );
         if self.accept.join().is_err() {
             error!("accept thread panicked");
         }

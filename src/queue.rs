@@ -307,9 +307,7 @@ mod tests {
     fn waiting_sender_wakes_when_a_sink_writes() {
         let (tx, rx) = queue(1);
         tx.send_timeout(batch(&["a"]), Duration::ZERO).unwrap();
-        let t = std::thread::spawn(move || {
-            tx.send_timeout(batch(&["b"]), Duration::from_secs(30))
-        });
+        let t = std::thread::spawn(move || tx.send_timeout(batch(&["b"]), Duration::from_secs(30)));
         let first = rx.channel().recv().unwrap();
         rx.written(first.len());
         assert_eq!(t.join().unwrap(), Ok(()));

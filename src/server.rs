@@ -161,7 +161,9 @@ impl Acceptor {
         if depth < self.pause_above {
             return true;
         }
-        self.stats.accept_paused.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .accept_paused
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let since = Instant::now();
         if let Some(n) = self.alerts.accept_paused.allow() {
             warn!(
@@ -176,7 +178,9 @@ impl Acceptor {
                 return false;
             }
         }
-        self.stats.accept_paused.store(false, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .accept_paused
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         if let Some(n) = self.alerts.accept_resumed.allow() {
             info!(
                 "accept resumed queue_depth={} paused_for={:?}{}",
@@ -215,7 +219,11 @@ impl Acceptor {
     }
 
     fn ctx_max_connections(&self) -> usize {
-        self.limiter.available() + self.stats.conns_active.load(std::sync::atomic::Ordering::Relaxed) as usize
+        self.limiter.available()
+            + self
+                .stats
+                .conns_active
+                .load(std::sync::atomic::Ordering::Relaxed) as usize
     }
 
     fn spawn(&self, id: u64, socket: Socket, peer: SocketAddr, permit: Permit) {

@@ -152,7 +152,10 @@ mod tests {
             "closed_send_timeout",
             "closed_framing",
         ] {
-            assert!(line.contains(&format!(" {key}=")), "{key} missing in {line}");
+            assert!(
+                line.contains(&format!(" {key}=")),
+                "{key} missing in {line}"
+            );
         }
     }
 }

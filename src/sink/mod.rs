@@ -65,7 +65,10 @@ pub fn open(config: &SinkConfig) -> io::Result<Vec<Box<dyn Sink>>> {
                 SinkType::Stdout => Box::new(StdoutSink),
                 SinkType::Null => Box::new(NullSink),
                 SinkType::File => Box::new(FileSink::open(
-                    config.path.as_deref().expect("validate() requires sink.path for file"),
+                    config
+                        .path
+                        .as_deref()
+                        .expect("validate() requires sink.path for file"),
                 )?),
                 SinkType::Tcp => Box::new(TcpSink::new(config)),
             })
