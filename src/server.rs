@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown as SocketShutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -78,6 +79,7 @@ impl Registry {
 pub struct Acceptor {
     pub listener: Socket,
     pub on_connection_limit: OnConnectionLimit,
+    pub max_connections: usize,
     pub tcp_keepalive: Duration,
     pub pause_above: usize,
     pub resume_below: usize,
@@ -104,6 +106,7 @@ impl Acceptor {
         Acceptor {
             listener,
             on_connection_limit: config.limits.on_connection_limit,
+            max_connections: config.limits.max_connections,
             tcp_keepalive: config.server.tcp_keepalive,
             pause_above: ((config.queue.pause_accept_above * capacity).ceil() as usize).max(1),
             resume_below: (config.queue.resume_accept_below * capacity).ceil() as usize,
@@ -161,9 +164,7 @@ impl Acceptor {
         if depth < self.pause_above {
             return true;
         }
-        self.stats
-            .accept_paused
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stats.accept_paused.store(true, Ordering::Relaxed);
         let since = Instant::now();
         if let Some(n) = self.alerts.accept_paused.allow() {
             warn!(
@@ -178,9 +179,7 @@ impl Acceptor {
                 return false;
             }
         }
-        self.stats
-            .accept_paused
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.stats.accept_paused.store(false, Ordering::Relaxed);
         if let Some(n) = self.alerts.accept_resumed.allow() {
             info!(
                 "accept resumed queue_depth={} paused_for={:?}{}",
@@ -212,18 +211,10 @@ impl Acceptor {
         if let Some(n) = self.alerts.connection_limit.allow() {
             warn!(
                 "connection limit reached, rejected peer={peer} max_connections={}{}",
-                self.ctx_max_connections(),
+                self.max_connections,
                 suppressed(n)
             );
         }
-    }
-
-    fn ctx_max_connections(&self) -> usize {
-        self.limiter.available()
-            + self
-                .stats
-                .conns_active
-                .load(std::sync::atomic::Ordering::Relaxed) as usize
     }
 
     fn spawn(&self, id: u64, socket: Socket, peer: SocketAddr, permit: Permit) {
@@ -244,7 +235,7 @@ impl Acceptor {
         if let Err(e) = spawned {
             // The closure (stream, permit) was dropped with the error.
             self.registry.remove(id);
-            Stats::add(&self.stats.conns_active, u64::MAX); // -1
+            Stats::sub(&self.stats.conns_active, 1);
             Stats::add(&self.stats.conns_rejected, 1);
             if let Some(n) = self.alerts.spawn_failed.allow() {
                 error!(
@@ -316,7 +307,7 @@ impl<'a> WorkerGuard<'a> {
 impl Drop for WorkerGuard<'_> {
     fn drop(&mut self) {
         self.registry.remove(self.id);
-        Stats::add(&self.stats.conns_active, u64::MAX); // -1
-        Stats::add(&self.stats.workers, u64::MAX); // -1
+        Stats::sub(&self.stats.conns_active, 1);
+        Stats::sub(&self.stats.workers, 1);
     }
 }

@@ -41,6 +41,11 @@ impl Stats {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// For the gauges (conns_active, workers).
+    pub fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self, depth: &QueueDepth) -> Snapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         // Read in data-flow order (received first, delivered last) so
