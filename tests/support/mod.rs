@@ -129,7 +129,13 @@ impl Daemon {
         let line = d
             .wait_log(Duration::from_secs(20), |l| l.contains("listening addr="))
             .unwrap_or_else(|| panic!("daemon did not report listening; log:\n{}", d.log_text()));
-        let addr = line.split("listening addr=").nth(1).unwrap().split_whitespace().next().unwrap();
+        let addr = line
+            .split("listening addr=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
         d.addr = addr.parse().expect("listening address");
         d
     }
@@ -178,12 +184,19 @@ impl Daemon {
 
     /// Every stats line so far, parsed.
     pub fn stats_lines(&self) -> Vec<StatsLine> {
-        self.log_lines().iter().filter_map(|l| parse_stats(l)).collect()
+        self.log_lines()
+            .iter()
+            .filter_map(|l| parse_stats(l))
+            .collect()
     }
 
     /// Waits for a stats line (logged after this call's start) that
     /// satisfies `pred`; needs a short `stats_interval`.
-    pub fn wait_stats(&self, timeout: Duration, pred: impl Fn(&StatsLine) -> bool) -> Option<StatsLine> {
+    pub fn wait_stats(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&StatsLine) -> bool,
+    ) -> Option<StatsLine> {
         let skip = self.stats_lines().len();
         let deadline = Instant::now() + timeout;
         let mut seen = skip;
@@ -230,7 +243,10 @@ impl Daemon {
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
-                panic!("daemon did not exit within {timeout:?}; log:\n{}", self.log_text());
+                panic!(
+                    "daemon did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
             }
             thread::sleep(Duration::from_millis(10));
         }
@@ -295,7 +311,10 @@ pub fn assert_bytes(expected: &[u8], actual: &[u8]) {
 
 /// Runs `floodwall` with `args` to completion: (exit code, stdout, stderr).
 pub fn run_bin(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin()).args(args).output().expect("run floodwall");
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run floodwall");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -380,4 +399,157 @@ impl Sink for TestSink {
 pub fn test_config(extra: &str) -> floodwall::Config {
     let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n{extra}");
     floodwall::Config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
+}
+
+// ---- files, FIFOs, bounded runs -----------------------------------------
+
+/// Waits until the file at `path` holds at least `len` bytes; returns its
+/// content then (or what it holds at the deadline).
+pub fn wait_file_len(path: &Path, len: usize, timeout: Duration) -> Vec<u8> {
+    let mut data = Vec::new();
+    wait_until(timeout, || {
+        data = read(path);
+        data.len() >= len
+    });
+    data
+}
+
+/// Waits until the file at `path` contains `needle`.
+pub fn wait_file_contains(path: &Path, needle: &[u8], timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        read(path).windows(needle.len()).any(|w| w == needle)
+    })
+}
+
+/// O_NONBLOCK on Linux (x86, x86_64, arm, aarch64, riscv): std has no name
+/// for it and the tests do not depend on libc.
+const O_NONBLOCK: i32 = 0o4000;
+
+/// A named pipe for a file sink that stalls until the test reads it: the
+/// pipe holds about 64 KiB, then the sink's write blocks. The read end is
+/// opened non-blocking (so opening does not wait for a writer, and
+/// draining never blocks) before the daemon opens the write end.
+pub struct Fifo {
+    pub path: PathBuf,
+    reader: std::fs::File,
+    /// Everything drained so far.
+    pub data: Vec<u8>,
+}
+
+impl Fifo {
+    pub fn create(path: &Path) -> Fifo {
+        use std::os::unix::fs::OpenOptionsExt;
+        let ok = Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .expect("run mkfifo")
+            .success();
+        assert!(ok, "mkfifo {} failed", path.display());
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(O_NONBLOCK)
+            .open(path)
+            .expect("open fifo read end");
+        Fifo {
+            path: path.to_path_buf(),
+            reader,
+            data: Vec::new(),
+        }
+    }
+
+    /// Reads whatever the pipe holds now; returns how many bytes.
+    pub fn drain(&mut self) -> usize {
+        use std::io::Read;
+        let mut buf = [0u8; 64 << 10];
+        let mut total = 0;
+        loop {
+            match self.reader.read(&mut buf) {
+                Ok(0) => return total,
+                Ok(n) => {
+                    self.data.extend_from_slice(&buf[..n]);
+                    total += n;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return total,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("read fifo: {e}"),
+            }
+        }
+    }
+
+    /// Drains until `len` bytes have come out in total; returns whether they did.
+    pub fn drain_until_len(&mut self, len: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            self.drain();
+            self.data.len() >= len
+        })
+    }
+}
+
+/// Runs `floodwall` with `args`, killing it if it does not exit within
+/// `timeout` (a config that should fail but starts the daemon must not
+/// hang the test): Some((exit code, stdout, stderr)), None if killed.
+pub fn run_bin_timeout(args: &[&str], timeout: Duration) -> Option<(i32, String, String)> {
+    use std::io::Read;
+    let mut child = Command::new(bin())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn floodwall");
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let out_reader = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut status = None;
+    wait_until(timeout, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return None;
+    };
+    Some((
+        status.code().unwrap_or(-1),
+        out_reader.join().unwrap_or_default(),
+        err_reader.join().unwrap_or_default(),
+    ))
+}
+
+/// Reads from `stream` until EOF or a reset; returns when the peer closed
+/// (panics if it did not within `timeout`). Data the peer sent is ignored.
+pub fn await_close(stream: &mut TcpStream, timeout: Duration) {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(timeout))
+        .expect("set read timeout");
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("peer did not close within {timeout:?}")
+            }
+            // Reset by the peer: closed too.
+            Err(_) => return,
+        }
+    }
 }
