@@ -134,7 +134,12 @@ impl Gate {
     }
 
     fn reserve_until(&self, n: usize, deadline: Instant) -> bool {
-        if self.try_reserve(n) {
+        // Fast path only while nobody waits: a sender that arrives while
+        // others sleep must not take the room they are waiting for. With
+        // a hundred busy connections, barging newcomers otherwise starve
+        // an unlucky waiter until its send_timeout, though the sink keeps
+        // up.
+        if self.waiters.load(Ordering::SeqCst) == 0 && self.try_reserve(n) {
             return true;
         }
         let mut guard = self.lock.lock();
@@ -143,7 +148,11 @@ impl Gate {
         // wake-up.
         self.waiters.fetch_add(1, Ordering::SeqCst);
         let ok = loop {
-            if self.try_reserve(n) {
+            // Take room only when we are alone or the queue is below the
+            // wake-up mark (then every waiter has been woken and competes).
+            let alone = self.waiters.load(Ordering::SeqCst) == 1;
+            let roomy = self.depth.load(Ordering::SeqCst) <= self.wake_below;
+            if (alone || roomy) && self.try_reserve(n) {
                 break true;
             }
             if self.space.wait_until(&mut guard, deadline).timed_out() {
