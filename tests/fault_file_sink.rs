@@ -1,0 +1,194 @@
+//! Scenario 6, file sink faults: the file sink's disk is full (a small
+//! tmpfs filled to the last byte; where mounting is not permitted, the
+//! path is a symlink to /dev/full). Sink errors must be logged aggregated,
+//! the daemon must stay up while the queue fills and the overload layers
+//! act (send timeouts counted, accept paused), and writing must resume,
+//! without gaps or duplicates, once the fault clears.
+
+mod fault_support;
+mod support;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fault_support::flood;
+use support::{Daemon, assert_balanced, num, read};
+
+/// A full disk under the sink's path; `clear` frees it.
+enum Fault {
+    /// A tmpfs mount filled by `filler`; unmounted on drop.
+    Tmpfs { mount: PathBuf, filler: PathBuf },
+    /// The sink path is a symlink to /dev/full; cleared by replacing it
+    /// with a regular file and sending SIGHUP.
+    DevFull { path: PathBuf },
+}
+
+impl Fault {
+    /// Sets up the fault at `dir`; returns it and the sink path.
+    fn full_disk(dir: &Path) -> (Fault, PathBuf) {
+        let mount = dir.join("mnt");
+        std::fs::create_dir(&mount).expect("mkdir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+            .arg(&mount)
+            .status()
+            .is_ok_and(|s| s.success());
+        if mounted {
+            let path = mount.join("out.log");
+            (
+                Fault::Tmpfs {
+                    filler: mount.join("filler"),
+                    mount,
+                },
+                path,
+            )
+        } else {
+            eprintln!("mount not permitted: falling back to a symlink to /dev/full");
+            let path = dir.join("out.log");
+            std::os::unix::fs::symlink("/dev/full", &path).expect("symlink");
+            (Fault::DevFull { path: path.clone() }, path)
+        }
+    }
+
+    /// Fills the tmpfs to the last byte (after the sink opened its file).
+    fn fill(&self) {
+        if let Fault::Tmpfs { filler, .. } = self {
+            let mut f = std::fs::File::create(filler).expect("filler");
+            let block = vec![b'f'; 64 << 10];
+            // Bounded: the tmpfs is 8 MiB.
+            for _ in 0..1000 {
+                if f.write_all(&block).is_err() {
+                    break;
+                }
+            }
+            let _ = f.write_all(b"f");
+        }
+    }
+
+    fn clear(&self, daemon: &Daemon) {
+        match self {
+            Fault::Tmpfs { filler, .. } => std::fs::remove_file(filler).expect("free the tmpfs"),
+            Fault::DevFull { path } => {
+                std::fs::remove_file(path).expect("remove symlink");
+                std::fs::File::create(path).expect("create file");
+                daemon.signal("HUP");
+            }
+        }
+    }
+}
+
+impl Drop for Fault {
+    fn drop(&mut self) {
+        if let Fault::Tmpfs { mount, .. } = self {
+            let _ = Command::new("umount").arg("-l").arg(&*mount).status();
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_is_survived_counted_and_recovered_from() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (fault, path) = Fault::full_disk(dir.path());
+    let mut daemon = Daemon::start_in(
+        dir,
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[limits]
+max_connections = 20
+send_timeout = "300ms"
+[queue]
+capacity = 2000
+[sink]
+type = "file"
+path = "{}"
+[log]
+stats_interval = "100ms"
+"#,
+            path.display()
+        ),
+    );
+    fault.fill();
+    let fault_start = Instant::now();
+
+    let (sent, _) = flood(daemon.addr, 5, Duration::from_secs(3), "disk-full");
+    assert!(sent > 0);
+    let full = daemon
+        .wait_stats(Duration::from_secs(10), |s| {
+            s["accept_paused"] == "true"
+                && num(s, "dropped_send_timeout") > 0
+                && num(s, "sink_errors") > 0
+        })
+        .unwrap_or_else(|| panic!("no overload during the fault; log:\n{}", daemon.log_text()));
+    assert_eq!(num(&full, "delivered"), 0, "{full:?}");
+    assert!(read(&path).is_empty(), "bytes reached a full disk?");
+    let fault_secs = fault_start.elapsed().as_secs_f64();
+    let warn_lines = daemon
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("sink write failed"))
+        .count();
+    assert!(
+        warn_lines >= 1,
+        "the sink error was not logged; log:\n{}",
+        daemon.log_text()
+    );
+    assert!(
+        warn_lines as f64 <= fault_secs.ceil() + 1.0,
+        "{warn_lines} sink error lines in {fault_secs:.1} s: not aggregated"
+    );
+
+    let cleared = Instant::now();
+    fault.clear(&daemon);
+    assert!(
+        support::wait_until(Duration::from_secs(15), || !read(&path).is_empty()),
+        "writing did not resume after the fault cleared; log:\n{}",
+        daemon.log_text()
+    );
+    let resumed_after = cleared.elapsed();
+    assert!(
+        daemon
+            .wait_log(Duration::from_secs(5), |l| l.contains("sink recovered"))
+            .is_some()
+    );
+    // New connections are served again.
+    fault_support::send_and_close(daemon.addr, b"marker after the disk fault\n");
+    assert!(
+        support::wait_until(Duration::from_secs(15), || read(&path)
+            .windows(28)
+            .any(|w| w == b"marker after the disk fault\n")),
+        "marker not written; log:\n{}",
+        daemon.log_text()
+    );
+    let status = daemon.stop(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log_text());
+    let last = daemon.final_stats();
+    assert_balanced(&last);
+    assert_eq!(num(&last, "queue_depth"), 0);
+    let lines = read(&path).iter().filter(|&&b| b == b'\n').count() as u64;
+    let kind = match fault {
+        Fault::Tmpfs { .. } => "tmpfs",
+        Fault::DevFull { .. } => "/dev/full",
+    };
+    // Unmount before the temp dir is removed.
+    drop(fault);
+    assert_eq!(
+        lines,
+        num(&last, "delivered"),
+        "file lines vs delivered: {last:?}"
+    );
+    eprintln!(
+        "FIGURES file_sink: fault={} fault_window={fault_secs:.1}s sink_error_warn_lines={warn_lines} \
+         sink_errors={} resumed_after_clear={resumed_after:?} received={} delivered={} dropped_send_timeout={} \
+         closed_send_timeout={}",
+        kind,
+        num(&last, "sink_errors"),
+        num(&last, "received"),
+        num(&last, "delivered"),
+        num(&last, "dropped_send_timeout"),
+        num(&last, "closed_send_timeout"),
+    );
+}
