@@ -26,6 +26,10 @@ const INITIAL_BUFFER: usize = 8 << 10;
 const READ_BUFFER: usize = 64 << 10;
 /// Most messages in one batch (one channel send), whatever the queue size.
 const BATCH_MESSAGES: usize = 4096;
+/// Most bytes read and counted after a send-timeout close: about what a
+/// socket's receive buffer holds, so the count covers what the peer had
+/// sent when we gave up.
+const UNREAD_BUDGET: usize = 8 << 20;
 /// Difference between the wanted and the set socket read timeout that is
 /// worth a setsockopt.
 const TIMEOUT_SLACK: Duration = Duration::from_millis(10);
@@ -131,6 +135,7 @@ pub fn serve(ctx: &ConnContext, stream: &TcpStream, peer: SocketAddr) -> (Close,
         batch_limit: BATCH_MESSAGES.min((ctx.queue.capacity() / 16).max(1)),
         last_message: Instant::now(),
         bucket: (ctx.rate_per_connection > 0).then(|| Bucket::new(ctx.rate_per_connection)),
+        shedding: false,
         totals: Totals::default(),
     };
     let close = conn.run();
@@ -164,6 +169,9 @@ struct Connection<'a> {
     /// trickles bytes without ever finishing a message is idle too.
     last_message: Instant,
     bucket: Option<Bucket>,
+    /// Policy "drop" and the last send timed out: drop without waiting
+    /// until a send succeeds again.
+    shedding: bool,
     totals: Totals,
 }
 
@@ -182,6 +190,9 @@ impl Connection<'_> {
                     self.end += n;
                     self.totals.bytes += n as u64;
                     if let Some(close) = self.decode() {
+                        if close == Close::SendTimeout {
+                            self.count_unread();
+                        }
                         return close;
                     }
                     self.throttle();
@@ -359,15 +370,26 @@ impl Connection<'_> {
         self.last_message = Instant::now();
         self.totals.messages += n;
         let stats = &self.ctx.stats;
-        match self.ctx.queue.send_timeout(batch, self.ctx.send_timeout) {
+        // Shedding (policy "drop" after a timeout): while the queue stays
+        // full, later batches are dropped at once instead of each waiting
+        // send_timeout again, so a reader in "drop" mode keeps pace with
+        // its peer and never lingers on data it cannot deliver.
+        let timeout = if self.shedding {
+            Duration::ZERO
+        } else {
+            self.ctx.send_timeout
+        };
+        match self.ctx.queue.send_timeout(batch, timeout) {
             Ok(()) => {
                 Stats::add(&stats.received, n);
+                self.shedding = false;
                 None
             }
             Err(SendError::Timeout(_)) => {
                 Stats::add(&stats.received, n);
                 Stats::add(&stats.dropped_send_timeout, n);
                 let close = self.ctx.on_send_timeout == OnSendTimeout::Close;
+                self.shedding = !close;
                 if close {
                     Stats::add(&stats.closed_send_timeout, 1);
                 }
@@ -391,6 +413,62 @@ impl Connection<'_> {
                 Some(Close::SinkGone)
             }
         }
+    }
+
+    /// Before closing on a send timeout: frames what the peer already sent
+    /// and the kernel holds for us, and counts it dropped, so that closing
+    /// does not make those messages vanish uncounted. Bounded by
+    /// `UNREAD_BUDGET` bytes and by what is readable without waiting.
+    fn count_unread(&mut self) {
+        if self.stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        let mut budget = UNREAD_BUDGET;
+        let mut dropped = 0u64;
+        loop {
+            loop {
+                match self.decoder.decode(&self.buf[self.start..self.end]) {
+                    Ok((Frame::Message(_), used)) => {
+                        dropped += 1;
+                        self.start += used;
+                    }
+                    Ok((Frame::Oversize, used)) => {
+                        self.start += used;
+                        self.oversize();
+                    }
+                    Ok((Frame::NeedMore, used)) => {
+                        self.start += used;
+                        break;
+                    }
+                    Err(_) => {
+                        budget = 0; // no safe way on
+                        break;
+                    }
+                }
+            }
+            if budget == 0 {
+                break;
+            }
+            match self.read() {
+                Ok(0) => {
+                    match self.decoder.finish(&self.buf[self.start..self.end]) {
+                        Some(Frame::Message(_)) => dropped += 1,
+                        Some(_) => self.oversize(),
+                        None => {}
+                    }
+                    break;
+                }
+                Ok(n) => {
+                    self.end += n;
+                    budget = budget.saturating_sub(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break, // WouldBlock: nothing more is here
+            }
+        }
+        Stats::add(&self.ctx.stats.received, dropped);
+        Stats::add(&self.ctx.stats.dropped_send_timeout, dropped);
+        self.totals.messages += dropped;
     }
 
     /// Per-connection rate limit: sleep off any debt before reading again.
