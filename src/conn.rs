@@ -8,6 +8,7 @@
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use log::{error, warn};
@@ -135,6 +136,7 @@ pub fn serve(ctx: &ConnContext, stream: &TcpStream, peer: SocketAddr) -> (Close,
         batch_limit: BATCH_MESSAGES.min((ctx.queue.capacity() / 16).max(1)),
         last_message: Instant::now(),
         bucket: (ctx.rate_per_connection > 0).then(|| Bucket::new(ctx.rate_per_connection)),
+        run_ends: Vec::new(),
         shedding: false,
         totals: Totals::default(),
     };
@@ -169,6 +171,8 @@ struct Connection<'a> {
     /// trickles bytes without ever finishing a message is idle too.
     last_message: Instant,
     bucket: Option<Bucket>,
+    /// Message ends of the current run of clean lines (see `decode`).
+    run_ends: Vec<u32>,
     /// Policy "drop" and the last send timed out: drop without waiting
     /// until a send succeeds again.
     shedding: bool,
@@ -283,22 +287,41 @@ impl Connection<'_> {
     }
 
     /// Frames everything complete in the buffer and enqueues it.
+    ///
+    /// Hot path. Lines that arrive clean (`msg LF`, no CR stripped, no
+    /// empty line skipped) sit back to back in the read buffer exactly as
+    /// the batch stores them, so a run of them is copied with one memcpy
+    /// instead of one per message; `run_ends` is reused across reads.
     fn decode(&mut self) -> Option<Close> {
-        let mut batch = Batch::with_capacity(self.end - self.start + 1, 0);
+        let mut batch = self.ctx.queue.batch(self.end - self.start + 1);
+        let mut run = self.start..self.start;
+        self.run_ends.clear();
         loop {
             match self.decoder.decode(&self.buf[self.start..self.end]) {
                 Ok((Frame::Message(range), used)) => {
-                    batch.push(&self.buf[self.start + range.start..self.start + range.end]);
+                    if range.start == 0 && range.end + 1 == used && self.start == run.end {
+                        self.run_ends
+                            .push((self.start + range.end - run.start) as u32);
+                        run.end = self.start + used;
+                    } else {
+                        flush_run(&mut batch, &self.buf, &mut run, &mut self.run_ends);
+                        batch.push(&self.buf[self.start + range.start..self.start + range.end]);
+                        run = self.start + used..self.start + used;
+                    }
                     self.start += used;
-                    if batch.len() >= self.batch_limit {
-                        let full = std::mem::take(&mut batch);
+                    if batch.len() + self.run_ends.len() >= self.batch_limit {
+                        flush_run(&mut batch, &self.buf, &mut run, &mut self.run_ends);
+                        let rest = self.end - self.start + 1;
+                        let full = std::mem::replace(&mut batch, self.ctx.queue.batch(rest));
                         if let Some(close) = self.enqueue(full) {
                             return Some(close);
                         }
                     }
                 }
                 Ok((Frame::Oversize, used)) => {
+                    flush_run(&mut batch, &self.buf, &mut run, &mut self.run_ends);
                     self.start += used;
+                    run = self.start..self.start;
                     self.oversize();
                 }
                 Ok((Frame::NeedMore, used)) => {
@@ -307,6 +330,7 @@ impl Connection<'_> {
                 }
                 Err(e) => {
                     // Deliver what came before the bad frame, then close.
+                    flush_run(&mut batch, &self.buf, &mut run, &mut self.run_ends);
                     if let Some(close) = self.enqueue(batch) {
                         return Some(close);
                     }
@@ -322,6 +346,7 @@ impl Connection<'_> {
                 }
             }
         }
+        flush_run(&mut batch, &self.buf, &mut run, &mut self.run_ends);
         self.enqueue(batch)
     }
 
@@ -485,6 +510,16 @@ impl Connection<'_> {
             wait = bucket.take(self.totals.messages);
         }
     }
+}
+
+/// Copies a run of clean lines (`buf[run]`, message ends in `ends`,
+/// relative to the run) into `batch` and starts an empty run after it.
+fn flush_run(batch: &mut Batch, buf: &[u8], run: &mut Range<usize>, ends: &mut Vec<u32>) {
+    if !ends.is_empty() {
+        batch.extend_lines(&buf[run.clone()], ends);
+        ends.clear();
+    }
+    *run = run.end..run.end;
 }
 
 /// A token bucket of `rate` messages per second with one second of burst,

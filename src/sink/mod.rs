@@ -139,7 +139,9 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
         if !pending.is_empty() && !write_all(&mut *sink, &pending, &ctx) {
             return;
         }
-        pending.clear();
+        for batch in pending.drain(..) {
+            ctx.queue.recycle(batch);
+        }
     }
 }
 
