@@ -241,6 +241,9 @@ const MAX_MESSAGE_BYTES_LIMIT: usize = 64 << 20;
 const MAX_CONNECTIONS_LIMIT: usize = 100_000;
 const MAX_SINK_WORKERS: usize = 64;
 const MAX_BACKLOG: u32 = 65535;
+/// Longest accepted duration: far beyond any sensible timeout, and small
+/// enough that `Instant + duration` can never overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 86400);
 
 impl Config {
     /// Reads, parses and validates a config file.
@@ -256,11 +259,11 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let de = toml::de::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
             path: "config".to_string(),
-            message: one_line(e.message()),
+            message: format!("{}{}", one_line(e.message()), at_line(text, e.span())),
         })?;
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let message = one_line(e.inner().message());
+            let message = plain_types(&one_line(e.inner().message()));
             ConfigError::Parse {
                 path: if path == "." {
                     "config".to_string()
@@ -336,6 +339,37 @@ impl Config {
                     self.log.level
                 ),
             ));
+        }
+        if !s.tcp_keepalive.is_zero() && s.tcp_keepalive < Duration::from_secs(1) {
+            return Err(invalid(
+                "server.tcp_keepalive",
+                format!(
+                    "{:?} is out of range; allowed: \"0s\" (off) or at least \"1s\" (the kernel counts keepalive in seconds)",
+                    format_duration(&s.tcp_keepalive)
+                ),
+            ));
+        }
+        let durations = [
+            ("server.tcp_keepalive", Some(self.server.tcp_keepalive)),
+            ("limits.idle_timeout", Some(self.limits.idle_timeout)),
+            ("limits.send_timeout", Some(self.limits.send_timeout)),
+            ("log.stats_interval", Some(self.log.stats_interval)),
+            ("shutdown.timeout", Some(self.shutdown.timeout)),
+            ("sink.flush_interval", self.sink.flush_interval),
+            ("sink.connect_timeout", self.sink.connect_timeout),
+            ("sink.write_timeout", self.sink.write_timeout),
+        ];
+        for (key, value) in durations {
+            if let Some(d) = value.filter(|d| *d > MAX_DURATION) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{:?} is out of range; allowed: at most {:?}",
+                        format_duration(&d),
+                        format_duration(&MAX_DURATION)
+                    ),
+                ));
+            }
         }
         self.sink = self.sink.validate()?;
         Ok(self)
@@ -451,6 +485,33 @@ fn resolve(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
     addrs
         .next()
         .ok_or_else(|| bad("resolves to no address".to_string()))
+}
+
+/// " (line N)" for a TOML syntax error at byte `span`.
+fn at_line(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+/// serde names Rust types ("expected usize"); say what to write instead.
+fn plain_types(message: &str) -> String {
+    [
+        ("expected usize", "expected a whole number >= 0"),
+        ("expected u64", "expected a whole number >= 0"),
+        ("expected u32", "expected a whole number >= 0"),
+        ("expected f64", "expected a number"),
+        (
+            "expected a string",
+            "expected a quoted string (durations look like \"250ms\" or \"30s\")",
+        ),
+    ]
+    .iter()
+    .fold(message.to_string(), |m, (from, to)| m.replace(from, to))
 }
 
 /// serde's messages can span lines (toml adds a source excerpt); an error
@@ -609,6 +670,35 @@ mod tests {
     fn wrong_type_names_key() {
         let e = err("[limits]\nmax_connections = \"many\"\n");
         assert!(e.starts_with("limits.max_connections:"), "{e}");
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_not_overflowed() {
+        let e = err("[limits]\nsend_timeout = \"292000000000y\"\n");
+        assert!(e.starts_with("limits.send_timeout:"), "{e}");
+        let e = err("[shutdown]\ntimeout = \"400days\"\n");
+        assert!(e.starts_with("shutdown.timeout:"), "{e}");
+    }
+
+    #[test]
+    fn sub_second_keepalive_is_refused() {
+        let e = err("[server]\ntcp_keepalive = \"500ms\"\n");
+        assert!(e.starts_with("server.tcp_keepalive:"), "{e}");
+        Config::parse("[server]\ntcp_keepalive = \"0s\"\n").unwrap();
+    }
+
+    #[test]
+    fn type_errors_say_what_to_write() {
+        let e = err("[limits]\nmax_connections = \"many\"\n");
+        assert!(e.contains("whole number"), "{e}");
+        let e = err("[limits]\nsend_timeout = 5\n");
+        assert!(e.contains("\"30s\""), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let e = err("[limits]\nmax_connections =\n");
+        assert!(e.contains("line 2"), "{e}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use log::{error, warn};
 
 use crate::alerts::{Alerts, suppressed};
 use crate::config::{Config, Framing, OnSendTimeout};
-use crate::framing::{Decoder, Frame};
+use crate::framing::{Decoder, Frame, FrameError};
 use crate::queue::{Batch, QueueSender, SendError};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
@@ -183,7 +183,7 @@ impl Connection<'_> {
     fn run(&mut self) -> Close {
         loop {
             if self.ctx.shutdown.is_triggered() {
-                return Close::Shutdown;
+                return self.drain_at_shutdown();
             }
             if let Some(close) = self.arm_idle_timeout() {
                 return close;
@@ -334,15 +334,7 @@ impl Connection<'_> {
                     if let Some(close) = self.enqueue(batch) {
                         return Some(close);
                     }
-                    Stats::add(&self.ctx.stats.closed_framing, 1);
-                    if let Some(n) = self.ctx.alerts.framing.allow() {
-                        warn!(
-                            "framing error, closing connection peer={} error=\"{e}\"{}",
-                            self.peer,
-                            suppressed(n)
-                        );
-                    }
-                    return Some(Close::Framing);
+                    return Some(self.framing_error(e));
                 }
             }
         }
@@ -357,24 +349,39 @@ impl Connection<'_> {
             return Close::Shutdown;
         }
         match self.decoder.finish(&self.buf[self.start..self.end]) {
-            Some(Frame::Message(range)) => {
+            Ok(Some(Frame::Message(range))) => {
                 let mut batch = Batch::with_capacity(range.len() + 1, 1);
                 batch.push(&self.buf[self.start + range.start..self.start + range.end]);
                 if let Some(close) = self.enqueue(batch) {
                     return close;
                 }
             }
-            Some(_) => self.oversize(),
-            None => {}
+            Ok(Some(_)) => self.oversize(),
+            Ok(None) => {}
+            Err(e) => return self.framing_error(e),
         }
         Close::Eof
+    }
+
+    fn framing_error(&mut self, e: FrameError) -> Close {
+        Stats::add(&self.ctx.stats.closed_framing, 1);
+        if let Some(n) = self.ctx.alerts.framing.allow() {
+            warn!(
+                "framing error, closing connection peer={} error=\"{e}\"{}",
+                self.peer,
+                suppressed(n)
+            );
+        }
+        Close::Framing
     }
 
     fn oversize(&mut self) {
         self.last_message = Instant::now();
         let stats = &self.ctx.stats;
-        Stats::add(&stats.received, 1);
-        Stats::add(&stats.dropped_oversize, 1);
+        stats.moving(|| {
+            Stats::add(&stats.received, 1);
+            Stats::add(&stats.dropped_oversize, 1);
+        });
         if let Some(n) = self.ctx.alerts.oversize.allow() {
             warn!(
                 "oversize message dropped peer={} max_message_bytes={}{}",
@@ -411,8 +418,10 @@ impl Connection<'_> {
                 None
             }
             Err(SendError::Timeout(_)) => {
-                Stats::add(&stats.received, n);
-                Stats::add(&stats.dropped_send_timeout, n);
+                stats.moving(|| {
+                    Stats::add(&stats.received, n);
+                    Stats::add(&stats.dropped_send_timeout, n);
+                });
                 let close = self.ctx.on_send_timeout == OnSendTimeout::Close;
                 self.shedding = !close;
                 if close {
@@ -477,9 +486,9 @@ impl Connection<'_> {
             match self.read() {
                 Ok(0) => {
                     match self.decoder.finish(&self.buf[self.start..self.end]) {
-                        Some(Frame::Message(_)) => dropped += 1,
-                        Some(_) => self.oversize(),
-                        None => {}
+                        Ok(Some(Frame::Message(_))) => dropped += 1,
+                        Ok(Some(_)) => self.oversize(),
+                        Ok(None) | Err(_) => {}
                     }
                     break;
                 }
@@ -491,8 +500,11 @@ impl Connection<'_> {
                 Err(_) => break, // WouldBlock: nothing more is here
             }
         }
-        Stats::add(&self.ctx.stats.received, dropped);
-        Stats::add(&self.ctx.stats.dropped_send_timeout, dropped);
+        let stats = &self.ctx.stats;
+        stats.moving(|| {
+            Stats::add(&stats.received, dropped);
+            Stats::add(&stats.dropped_send_timeout, dropped);
+        });
         self.totals.messages += dropped;
     }
 
@@ -503,12 +515,50 @@ impl Connection<'_> {
             return;
         };
         let mut wait = bucket.take(self.totals.messages);
+        if wait.is_zero() {
+            return;
+        }
         while !wait.is_zero() {
             if self.ctx.shutdown.wait_timeout(wait) {
-                return;
+                break;
             }
             wait = bucket.take(self.totals.messages);
         }
+        // The peer was not idle while we chose not to read: restart its
+        // idle clock, or a long pause would close it as idle and lose
+        // what it sent meanwhile.
+        self.last_message = Instant::now();
+    }
+
+    /// Shutdown: before closing, frames and enqueues what the peer already
+    /// sent and the kernel holds (without waiting for more, at most
+    /// `UNREAD_BUDGET` bytes), so that messages sent before the signal
+    /// are delivered. A partial last line is dropped: the peer may not
+    /// have finished it.
+    fn drain_at_shutdown(&mut self) -> Close {
+        if self.stream.set_nonblocking(true).is_err() {
+            return Close::Shutdown;
+        }
+        let mut budget = UNREAD_BUDGET;
+        while budget > 0 {
+            match self.read() {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.end += n;
+                    self.totals.bytes += n as u64;
+                    budget = budget.saturating_sub(n);
+                    if let Some(close) = self.decode() {
+                        if close == Close::SendTimeout {
+                            self.count_unread();
+                        }
+                        return close;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break, // WouldBlock: all that was sent is read
+            }
+        }
+        Close::Shutdown
     }
 }
 

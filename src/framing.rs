@@ -41,6 +41,8 @@ pub enum FrameError {
     BadLength(String),
     #[error("octet count {length} exceeds max_message_bytes {max}")]
     LengthTooLarge { length: u64, max: usize },
+    #[error("octet-counted frame cut short at end of input ({got} of {length} bytes)")]
+    Truncated { length: usize, got: usize },
 }
 
 #[derive(Debug)]
@@ -127,11 +129,11 @@ impl Decoder {
     }
 
     /// At clean end of input: the final unterminated line, if any, as a
-    /// `Message` or `Oversize` (an octet frame cut short is not a message,
-    /// and the rest of an oversize line was counted already).
-    pub fn finish(&mut self, input: &[u8]) -> Option<Frame> {
+    /// `Message` or `Oversize` (the rest of an oversize line was counted
+    /// already). An octet frame cut short is an error: bad input, counted.
+    pub fn finish(&mut self, input: &[u8]) -> Result<Option<Frame>, FrameError> {
         if self.skipping_line || input.is_empty() {
-            return None;
+            return Ok(None);
         }
         let octet = match self.framing {
             Framing::Lines => false,
@@ -139,17 +141,28 @@ impl Decoder {
             Framing::Auto => (b'1'..=b'9').contains(&input[0]),
         };
         if octet {
-            return None;
+            // decode() left it, so the header is valid but incomplete.
+            let (length, got) = match input.iter().position(|&b| b == b' ') {
+                Some(sp) => (
+                    std::str::from_utf8(&input[..sp])
+                        .ok()
+                        .and_then(|d| d.parse().ok())
+                        .unwrap_or(0),
+                    input.len() - sp - 1,
+                ),
+                None => (0, 0),
+            };
+            return Err(FrameError::Truncated { length, got });
         }
         let mut end = input.len();
         if input[end - 1] == b'\r' {
             end -= 1;
         }
-        match end {
+        Ok(match end {
             0 => None,
             end if end > self.max => Some(Frame::Oversize),
             end => Some(Frame::Message(0..end)),
-        }
+        })
     }
 
     /// `MSG-LEN SP MSG` at the start of `input`: Some((msg range, bytes
@@ -222,9 +235,10 @@ mod tests {
             );
         }
         match dec.finish(&buf) {
-            Some(Frame::Message(r)) => out.push(buf[r].to_vec()),
-            Some(_) => out.push(b"OVERSIZE".to_vec()),
-            None => {}
+            Ok(Some(Frame::Message(r))) => out.push(buf[r].to_vec()),
+            Ok(Some(_)) => out.push(b"OVERSIZE".to_vec()),
+            Ok(None) => {}
+            Err(e) => return (out, Some(e)),
         }
         (out, None)
     }
@@ -312,10 +326,12 @@ mod tests {
     }
 
     #[test]
-    fn octet_frame_cut_short_at_eof_is_not_a_message() {
+    fn octet_frame_cut_short_at_eof_is_an_error_not_a_message() {
         let (out, err) = run(Framing::OctetCounted, 100, &[b"10 short"]);
         assert!(out.is_empty());
-        assert!(err.is_none());
+        assert_eq!(err, Some(FrameError::Truncated { length: 10, got: 5 }));
+        let (_, err) = run(Framing::Auto, 100, &[b"ok\n12"]);
+        assert!(matches!(err, Some(FrameError::Truncated { .. })));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The connection limiter: a counting semaphore of `limits.max_connections`
-//! permits. A worker thread owns its [`Permit`] for its whole life; the
-//! permit goes back on drop, so no path (return, early exit, panic unwind)
-//! can leak one.
+//! permits. Each worker thread is covered by one [`Permit`] from before it
+//! starts until after it has been joined (the accept loop holds it beside
+//! the thread's handle); the permit goes back on drop, so no path (return,
+//! early exit, panic unwind) can leak one.
 
 use std::sync::Arc;
 use std::time::Duration;

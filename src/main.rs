@@ -59,7 +59,6 @@ fn main() -> ExitCode {
     let daemon = match floodwall::start(config, shutdown.clone()) {
         Ok(d) => d,
         Err(e) => {
-            log::error!("{e}");
             eprintln!("floodwall: {e}");
             return ExitCode::from(e.exit_code());
         }

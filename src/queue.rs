@@ -94,12 +94,25 @@ impl Batch {
         })
     }
 
+    /// Gives back unused room if the batch holds much less than it
+    /// reserved (a read full of skipped empty lines reserved a read's
+    /// worth for one message): what the queue holds stays proportional
+    /// to the messages in it.
+    fn fit(&mut self) {
+        if self.data.capacity() > 2 * self.data.len() + LOOSE_BYTES {
+            self.data.shrink_to(self.data.len());
+        }
+    }
+
     /// Empties the batch, keeping its allocations for reuse.
     pub fn clear(&mut self) {
         self.data.clear();
         self.ends.clear();
     }
 }
+
+/// Slack a queued batch may keep beyond twice its bytes (see `Batch::fit`).
+const LOOSE_BYTES: usize = 256;
 
 /// Why a batch did not enter the queue; the batch is handed back so that
 /// its messages can be counted, never silently lost.
@@ -249,14 +262,21 @@ impl QueueSender {
     /// Enqueues `batch`, waiting at most `timeout` for room for all of its
     /// messages. A batch larger than the capacity can never fit: callers
     /// keep batches at most [`QueueSender::capacity`] messages.
-    pub fn send_timeout(&self, batch: Batch, timeout: Duration) -> Result<(), SendError> {
+    pub fn send_timeout(&self, mut batch: Batch, timeout: Duration) -> Result<(), SendError> {
         let n = batch.len();
         if n == 0 {
             return Ok(());
         }
-        if !self.gate.reserve_until(n, Instant::now() + timeout) {
+        // A timeout too large to add to now (validated configs have none)
+        // means no deadline worth the name: wait for a year.
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 86400));
+        if !self.gate.reserve_until(n, deadline) {
             return Err(SendError::Timeout(batch));
         }
+        batch.fit();
         self.tx.send(batch).map_err(|e| {
             self.gate.release(n);
             SendError::Disconnected(e.into_inner())

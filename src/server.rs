@@ -13,9 +13,10 @@ use std::io;
 use std::net::{Shutdown as SocketShutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, info, warn};
 use parking_lot::Mutex;
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
@@ -89,6 +90,11 @@ pub struct Acceptor {
     /// the queue disconnects once the last worker is gone too.
     pub ctx: Arc<ConnContext>,
     pub registry: Arc<Registry>,
+    /// Worker threads not yet joined, with the permits they hold.
+    live: HashMap<u64, (JoinHandle<()>, Permit)>,
+    /// Workers send their id here as they end.
+    ended_tx: Sender<u64>,
+    ended: Receiver<u64>,
     pub stats: Arc<Stats>,
     pub alerts: Arc<Alerts>,
     pub shutdown: Shutdown,
@@ -103,7 +109,11 @@ impl Acceptor {
         registry: Arc<Registry>,
     ) -> Acceptor {
         let capacity = config.queue.capacity as f64;
+        let (ended_tx, ended) = crossbeam_channel::unbounded();
         Acceptor {
+            live: HashMap::new(),
+            ended_tx,
+            ended,
             listener,
             on_connection_limit: config.limits.on_connection_limit,
             max_connections: config.limits.max_connections,
@@ -121,14 +131,14 @@ impl Acceptor {
     }
 
     /// The accept loop; returns at shutdown.
-    pub fn run(self) {
+    pub fn run(mut self) {
         let mut next_id: u64 = 0;
         while !self.shutdown.is_triggered() {
             if !self.wait_below_watermark() {
                 break;
             }
             let permit = match self.on_connection_limit {
-                OnConnectionLimit::Wait => match self.limiter.acquire_timeout(POLL) {
+                OnConnectionLimit::Wait => match self.acquire(POLL) {
                     Some(p) => Some(p),
                     None => continue,
                 },
@@ -144,7 +154,10 @@ impl Acceptor {
                     continue;
                 }
             };
-            let permit = match permit.or_else(|| self.limiter.try_acquire()) {
+            let permit = match permit.or_else(|| {
+                self.reap();
+                self.limiter.try_acquire()
+            }) {
                 Some(p) => p,
                 None => {
                     self.reject(socket, peer);
@@ -157,9 +170,41 @@ impl Acceptor {
         debug!("accept loop stopped");
     }
 
+    /// Joins the worker threads that have ended and only then returns
+    /// their permits: a permit freed by the worker itself would let the
+    /// next thread start while the old one is still exiting, and live
+    /// threads could briefly exceed max_connections.
+    fn reap(&mut self) {
+        while let Ok(id) = self.ended.try_recv() {
+            self.reap_one(id);
+        }
+    }
+
+    fn reap_one(&mut self, id: u64) {
+        if let Some((handle, permit)) = self.live.remove(&id) {
+            // The worker sent its id as its last act: this join is short.
+            if handle.join().is_err() {
+                error!("worker thread panicked id={id}");
+            }
+            drop(permit);
+        }
+    }
+
+    /// A permit, waiting at most `timeout` for a worker to end.
+    fn acquire(&mut self, timeout: Duration) -> Option<Permit> {
+        self.reap();
+        if let Some(p) = self.limiter.try_acquire() {
+            return Some(p);
+        }
+        let id = self.ended.recv_timeout(timeout).ok()?;
+        self.reap_one(id);
+        self.reap();
+        self.limiter.try_acquire()
+    }
+
     /// Pauses while the queue is above the high watermark, until it is
     /// below the low one. Returns false if shutdown came first.
-    fn wait_below_watermark(&self) -> bool {
+    fn wait_below_watermark(&mut self) -> bool {
         let depth = self.depth.get();
         if depth < self.pause_above {
             return true;
@@ -178,6 +223,7 @@ impl Acceptor {
             if self.shutdown.wait_timeout(PAUSE_POLL) {
                 return false;
             }
+            self.reap();
         }
         self.stats.accept_paused.store(false, Ordering::Relaxed);
         if let Some(n) = self.alerts.accept_resumed.allow() {
@@ -217,7 +263,7 @@ impl Acceptor {
         }
     }
 
-    fn spawn(&self, id: u64, socket: Socket, peer: SocketAddr, permit: Permit) {
+    fn spawn(&mut self, id: u64, socket: Socket, peer: SocketAddr, permit: Permit) {
         if let Err(e) = self.prepare(&socket) {
             debug!("conn setup failed id={id} peer={peer} error=\"{e}\"");
         }
@@ -228,27 +274,37 @@ impl Acceptor {
         debug!("conn open id={id} peer={peer}");
         let ctx = self.ctx.clone();
         let registry = self.registry.clone();
+        let ended = self.ended_tx.clone();
         let spawned = thread::Builder::new()
             .name(format!("fw-conn-{id}"))
             .stack_size(WORKER_STACK)
-            .spawn(move || worker(id, peer, stream, ctx, registry, permit));
-        if let Err(e) = spawned {
-            // The closure (stream, permit) was dropped with the error.
-            self.registry.remove(id);
-            Stats::sub(&self.stats.conns_active, 1);
-            Stats::add(&self.stats.conns_rejected, 1);
-            if let Some(n) = self.alerts.spawn_failed.allow() {
-                error!(
-                    "cannot start a worker thread, connection closed peer={peer} error=\"{e}\"{}",
-                    suppressed(n)
-                );
+            .spawn(move || worker(id, peer, stream, ctx, registry, ended));
+        match spawned {
+            Ok(handle) => {
+                self.live.insert(id, (handle, permit));
             }
+            Err(e) => self.spawn_failed(id, peer, e),
+        }
+    }
+
+    /// The closure (and the stream with it) was dropped with the error;
+    /// the permit goes back as the caller drops it.
+    fn spawn_failed(&self, id: u64, peer: SocketAddr, e: io::Error) {
+        self.registry.remove(id);
+        Stats::sub(&self.stats.conns_active, 1);
+        Stats::add(&self.stats.conns_rejected, 1);
+        if let Some(n) = self.alerts.spawn_failed.allow() {
+            error!(
+                "cannot start a worker thread, connection closed peer={peer} error=\"{e}\"{}",
+                suppressed(n)
+            );
         }
     }
 
     /// Per-socket settings: keepalive to find dead peers. The read
     /// timeout is set by the worker (the listener's would be inherited).
     fn prepare(&self, socket: &Socket) -> io::Result<()> {
+        socket.set_read_timeout(None)?;
         if !self.tcp_keepalive.is_zero() {
             let interval = self.tcp_keepalive.min(Duration::from_secs(10));
             let keepalive = TcpKeepalive::new()
@@ -257,21 +313,21 @@ impl Acceptor {
                 .with_retries(3);
             socket.set_tcp_keepalive(&keepalive)?;
         }
-        socket.set_read_timeout(None)
+        Ok(())
     }
 }
 
-/// The worker thread's body. Owns the permit and the stream; both go when
-/// it returns (or unwinds).
+/// The worker thread's body. Its guard reports the end to the accept loop
+/// (also on unwind), which joins the thread and returns its permit.
 fn worker(
     id: u64,
     peer: SocketAddr,
     stream: Arc<TcpStream>,
     ctx: Arc<ConnContext>,
     registry: Arc<Registry>,
-    _permit: Permit,
+    ended: Sender<u64>,
 ) {
-    let _alive = WorkerGuard::new(&ctx.stats, &registry, id);
+    let _alive = WorkerGuard::new(&ctx.stats, &registry, id, ended);
     let started = Instant::now();
     let (close, totals) = conn::serve(&ctx, &stream, peer);
     debug!(
@@ -291,15 +347,17 @@ struct WorkerGuard<'a> {
     stats: &'a Stats,
     registry: &'a Registry,
     id: u64,
+    ended: Sender<u64>,
 }
 
 impl<'a> WorkerGuard<'a> {
-    fn new(stats: &'a Stats, registry: &'a Registry, id: u64) -> Self {
+    fn new(stats: &'a Stats, registry: &'a Registry, id: u64, ended: Sender<u64>) -> Self {
         Stats::add(&stats.workers, 1);
         WorkerGuard {
             stats,
             registry,
             id,
+            ended,
         }
     }
 }
@@ -309,5 +367,8 @@ impl Drop for WorkerGuard<'_> {
         self.registry.remove(self.id);
         Stats::sub(&self.stats.conns_active, 1);
         Stats::sub(&self.stats.workers, 1);
+        // Fails only once the accept loop is gone (shutdown): nothing
+        // left to free then.
+        let _ = self.ended.send(self.id);
     }
 }

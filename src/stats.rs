@@ -8,6 +8,8 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use parking_lot::RwLock;
+
 use crate::queue::QueueDepth;
 
 #[derive(Debug, Default)]
@@ -34,6 +36,10 @@ pub struct Stats {
     pub sink_errors: AtomicU64,
     /// Set while the accept loop is paused at the high watermark.
     pub accept_paused: AtomicBool,
+    /// Makes multi-counter moves atomic for snapshots: a move (a sink's
+    /// "delivered += n, queue_depth -= n") holds it shared, a snapshot
+    /// holds it exclusively, so a stats line never sees half a move.
+    ledger: RwLock<()>,
 }
 
 impl Stats {
@@ -46,10 +52,20 @@ impl Stats {
         counter.fetch_sub(n, Ordering::Relaxed);
     }
 
+    /// Runs `f`, a move of messages between counters, so that no
+    /// snapshot sees it half done. Cheap: a shared lock, uncontended but
+    /// for snapshots.
+    pub fn moving<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _shared = self.ledger.read();
+        f()
+    }
+
     pub fn snapshot(&self, depth: &QueueDepth) -> Snapshot {
+        let _exclusive = self.ledger.write();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        // Read in data-flow order (received first, delivered last) so
-        // that a snapshot taken mid-flight errs towards "in the queue".
+        // Read in data-flow order (received first, delivered last), so
+        // that a worker caught between enqueueing and counting (a
+        // connection mid-read) errs towards "in the queue".
         let received = get(&self.received);
         let dropped_send_timeout = get(&self.dropped_send_timeout);
         let dropped_oversize = get(&self.dropped_oversize);

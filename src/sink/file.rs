@@ -12,6 +12,8 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use log::info;
+
 use super::{Sink, write_vectored_all};
 use crate::queue::Batch;
 
@@ -50,6 +52,7 @@ impl Sink for FileSink {
 
     fn reopen(&mut self) -> io::Result<()> {
         self.file = open_append(&self.path)?;
+        info!("file sink reopened path={}", self.path.display());
         Ok(())
     }
 }

@@ -39,7 +39,8 @@ pub trait Sink: Send {
     /// start over (tcp, at-least-once).
     fn write(&mut self, batches: &[Batch]) -> io::Result<()>;
 
-    /// SIGHUP: reopen the destination (logrotate). Default: nothing.
+    /// SIGHUP: reopen the destination (logrotate), logging what it did.
+    /// Default: nothing (stdout, tcp, null have nothing to reopen).
     fn reopen(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -125,18 +126,8 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
                 Err(TryRecvError::Disconnected) => disconnected = true,
             }
         }
-        let generation = ctx.reopen.generation();
-        if generation != seen_reopen {
-            seen_reopen = generation;
-            match sink.reopen() {
-                Ok(()) => info!("sink reopened"),
-                Err(e) => {
-                    Stats::add(&ctx.stats.sink_errors, 1);
-                    warn!("sink reopen failed, still writing to the old file error=\"{e}\"");
-                }
-            }
-        }
-        if !pending.is_empty() && !write_all(&mut *sink, &pending, &ctx) {
+        reopen_if_asked(&mut *sink, &ctx, &mut seen_reopen);
+        if !pending.is_empty() && !write_all(&mut *sink, &pending, &ctx, &mut seen_reopen) {
             return;
         }
         for batch in pending.drain(..) {
@@ -148,15 +139,22 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
 /// Writes `batches`, retrying with back-off (100 ms doubling to 5 s) until
 /// it works or the shutdown deadline abandons the sink (returns false
 /// then). One warning per outage, one info line on recovery.
-fn write_all(sink: &mut dyn Sink, batches: &[Batch], ctx: &SinkContext) -> bool {
+fn write_all(
+    sink: &mut dyn Sink,
+    batches: &[Batch],
+    ctx: &SinkContext,
+    seen_reopen: &mut u64,
+) -> bool {
     let mut backoff = RETRY_MIN;
     let mut outage: Option<Instant> = None;
     loop {
         match sink.write(batches) {
             Ok(()) => {
                 let n: usize = batches.iter().map(Batch::len).sum();
-                Stats::add(&ctx.stats.delivered, n as u64);
-                ctx.queue.written(n);
+                ctx.stats.moving(|| {
+                    Stats::add(&ctx.stats.delivered, n as u64);
+                    ctx.queue.written(n);
+                });
                 if let Some(since) = outage {
                     info!("sink recovered outage={:?}", since.elapsed());
                 }
@@ -187,8 +185,23 @@ fn write_all(sink: &mut dyn Sink, batches: &[Batch], ctx: &SinkContext) -> bool 
                     std::thread::sleep((deadline - now).min(ABANDON_POLL));
                 }
                 backoff = (backoff * 2).min(RETRY_MAX);
+                // A SIGHUP during an outage may be the fix (a new file).
+                reopen_if_asked(sink, ctx, seen_reopen);
             }
         }
+    }
+}
+
+/// Reopens the sink if SIGHUP asked for it since `seen` was taken.
+fn reopen_if_asked(sink: &mut dyn Sink, ctx: &SinkContext, seen: &mut u64) {
+    let generation = ctx.reopen.generation();
+    if generation == *seen {
+        return;
+    }
+    *seen = generation;
+    if let Err(e) = sink.reopen() {
+        Stats::add(&ctx.stats.sink_errors, 1);
+        warn!("sink reopen failed, still writing to the old file error=\"{e}\"");
     }
 }
 
