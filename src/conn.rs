@@ -193,13 +193,28 @@ impl Connection<'_> {
                 Ok(n) => {
                     self.end += n;
                     self.totals.bytes += n as u64;
-                    if let Some(close) = self.decode() {
-                        if close == Close::SendTimeout {
-                            self.count_unread();
+                    // With a rate limit, frame what the tokens allow, wait
+                    // for more, go on from the buffer; read only when it
+                    // holds nothing complete. Not reading is the
+                    // backpressure: the peer's sends block in TCP.
+                    loop {
+                        let quota = self.quota();
+                        let before = self.totals.messages;
+                        let more = self.decode(quota);
+                        if let Some(bucket) = &mut self.bucket {
+                            bucket.spend(self.totals.messages - before);
                         }
-                        return close;
+                        match more {
+                            Ok(true) => continue,
+                            Ok(false) => break,
+                            Err(close) => {
+                                if close == Close::SendTimeout {
+                                    self.count_unread();
+                                }
+                                return close;
+                            }
+                        }
                     }
-                    self.throttle();
                 }
                 Err(e)
                     if matches!(
@@ -292,13 +307,27 @@ impl Connection<'_> {
     /// empty line skipped) sit back to back in the read buffer exactly as
     /// the batch stores them, so a run of them is copied with one memcpy
     /// instead of one per message; `run_ends` is reused across reads.
-    fn decode(&mut self) -> Option<Close> {
+    ///
+    /// Frames at most `quota` messages (the rate limit's tokens); returns
+    /// Ok(true) if it stopped at the quota with input left, Ok(false) when
+    /// everything complete was framed, Err(close) when the connection
+    /// must end.
+    fn decode(&mut self, quota: usize) -> Result<bool, Close> {
         let mut batch = self.ctx.queue.batch(self.end - self.start + 1);
         let mut run = self.start..self.start;
         self.run_ends.clear();
+        let mut framed = 0usize;
         loop {
+            if framed == quota {
+                flush_run(&mut batch, &self.buf, &mut run, &mut self.run_ends);
+                return match self.enqueue(batch) {
+                    Some(close) => Err(close),
+                    None => Ok(true),
+                };
+            }
             match self.decoder.decode(&self.buf[self.start..self.end]) {
                 Ok((Frame::Message(range), used)) => {
+                    framed += 1;
                     if range.start == 0 && range.end + 1 == used && self.start == run.end {
                         self.run_ends
                             .push((self.start + range.end - run.start) as u32);
@@ -314,7 +343,7 @@ impl Connection<'_> {
                         let rest = self.end - self.start + 1;
                         let full = std::mem::replace(&mut batch, self.ctx.queue.batch(rest));
                         if let Some(close) = self.enqueue(full) {
-                            return Some(close);
+                            return Err(close);
                         }
                     }
                 }
@@ -332,14 +361,17 @@ impl Connection<'_> {
                     // Deliver what came before the bad frame, then close.
                     flush_run(&mut batch, &self.buf, &mut run, &mut self.run_ends);
                     if let Some(close) = self.enqueue(batch) {
-                        return Some(close);
+                        return Err(close);
                     }
-                    return Some(self.framing_error(e));
+                    return Err(self.framing_error(e));
                 }
             }
         }
         flush_run(&mut batch, &self.buf, &mut run, &mut self.run_ends);
-        self.enqueue(batch)
+        match self.enqueue(batch) {
+            Some(close) => Err(close),
+            None => Ok(false),
+        }
     }
 
     fn at_eof(&mut self) -> Close {
@@ -508,26 +540,31 @@ impl Connection<'_> {
         self.totals.messages += dropped;
     }
 
-    /// Per-connection rate limit: sleep off any debt before reading again.
-    /// Not reading is the backpressure: the peer's sends block in TCP.
-    fn throttle(&mut self) {
+    /// Per-connection rate limit: how many messages may be framed now,
+    /// waiting (interruptibly) for at least one token first. Unlimited
+    /// without a limit, and at shutdown (the drain takes over).
+    fn quota(&mut self) -> usize {
         let Some(bucket) = &mut self.bucket else {
-            return;
+            return usize::MAX;
         };
-        let mut wait = bucket.take(self.totals.messages);
-        if wait.is_zero() {
-            return;
-        }
-        while !wait.is_zero() {
-            if self.ctx.shutdown.wait_timeout(wait) {
+        let mut waited = false;
+        loop {
+            let wait = bucket.wait_for_one();
+            if wait.is_zero() {
                 break;
             }
-            wait = bucket.take(self.totals.messages);
+            waited = true;
+            if self.ctx.shutdown.wait_timeout(wait) {
+                return usize::MAX;
+            }
         }
-        // The peer was not idle while we chose not to read: restart its
-        // idle clock, or a long pause would close it as idle and lose
-        // what it sent meanwhile.
-        self.last_message = Instant::now();
+        if waited {
+            // The peer was not idle while we chose not to read: restart
+            // its idle clock, or a long pause would close it as idle and
+            // lose what it sent meanwhile.
+            self.last_message = Instant::now();
+        }
+        bucket.available()
     }
 
     /// Shutdown: before closing, frames and enqueues what the peer already
@@ -547,7 +584,7 @@ impl Connection<'_> {
                     self.end += n;
                     self.totals.bytes += n as u64;
                     budget = budget.saturating_sub(n);
-                    if let Some(close) = self.decode() {
+                    if let Err(close) = self.decode(usize::MAX) {
                         if close == Close::SendTimeout {
                             self.count_unread();
                         }
@@ -572,40 +609,53 @@ fn flush_run(batch: &mut Batch, buf: &[u8], run: &mut Range<usize>, ends: &mut V
     *run = run.end..run.end;
 }
 
-/// A token bucket of `rate` messages per second with one second of burst,
-/// fed the connection's running message total.
+/// A token bucket of `rate` messages per second holding at most one
+/// second's worth (at least one token).
 #[derive(Debug)]
 struct Bucket {
     rate: f64,
     tokens: f64,
     last: Instant,
-    counted: u64,
 }
 
 impl Bucket {
     fn new(rate: u64) -> Bucket {
         Bucket {
             rate: rate as f64,
-            tokens: rate as f64,
+            tokens: Bucket::burst(rate as f64),
             last: Instant::now(),
-            counted: 0,
         }
     }
 
-    /// Spends the messages since the last call; returns how long to wait
-    /// until the balance is back to zero.
-    fn take(&mut self, total_messages: u64) -> Duration {
+    fn burst(rate: f64) -> f64 {
+        rate.max(1.0)
+    }
+
+    fn refill(&mut self) {
         let now = Instant::now();
         let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.rate.max(1.0));
+        self.tokens = (self.tokens + refill).min(Bucket::burst(self.rate));
         self.last = now;
-        self.tokens -= (total_messages - self.counted) as f64;
-        self.counted = total_messages;
-        if self.tokens >= 0.0 {
+    }
+
+    /// Whole tokens available now.
+    fn available(&mut self) -> usize {
+        self.refill();
+        self.tokens.max(0.0) as usize
+    }
+
+    /// How long until at least one token is available.
+    fn wait_for_one(&mut self) -> Duration {
+        self.refill();
+        if self.tokens >= 1.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
+            Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
         }
+    }
+
+    fn spend(&mut self, messages: u64) {
+        self.tokens -= messages as f64;
     }
 }
 
@@ -616,10 +666,13 @@ mod tests {
     #[test]
     fn bucket_allows_a_burst_then_paces() {
         let mut b = Bucket::new(100);
-        assert_eq!(b.take(100), Duration::ZERO);
-        let wait = b.take(150);
+        assert_eq!(b.available(), 100);
+        assert_eq!(b.wait_for_one(), Duration::ZERO);
+        b.spend(100);
+        assert_eq!(b.available(), 0);
+        let wait = b.wait_for_one();
         assert!(
-            wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
+            wait > Duration::from_millis(5) && wait <= Duration::from_millis(10),
             "{wait:?}"
         );
     }
