@@ -31,6 +31,16 @@ const BATCH_MESSAGES: usize = 4096;
 /// socket's receive buffer holds, so the count covers what the peer had
 /// sent when we gave up.
 const UNREAD_BUDGET: usize = 8 << 20;
+/// Most bytes a worker still reads at shutdown: one read's worth, what a
+/// peer typically had in flight. Bounded so that a peer sending flat out
+/// cannot stretch the drain (or burst past its rate limit).
+const SHUTDOWN_DRAIN_BUDGET: usize = 64 << 10;
+/// Bytes reserved per message of a rate-limit quota (a batch's room is
+/// given back if loose, see `Batch::fit`).
+const QUOTA_BYTES_GUESS: usize = 512;
+/// The rate limit waits for this share of a second's tokens at least
+/// (10 ms), so a paced worker wakes ~100 times a second, not per message.
+const QUOTA_SLICE: f64 = 0.01;
 /// Difference between the wanted and the set socket read timeout that is
 /// worth a setsockopt.
 const TIMEOUT_SLACK: Duration = Duration::from_millis(10);
@@ -313,7 +323,9 @@ impl Connection<'_> {
     /// everything complete was framed, Err(close) when the connection
     /// must end.
     fn decode(&mut self, quota: usize) -> Result<bool, Close> {
-        let mut batch = self.ctx.queue.batch(self.end - self.start + 1);
+        // Rate-limited: room for about the quota, not the whole buffer.
+        let room = (self.end - self.start + 1).min(quota.saturating_mul(QUOTA_BYTES_GUESS));
+        let mut batch = self.ctx.queue.batch(room);
         let mut run = self.start..self.start;
         self.run_ends.clear();
         let mut framed = 0usize;
@@ -322,7 +334,8 @@ impl Connection<'_> {
                 flush_run(&mut batch, &self.buf, &mut run, &mut self.run_ends);
                 return match self.enqueue(batch) {
                     Some(close) => Err(close),
-                    None => Ok(true),
+                    // More to frame only if unread bytes are left.
+                    None => Ok(self.start < self.end),
                 };
             }
             match self.decoder.decode(&self.buf[self.start..self.end]) {
@@ -549,7 +562,7 @@ impl Connection<'_> {
         };
         let mut waited = false;
         loop {
-            let wait = bucket.wait_for_one();
+            let wait = bucket.wait_for(bucket.slice());
             if wait.is_zero() {
                 break;
             }
@@ -576,7 +589,7 @@ impl Connection<'_> {
         if self.stream.set_nonblocking(true).is_err() {
             return Close::Shutdown;
         }
-        let mut budget = UNREAD_BUDGET;
+        let mut budget = SHUTDOWN_DRAIN_BUDGET;
         while budget > 0 {
             match self.read() {
                 Ok(0) => break,
@@ -644,13 +657,21 @@ impl Bucket {
         self.tokens.max(0.0) as usize
     }
 
-    /// How long until at least one token is available.
-    fn wait_for_one(&mut self) -> Duration {
+    /// Tokens worth waiting for: 10 ms of them, at least one, at most
+    /// the burst.
+    fn slice(&self) -> f64 {
+        (self.rate * QUOTA_SLICE)
+            .max(1.0)
+            .min(Bucket::burst(self.rate))
+    }
+
+    /// How long until at least `n` tokens are available.
+    fn wait_for(&mut self, n: f64) -> Duration {
         self.refill();
-        if self.tokens >= 1.0 {
+        if self.tokens >= n {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+            Duration::from_secs_f64((n - self.tokens) / self.rate)
         }
     }
 
@@ -667,10 +688,10 @@ mod tests {
     fn bucket_allows_a_burst_then_paces() {
         let mut b = Bucket::new(100);
         assert_eq!(b.available(), 100);
-        assert_eq!(b.wait_for_one(), Duration::ZERO);
+        assert_eq!(b.wait_for(1.0), Duration::ZERO);
         b.spend(100);
         assert_eq!(b.available(), 0);
-        let wait = b.wait_for_one();
+        let wait = b.wait_for(b.slice());
         assert!(
             wait > Duration::from_millis(5) && wait <= Duration::from_millis(10),
             "{wait:?}"

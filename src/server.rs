@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown as SocketShutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::{self, JoinHandle};
@@ -34,6 +35,8 @@ use crate::stats::Stats;
 const POLL: Duration = Duration::from_millis(100);
 /// Poll period while paused at the high watermark.
 const PAUSE_POLL: Duration = Duration::from_millis(10);
+/// Longest wait for a joined worker's task to leave /proc.
+const TASK_GONE_WAIT: Duration = Duration::from_millis(20);
 /// Back-off after an accept error (EMFILE, ENOBUFS, ...).
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Worker stack reservation. A worker touches 8 KiB of it (two pages,
@@ -95,8 +98,8 @@ pub struct Acceptor {
     /// Worker threads not yet joined, with the permits they hold.
     live: HashMap<u64, (JoinHandle<()>, Permit)>,
     /// Workers send their id here as they end.
-    ended_tx: Sender<u64>,
-    ended: Receiver<u64>,
+    ended_tx: Sender<Ended>,
+    ended: Receiver<Ended>,
     pub stats: Arc<Stats>,
     pub alerts: Arc<Alerts>,
     pub shutdown: Shutdown,
@@ -136,6 +139,7 @@ impl Acceptor {
     pub fn run(mut self) {
         let mut next_id: u64 = 0;
         while !self.shutdown.is_triggered() {
+            self.reap();
             if !self.wait_below_watermark() {
                 break;
             }
@@ -177,19 +181,29 @@ impl Acceptor {
     /// next thread start while the old one is still exiting, and live
     /// threads could briefly exceed max_connections.
     fn reap(&mut self) {
-        while let Ok(id) = self.ended.try_recv() {
-            self.reap_one(id);
+        while let Ok(ended) = self.ended.try_recv() {
+            self.reap_one(ended);
         }
     }
 
-    fn reap_one(&mut self, id: u64) {
-        if let Some((handle, permit)) = self.live.remove(&id) {
-            // The worker sent its id as its last act: this join is short.
-            if handle.join().is_err() {
-                error!("worker thread panicked id={id}");
-            }
-            drop(permit);
+    fn reap_one(&mut self, ended: Ended) {
+        let Some((handle, permit)) = self.live.remove(&ended.id) else {
+            return;
+        };
+        // The worker sent this as its last act: the join is short.
+        if handle.join().is_err() {
+            error!("worker thread panicked id={}", ended.id);
         }
+        // join() returns once the thread has stopped running; the kernel
+        // may take a few more microseconds to remove it. Wait for that
+        // (bounded), so that live threads never exceed the permits.
+        if let Some(task) = &ended.task {
+            let deadline = Instant::now() + TASK_GONE_WAIT;
+            while task.exists() && Instant::now() < deadline {
+                thread::yield_now();
+            }
+        }
+        drop(permit);
     }
 
     /// A permit, waiting at most `timeout` for a worker to end.
@@ -198,8 +212,8 @@ impl Acceptor {
         if let Some(p) = self.limiter.try_acquire() {
             return Some(p);
         }
-        let id = self.ended.recv_timeout(timeout).ok()?;
-        self.reap_one(id);
+        let ended = self.ended.recv_timeout(timeout).ok()?;
+        self.reap_one(ended);
         self.reap();
         self.limiter.try_acquire()
     }
@@ -319,6 +333,14 @@ impl Acceptor {
     }
 }
 
+/// What a worker reports as it ends: its id, and its /proc task entry (to
+/// see it gone) when /proc is there.
+#[derive(Debug)]
+struct Ended {
+    id: u64,
+    task: Option<PathBuf>,
+}
+
 /// The worker thread's body. Its guard reports the end to the accept loop
 /// (also on unwind), which joins the thread and returns its permit.
 fn worker(
@@ -327,7 +349,7 @@ fn worker(
     stream: Arc<TcpStream>,
     ctx: Arc<ConnContext>,
     registry: Arc<Registry>,
-    ended: Sender<u64>,
+    ended: Sender<Ended>,
 ) {
     let _alive = WorkerGuard::new(&ctx.stats, &registry, id, ended);
     let started = Instant::now();
@@ -349,17 +371,21 @@ struct WorkerGuard<'a> {
     stats: &'a Stats,
     registry: &'a Registry,
     id: u64,
-    ended: Sender<u64>,
+    ended: Sender<Ended>,
+    task: Option<PathBuf>,
 }
 
 impl<'a> WorkerGuard<'a> {
-    fn new(stats: &'a Stats, registry: &'a Registry, id: u64, ended: Sender<u64>) -> Self {
+    fn new(stats: &'a Stats, registry: &'a Registry, id: u64, ended: Sender<Ended>) -> Self {
         Stats::add(&stats.workers, 1);
         WorkerGuard {
             stats,
             registry,
             id,
             ended,
+            task: std::fs::read_link("/proc/thread-self")
+                .ok()
+                .map(|rel| PathBuf::from("/proc").join(rel)),
         }
     }
 }
@@ -371,6 +397,9 @@ impl Drop for WorkerGuard<'_> {
         Stats::sub(&self.stats.workers, 1);
         // Fails only once the accept loop is gone (shutdown): nothing
         // left to free then.
-        let _ = self.ended.send(self.id);
+        let _ = self.ended.send(Ended {
+            id: self.id,
+            task: self.task.take(),
+        });
     }
 }

@@ -62,16 +62,17 @@ fn a_burst_over_the_rate_is_paced_and_nothing_is_dropped() {
 #[test]
 fn pacing_pauses_do_not_count_as_idle() {
     // At 1 message/s the wait for the next token is over three times
-    // idle_timeout; the peer's second message arrives during that wait
-    // and must not be lost to an idle close.
+    // idle_timeout. The worker frames "first", then waits for a token with
+    // "sec" unread; the rest of the second message arrives during that
+    // wait and must not be lost to an idle close.
     let mut daemon = start(1, "300ms");
     let out = daemon.path("out.log");
     let mut c = daemon.connect();
-    c.write_all(b"first\n").unwrap();
-    // Client pacing, not synchronisation: the second line must arrive
-    // while the worker waits for its token.
+    c.write_all(b"first\nsec").unwrap();
+    // Client pacing, not synchronisation: the rest must arrive while the
+    // worker waits for its token.
     std::thread::sleep(Duration::from_millis(400));
-    c.write_all(b"second\n").unwrap();
+    c.write_all(b"ond\n").unwrap();
     assert!(
         wait_until(Duration::from_secs(30), || read(&out) == b"first\nsecond\n"),
         "delivered {:?}; log:\n{}",

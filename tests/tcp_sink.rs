@@ -422,10 +422,12 @@ fn stalled_downstream_engages_the_overload_layers() {
     };
     assert!(num(&overloaded, "queue_depth") >= 1800, "{overloaded:?}");
     assert!(threads <= 16 + 1 + 8, "{threads} threads");
+    // The first write times out write_timeout after the stall began,
+    // which may be after the queue filled: wait for the warning.
     assert!(
-        d.log_lines()
-            .iter()
-            .any(|l| l.contains(OUTAGE_WARN) && l.contains("timed out")),
+        d.wait_log(Duration::from_secs(30), |l| l.contains(OUTAGE_WARN)
+            && l.contains("timed out"))
+            .is_some(),
         "no write-timeout warning; log:\n{}",
         d.log_text()
     );

@@ -52,6 +52,10 @@ impl Sink for FileSink {
 
     fn reopen(&mut self) -> io::Result<()> {
         self.file = open_append(&self.path)?;
+        // A retry after a reopen in the middle of an outage writes the
+        // whole batch to the new file: the old one may end with a torn
+        // line, the new one never starts with one (at-least-once).
+        self.done = 0;
         info!("file sink reopened path={}", self.path.display());
         Ok(())
     }
