@@ -404,10 +404,14 @@ fn stalled_downstream_engages_the_overload_layers() {
         })
         .collect();
 
+    // Early on the kernel's socket buffers still absorb some writes, so
+    // the depth can dip below the high watermark while accept stays
+    // paused (hysteresis): wait for a line that shows all of it at once.
     let overloaded = d.wait_stats(Duration::from_secs(30), |s| {
         num(s, "dropped_send_timeout") > 0
             && num(s, "closed_send_timeout") > 0
             && s.get("accept_paused").map(String::as_str) == Some("true")
+            && num(s, "queue_depth") >= 1800
     });
     let threads = d.threads();
     done.store(true, Ordering::SeqCst);
