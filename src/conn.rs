@@ -338,6 +338,24 @@ impl Connection<'_> {
                     None => Ok(self.start < self.end),
                 };
             }
+            if self.start == run.end {
+                let room =
+                    (quota - framed).min(self.batch_limit - batch.len() - self.run_ends.len());
+                let before = self.run_ends.len();
+                let used = self.decoder.clean_lines(
+                    &self.buf[self.start..self.end],
+                    room,
+                    self.start - run.start,
+                    &mut self.run_ends,
+                );
+                if used > 0 {
+                    framed += self.run_ends.len() - before;
+                    self.start += used;
+                    run.end = self.start;
+                    self.send_if_full(&mut batch, &mut run)?;
+                    continue;
+                }
+            }
             match self.decoder.decode(&self.buf[self.start..self.end]) {
                 Ok((Frame::Message(range), used)) => {
                     framed += 1;
@@ -351,14 +369,7 @@ impl Connection<'_> {
                         run = self.start + used..self.start + used;
                     }
                     self.start += used;
-                    if batch.len() + self.run_ends.len() >= self.batch_limit {
-                        flush_run(&mut batch, &self.buf, &mut run, &mut self.run_ends);
-                        let rest = self.end - self.start + 1;
-                        let full = std::mem::replace(&mut batch, self.ctx.queue.batch(rest));
-                        if let Some(close) = self.enqueue(full) {
-                            return Err(close);
-                        }
-                    }
+                    self.send_if_full(&mut batch, &mut run)?;
                 }
                 Ok((Frame::Oversize, used)) => {
                     flush_run(&mut batch, &self.buf, &mut run, &mut self.run_ends);
@@ -384,6 +395,21 @@ impl Connection<'_> {
         match self.enqueue(batch) {
             Some(close) => Err(close),
             None => Ok(false),
+        }
+    }
+
+    /// Sends `batch` (with the pending run) once it holds `batch_limit`
+    /// messages, and starts a new one.
+    fn send_if_full(&mut self, batch: &mut Batch, run: &mut Range<usize>) -> Result<(), Close> {
+        if batch.len() + self.run_ends.len() < self.batch_limit {
+            return Ok(());
+        }
+        flush_run(batch, &self.buf, run, &mut self.run_ends);
+        let rest = self.end - self.start + 1;
+        let full = std::mem::replace(batch, self.ctx.queue.batch(rest));
+        match self.enqueue(full) {
+            Some(close) => Err(close),
+            None => Ok(()),
         }
     }
 
