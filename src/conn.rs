@@ -217,12 +217,7 @@ impl Connection<'_> {
                         match more {
                             Ok(true) => continue,
                             Ok(false) => break,
-                            Err(close) => {
-                                if close == Close::SendTimeout {
-                                    self.count_unread();
-                                }
-                                return close;
-                            }
+                            Err(close) => return self.closing(close),
                         }
                     }
                 }
@@ -520,6 +515,15 @@ impl Connection<'_> {
         }
     }
 
+    /// The last step before ending the connection for a reason found while
+    /// decoding: a send timeout first counts what the peer already sent.
+    fn closing(&mut self, close: Close) -> Close {
+        if close == Close::SendTimeout {
+            self.count_unread();
+        }
+        close
+    }
+
     /// Before closing on a send timeout: frames what the peer already sent
     /// and the kernel holds for us, and counts it dropped, so that closing
     /// does not make those messages vanish uncounted. Bounded by
@@ -624,10 +628,7 @@ impl Connection<'_> {
                     self.totals.bytes += n as u64;
                     budget = budget.saturating_sub(n);
                     if let Err(close) = self.decode(usize::MAX) {
-                        if close == Close::SendTimeout {
-                            self.count_unread();
-                        }
-                        return close;
+                        return self.closing(close);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -50,7 +50,7 @@ pub use stats::Snapshot;
 use alerts::Alerts;
 use conn::ConnContext;
 use queue::QueueDepth;
-use server::{Acceptor, Registry};
+use server::Acceptor;
 use sink::SinkContext;
 use stats::Stats;
 
@@ -107,7 +107,6 @@ pub struct Daemon {
     shutdown_timeout: Duration,
     stats: Arc<Stats>,
     depth: QueueDepth,
-    registry: Arc<Registry>,
     reopen: Reopen,
     /// Fires the shutdown; everything else watches it.
     shutdown: Shutdown,
@@ -154,7 +153,6 @@ pub fn start_with_sinks(
     let depth = tx.depth();
     let reopen = Reopen::default();
     let abandon = Arc::new(AtomicBool::new(false));
-    let registry = Arc::new(Registry::default());
 
     let (done_tx, sinks_done) = crossbeam_channel::bounded::<()>(0);
     let tick = config
@@ -195,7 +193,7 @@ pub fn start_with_sinks(
         alerts.clone(),
         shutdown.clone(),
     ));
-    let acceptor = Acceptor::new(&config, listener, depth.clone(), ctx, registry.clone());
+    let acceptor = Acceptor::new(&config, listener, depth.clone(), ctx);
     let accept = thread::Builder::new()
         .name("fw-accept".to_string())
         .spawn(move || acceptor.run())
@@ -230,7 +228,6 @@ pub fn start_with_sinks(
         shutdown_timeout: config.shutdown.timeout,
         stats,
         depth,
-        registry,
         reopen,
         shutdown,
         abandon,
@@ -273,8 +270,7 @@ impl Daemon {
         if self.accept.join().is_err() {
             error!("accept thread panicked");
         }
-        // No new connections now; wake every blocked read.
-        self.registry.shutdown_reads();
+        // The accept loop has woken every blocked read as it stopped.
         let drained = matches!(
             self.sinks_done.recv_deadline(deadline),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected)

@@ -5,79 +5,55 @@
 //! early exit, panic unwind) can leak one.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
-#[derive(Debug)]
-struct Inner {
-    available: Mutex<usize>,
-    freed: Condvar,
-}
-
-/// A counting semaphore; clones share the same permits.
+/// A counting semaphore; clones share the same permits. It never blocks:
+/// the accept loop waits for a worker to end (and joins it) instead of
+/// waiting for a permit.
 #[derive(Debug, Clone)]
 pub struct Limiter {
-    inner: Arc<Inner>,
+    available: Arc<Mutex<usize>>,
 }
 
 /// One admitted connection. Dropping it returns the permit.
 #[derive(Debug)]
 pub struct Permit {
-    inner: Arc<Inner>,
+    available: Arc<Mutex<usize>>,
 }
 
 impl Limiter {
     pub fn new(permits: usize) -> Limiter {
         Limiter {
-            inner: Arc::new(Inner {
-                available: Mutex::new(permits),
-                freed: Condvar::new(),
-            }),
+            available: Arc::new(Mutex::new(permits)),
         }
     }
 
     pub fn try_acquire(&self) -> Option<Permit> {
-        let mut available = self.inner.available.lock();
-        self.take(&mut available)
-    }
-
-    /// Waits at most `timeout` for a permit (bounded so the caller can
-    /// look at shutdown between waits).
-    pub fn acquire_timeout(&self, timeout: Duration) -> Option<Permit> {
-        let mut available = self.inner.available.lock();
-        if *available == 0 {
-            self.inner.freed.wait_for(&mut available, timeout);
-        }
-        self.take(&mut available)
-    }
-
-    pub fn available(&self) -> usize {
-        *self.inner.available.lock()
-    }
-
-    fn take(&self, available: &mut usize) -> Option<Permit> {
+        let mut available = self.available.lock();
         if *available == 0 {
             return None;
         }
         *available -= 1;
         Some(Permit {
-            inner: self.inner.clone(),
+            available: self.available.clone(),
         })
+    }
+
+    pub fn available(&self) -> usize {
+        *self.available.lock()
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        *self.inner.available.lock() += 1;
-        self.inner.freed.notify_one();
+        *self.available.lock() += 1;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     #[test]
     fn permits_are_counted() {
@@ -87,25 +63,6 @@ mod tests {
         assert!(l.try_acquire().is_none());
         drop(a);
         assert!(l.try_acquire().is_some());
-    }
-
-    #[test]
-    fn acquire_times_out_when_none_is_free() {
-        let l = Limiter::new(1);
-        let _a = l.try_acquire().unwrap();
-        let t = Instant::now();
-        assert!(l.acquire_timeout(Duration::from_millis(50)).is_none());
-        assert!(t.elapsed() >= Duration::from_millis(40));
-    }
-
-    #[test]
-    fn a_waiter_gets_the_permit_another_thread_drops() {
-        let l = Limiter::new(1);
-        let a = l.try_acquire().unwrap();
-        let l2 = l.clone();
-        let t = std::thread::spawn(move || l2.acquire_timeout(Duration::from_secs(30)).is_some());
-        drop(a);
-        assert!(t.join().unwrap());
     }
 
     #[test]

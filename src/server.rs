@@ -19,15 +19,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, info, warn};
-use parking_lot::Mutex;
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
-use crate::alerts::{Alerts, suppressed};
+use crate::alerts::suppressed;
 use crate::config::{Config, OnConnectionLimit};
 use crate::conn::{self, ConnContext};
 use crate::limiter::{Limiter, Permit};
 use crate::queue::QueueDepth;
-use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 
 /// How long one blocking accept or permit wait lasts before the loop
@@ -56,53 +54,34 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// Live connections' sockets, so shutdown can wake their blocked reads.
-/// The accept loop registers a socket before its worker starts; the worker
-/// removes it as it ends.
-#[derive(Debug, Default)]
-pub struct Registry {
-    conns: Mutex<HashMap<u64, Arc<TcpStream>>>,
-}
-
-impl Registry {
-    fn insert(&self, id: u64, stream: Arc<TcpStream>) {
-        self.conns.lock().insert(id, stream);
-    }
-
-    fn remove(&self, id: u64) {
-        self.conns.lock().remove(&id);
-    }
-
-    /// Shuts the read side of every live connection: blocked reads return.
-    pub fn shutdown_reads(&self) {
-        for stream in self.conns.lock().values() {
-            let _ = stream.shutdown(SocketShutdown::Read);
-        }
-    }
-}
-
 /// Everything the accept loop needs.
 pub struct Acceptor {
-    pub listener: Socket,
-    pub on_connection_limit: OnConnectionLimit,
-    pub max_connections: usize,
-    pub tcp_keepalive: Duration,
-    pub pause_above: usize,
-    pub resume_below: usize,
-    pub limiter: Limiter,
-    pub depth: QueueDepth,
-    /// Shared with every worker; dropped by this loop when it returns, so
-    /// the queue disconnects once the last worker is gone too.
-    pub ctx: Arc<ConnContext>,
-    pub registry: Arc<Registry>,
-    /// Worker threads not yet joined, with the permits they hold.
-    live: HashMap<u64, (JoinHandle<()>, Permit)>,
+    listener: Socket,
+    on_connection_limit: OnConnectionLimit,
+    max_connections: usize,
+    tcp_keepalive: Duration,
+    pause_above: usize,
+    resume_below: usize,
+    limiter: Limiter,
+    depth: QueueDepth,
+    /// Shared with every worker (counters, alerts, shutdown, the queue's
+    /// sending end); dropped by this loop when it returns, so the queue
+    /// disconnects once the last worker is gone too.
+    ctx: Arc<ConnContext>,
+    /// Worker threads not yet joined, with their permits and sockets.
+    live: HashMap<u64, Worker>,
     /// Workers send their id here as they end.
     ended_tx: Sender<Ended>,
     ended: Receiver<Ended>,
-    pub stats: Arc<Stats>,
-    pub alerts: Arc<Alerts>,
-    pub shutdown: Shutdown,
+}
+
+/// A worker thread the accept loop has not joined yet.
+struct Worker {
+    handle: JoinHandle<()>,
+    /// Returned only after the thread is joined and gone.
+    permit: Permit,
+    /// Kept so that shutdown can wake the worker's blocked read.
+    stream: Arc<TcpStream>,
 }
 
 impl Acceptor {
@@ -111,7 +90,6 @@ impl Acceptor {
         listener: Socket,
         depth: QueueDepth,
         ctx: Arc<ConnContext>,
-        registry: Arc<Registry>,
     ) -> Acceptor {
         let capacity = config.queue.capacity as f64;
         let (ended_tx, ended) = crossbeam_channel::unbounded();
@@ -127,18 +105,14 @@ impl Acceptor {
             resume_below: (config.queue.resume_accept_below * capacity).ceil() as usize,
             limiter: Limiter::new(config.limits.max_connections),
             depth,
-            stats: ctx.stats.clone(),
-            alerts: ctx.alerts.clone(),
-            shutdown: ctx.shutdown.clone(),
             ctx,
-            registry,
         }
     }
 
     /// The accept loop; returns at shutdown.
     pub fn run(mut self) {
         let mut next_id: u64 = 0;
-        while !self.shutdown.is_triggered() {
+        while !self.ctx.shutdown.is_triggered() {
             self.reap();
             if !self.wait_below_watermark() {
                 break;
@@ -173,6 +147,11 @@ impl Acceptor {
             next_id += 1;
             self.spawn(next_id, socket, peer, permit);
         }
+        // No new connections now; wake every blocked read so that the
+        // workers drain what their peers sent and end.
+        for w in self.live.values() {
+            let _ = w.stream.shutdown(SocketShutdown::Read);
+        }
         debug!("accept loop stopped");
     }
 
@@ -187,7 +166,7 @@ impl Acceptor {
     }
 
     fn reap_one(&mut self, ended: Ended) {
-        let Some((handle, permit)) = self.live.remove(&ended.id) else {
+        let Some(Worker { handle, permit, .. }) = self.live.remove(&ended.id) else {
             return;
         };
         // The worker sent this as its last act: the join is short.
@@ -225,9 +204,9 @@ impl Acceptor {
         if depth < self.pause_above {
             return true;
         }
-        self.stats.accept_paused.store(true, Ordering::Relaxed);
+        self.ctx.stats.accept_paused.store(true, Ordering::Relaxed);
         let since = Instant::now();
-        if let Some(n) = self.alerts.accept_paused.allow() {
+        if let Some(n) = self.ctx.alerts.accept_paused.allow() {
             warn!(
                 "accept paused queue_depth={depth} queue_capacity={} pause_accept_above={}{}",
                 self.depth.capacity(),
@@ -236,13 +215,13 @@ impl Acceptor {
             );
         }
         while self.depth.get() >= self.resume_below.max(1) {
-            if self.shutdown.wait_timeout(PAUSE_POLL) {
+            if self.ctx.shutdown.wait_timeout(PAUSE_POLL) {
                 return false;
             }
             self.reap();
         }
-        self.stats.accept_paused.store(false, Ordering::Relaxed);
-        if let Some(n) = self.alerts.accept_resumed.allow() {
+        self.ctx.stats.accept_paused.store(false, Ordering::Relaxed);
+        if let Some(n) = self.ctx.alerts.accept_resumed.allow() {
             info!(
                 "accept resumed queue_depth={} paused_for={:?}{}",
                 self.depth.get(),
@@ -259,18 +238,18 @@ impl Acceptor {
             // The peer gave up between SYN and accept: nothing to do.
             io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset => {}
             _ => {
-                if let Some(n) = self.alerts.accept_error.allow() {
+                if let Some(n) = self.ctx.alerts.accept_error.allow() {
                     warn!("accept failed, backing off error=\"{e}\"{}", suppressed(n));
                 }
-                self.shutdown.wait_timeout(ACCEPT_ERROR_BACKOFF);
+                self.ctx.shutdown.wait_timeout(ACCEPT_ERROR_BACKOFF);
             }
         }
     }
 
     fn reject(&self, socket: Socket, peer: SocketAddr) {
-        Stats::add(&self.stats.conns_rejected, 1);
+        Stats::add(&self.ctx.stats.conns_rejected, 1);
         drop(socket);
-        if let Some(n) = self.alerts.connection_limit.allow() {
+        if let Some(n) = self.ctx.alerts.connection_limit.allow() {
             warn!(
                 "connection limit reached, rejected peer={peer} max_connections={}{}",
                 self.max_connections,
@@ -284,32 +263,35 @@ impl Acceptor {
             debug!("conn setup failed id={id} peer={peer} error=\"{e}\"");
         }
         let stream = Arc::new(TcpStream::from(socket));
-        Stats::add(&self.stats.conns_total, 1);
-        Stats::add(&self.stats.conns_active, 1);
-        self.registry.insert(id, stream.clone());
+        Stats::add(&self.ctx.stats.conns_total, 1);
+        Stats::add(&self.ctx.stats.conns_active, 1);
         debug!("conn open id={id} peer={peer}");
         let ctx = self.ctx.clone();
-        let registry = self.registry.clone();
         let ended = self.ended_tx.clone();
+        let theirs = stream.clone();
         let spawned = thread::Builder::new()
             .name(format!("fw-conn-{id}"))
             .stack_size(WORKER_STACK)
-            .spawn(move || worker(id, peer, stream, ctx, registry, ended));
+            .spawn(move || worker(id, peer, theirs, ctx, ended));
         match spawned {
             Ok(handle) => {
-                self.live.insert(id, (handle, permit));
+                let w = Worker {
+                    handle,
+                    permit,
+                    stream,
+                };
+                self.live.insert(id, w);
             }
-            Err(e) => self.spawn_failed(id, peer, e),
+            Err(e) => self.spawn_failed(peer, e),
         }
     }
 
-    /// The closure (and the stream with it) was dropped with the error;
-    /// the permit goes back as the caller drops it.
-    fn spawn_failed(&self, id: u64, peer: SocketAddr, e: io::Error) {
-        self.registry.remove(id);
-        Stats::sub(&self.stats.conns_active, 1);
-        Stats::add(&self.stats.conns_rejected, 1);
-        if let Some(n) = self.alerts.spawn_failed.allow() {
+    /// The closure was dropped with the error; the stream and the permit
+    /// go as the caller drops them.
+    fn spawn_failed(&self, peer: SocketAddr, e: io::Error) {
+        Stats::sub(&self.ctx.stats.conns_active, 1);
+        Stats::add(&self.ctx.stats.conns_rejected, 1);
+        if let Some(n) = self.ctx.alerts.spawn_failed.allow() {
             error!(
                 "cannot start a worker thread, connection closed peer={peer} error=\"{e}\"{}",
                 suppressed(n)
@@ -348,10 +330,9 @@ fn worker(
     peer: SocketAddr,
     stream: Arc<TcpStream>,
     ctx: Arc<ConnContext>,
-    registry: Arc<Registry>,
     ended: Sender<Ended>,
 ) {
-    let _alive = WorkerGuard::new(&ctx.stats, &registry, id, ended);
+    let _alive = WorkerGuard::new(&ctx.stats, id, ended);
     let started = Instant::now();
     let (close, totals) = conn::serve(&ctx, &stream, peer);
     debug!(
@@ -361,26 +342,24 @@ fn worker(
         totals.bytes,
         started.elapsed()
     );
-    // Let the peer see the close now, even if the registry still holds a
-    // reference for a moment.
+    // Let the peer see the close now; the accept loop holds a reference
+    // to the socket until it has joined this thread.
     let _ = SockRef::from(&*stream).shutdown(SocketShutdown::Both);
 }
 
 /// Counts the thread as live and undoes everything on the way out.
 struct WorkerGuard<'a> {
     stats: &'a Stats,
-    registry: &'a Registry,
     id: u64,
     ended: Sender<Ended>,
     task: Option<PathBuf>,
 }
 
 impl<'a> WorkerGuard<'a> {
-    fn new(stats: &'a Stats, registry: &'a Registry, id: u64, ended: Sender<Ended>) -> Self {
+    fn new(stats: &'a Stats, id: u64, ended: Sender<Ended>) -> Self {
         Stats::add(&stats.workers, 1);
         WorkerGuard {
             stats,
-            registry,
             id,
             ended,
             task: std::fs::read_link("/proc/thread-self")
@@ -392,7 +371,6 @@ impl<'a> WorkerGuard<'a> {
 
 impl Drop for WorkerGuard<'_> {
     fn drop(&mut self) {
-        self.registry.remove(self.id);
         Stats::sub(&self.stats.conns_active, 1);
         Stats::sub(&self.stats.workers, 1);
         // Fails only once the accept loop is gone (shutdown): nothing
