@@ -18,108 +18,15 @@ mod support;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use support::peers::{self, Peer, line_count, payloads, tcp_sink_config};
 use support::{Daemon, assert_balanced, assert_bytes, num, read, wait_until};
-
-// ---- peers.sh ----------------------------------------------------------
-
-fn peers_sh(args: &[&str]) -> Result<String, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/peers.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run bash {}: {e}", script.display()))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(format!(
-            "peers.sh {args:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn require_rsyslogd() {
-    let bin = peers_sh(&["peer-bin", "rsyslogd"]).unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        Path::new(&bin).is_file(),
-        "rsyslogd not found at {bin}: run `bash scripts/install-peers.sh` (needs root) to install the test peers"
-    );
-}
-
-/// A running peer; stopped (TERM, then KILL) when dropped.
-struct Peer {
-    port: u16,
-    /// WORKDIR/<kind>-<port>: the peer's config, pid and logs.
-    dir: PathBuf,
-    pid: u32,
-}
-
-impl Peer {
-    /// `peers.sh start-<kind> PORT args... WORKDIR extra...` on a free port,
-    /// with a new port if the one picked was taken meanwhile.
-    fn start(kind: &str, workdir: &Path, args: impl Fn(u16) -> Vec<String>) -> Peer {
-        let mut last = String::new();
-        for _ in 0..3 {
-            let port: u16 = peers_sh(&["free-port"])
-                .unwrap_or_else(|e| panic!("{e}"))
-                .parse()
-                .expect("free-port prints a port");
-            match Peer::start_on(kind, workdir, port, &args(port)) {
-                Ok(p) => return p,
-                Err(e) => last = e,
-            }
-        }
-        panic!("could not start {kind}: {last}");
-    }
-
-    fn start_on(kind: &str, workdir: &Path, port: u16, args: &[String]) -> Result<Peer, String> {
-        let mut argv: Vec<&str> = vec![kind];
-        argv.extend(args.iter().map(String::as_str));
-        let pid = peers_sh(&argv)?;
-        let pid = pid.parse().map_err(|e| format!("pid {pid:?}: {e}"))?;
-        let dir_kind = kind.trim_start_matches("start-");
-        Ok(Peer {
-            port,
-            dir: workdir.join(format!("{dir_kind}-{port}")),
-            pid,
-        })
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid.to_string())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -{sig} {} failed", self.pid);
-    }
-
-    fn internal_log(&self) -> String {
-        String::from_utf8_lossy(&read(&self.dir.join("internal.log"))).into_owned()
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        // A stopped peer cannot act on TERM.
-        let _ = Command::new("kill")
-            .arg("-CONT")
-            .arg(self.pid.to_string())
-            .status();
-        if let Err(e) = peers_sh(&["stop", &self.dir.display().to_string()]) {
-            eprintln!("{e}");
-        }
-    }
-}
 
 // ---- helpers -----------------------------------------------------------
 
@@ -130,37 +37,16 @@ fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-fn line_count(path: &Path) -> usize {
-    read(path).iter().filter(|&&b| b == b'\n').count()
-}
-
-/// Letter-first payloads (rsyslog reads a leading digit as an octet
-/// count), with a tab and spaces that must survive.
-fn payloads(tag: &str, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| format!("{tag} message\t{i:06} end"))
-        .collect()
-}
-
 fn file_sink_config() -> &'static str {
     "[server]\nlisten = \"127.0.0.1:0\"\nframing = \"auto\"\n\
      [sink]\ntype = \"file\"\npath = \"{dir}/out.log\"\nflush_interval = \"100ms\"\n\
      [log]\nstats_interval = \"200ms\"\n"
 }
 
-fn tcp_sink_config(port: u16, framing: &str, extra: &str) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nframing = \"lines\"\n\
-         [sink]\ntype = \"tcp\"\naddress = \"127.0.0.1:{port}\"\nframing = \"{framing}\"\nworkers = 1\n\
-         connect_timeout = \"1s\"\n{extra}\n\
-         [log]\nstats_interval = \"200ms\"\n"
-    )
-}
-
 // ---- 1. rsyslog omfwd -> floodwall --------------------------------------
 
 fn rsyslog_forwards_into_floodwall(framing: &str) {
-    require_rsyslogd();
+    peers::require("rsyslogd");
     let work = tempfile::tempdir().expect("temp dir");
     let mut d = Daemon::start(file_sink_config());
     let target = d.addr.port().to_string();
@@ -243,7 +129,7 @@ fn rsyslog_omfwd_octet_counted_framing_into_floodwall() {
 // ---- 2. floodwall tcp sink -> rsyslog imtcp ------------------------------
 
 fn floodwall_forwards_into_rsyslog(framing: &str) {
-    require_rsyslogd();
+    peers::require("rsyslogd");
     let work = tempfile::tempdir().expect("temp dir");
     let out = work.path().join("rsyslog-out.log");
     let rs = Peer::start("start-rsyslog-file", work.path(), |port| {
@@ -350,7 +236,7 @@ fn seq_counts(path: &Path) -> HashMap<usize, usize> {
 fn downstream_rsyslog_stopped_and_killed_mid_stream() {
     const MAX_CONNECTIONS: u64 = 16;
     const PHASE: usize = 40_000;
-    require_rsyslogd();
+    peers::require("rsyslogd");
     let work = tempfile::tempdir().expect("temp dir");
     let workdir = work.path().display().to_string();
     let out = work.path().join("rsyslog-out.log");

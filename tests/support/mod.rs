@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod peers;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -197,22 +199,35 @@ impl Daemon {
         timeout: Duration,
         pred: impl Fn(&StatsLine) -> bool,
     ) -> Option<StatsLine> {
-        let skip = self.stats_lines().len();
         let deadline = Instant::now() + timeout;
-        let mut seen = skip;
+        let mut seen = self.log_lines().len();
         loop {
-            let all = self.stats_lines();
-            if let Some(s) = all[seen..].iter().find(|s| pred(s)) {
-                return Some(s.clone());
+            let lines = self.log_lines();
+            if let Some(s) = lines[seen..]
+                .iter()
+                .filter_map(|l| parse_stats(l))
+                .find(|s| pred(s))
+            {
+                return Some(s);
             }
-            seen = all.len();
-            if Instant::now() >= deadline {
+            seen = lines.len();
+            if !self.wait_new_line(seen, deadline) {
                 return None;
             }
-            let n = self.log_lines().len();
-            let _ = self.wait_log(Duration::from_millis(200), |_| false);
-            let _ = n;
         }
+    }
+
+    /// Waits until the log has more than `len` lines; false at `deadline`.
+    fn wait_new_line(&self, len: usize, deadline: Instant) -> bool {
+        let mut lines = self.log.lines.lock().unwrap();
+        while lines.len() <= len {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            lines = self.log.grew.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+        true
     }
 
     pub fn signal(&self, sig: &str) {
