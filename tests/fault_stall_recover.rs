@@ -9,8 +9,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use fault_support::{Downstream, flood, send_and_close};
-use support::{Daemon, assert_balanced, num};
+use fault_support::{Downstream, assert_drained_into, flood, send_and_close};
+use support::{Daemon, num};
 
 const MARKER: &[u8] = b"marker sent while the downstream was frozen\n";
 
@@ -87,18 +87,7 @@ stats_interval = "100ms"
     assert!(marker_after < Duration::from_secs(5), "{marker_after:?}");
 
     let status = daemon.stop(Duration::from_secs(20));
-    assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log_text());
-    let last = daemon.final_stats();
-    assert_balanced(&last);
-    assert_eq!(num(&last, "queue_depth"), 0);
-    assert_eq!(num(&last, "sink_errors"), 0, "{last:?}");
-    assert!(
-        support::wait_until(Duration::from_secs(10), || downstream.lines() as u64
-            == num(&last, "delivered")),
-        "downstream has {} lines, daemon delivered {}",
-        downstream.lines(),
-        num(&last, "delivered")
-    );
+    let last = assert_drained_into(&daemon, status, &downstream);
     eprintln!(
         "FIGURES stall_recover: final received={} delivered={} dropped_send_timeout={} dropped_oversize={}",
         num(&last, "received"),

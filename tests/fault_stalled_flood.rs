@@ -11,7 +11,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use fault_support::{Downstream, ThreadSampler, flood, raise_nofile, send_and_close};
+use fault_support::{
+    Downstream, ThreadSampler, assert_drained_into, flood, raise_nofile, send_and_close,
+};
 use support::{Daemon, assert_balanced, num};
 
 const MAX_CONNECTIONS: u64 = 20;
@@ -161,17 +163,6 @@ stats_interval = "200ms"
         daemon.threads()
     );
     let status = daemon.stop(Duration::from_secs(20));
-    assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log_text());
-    let last = daemon.final_stats();
-    assert_balanced(&last);
-    assert_eq!(num(&last, "queue_depth"), 0);
-    assert_eq!(num(&last, "sink_errors"), 0, "{last:?}");
-    assert!(
-        support::wait_until(Duration::from_secs(10), || downstream.lines() as u64
-            == num(&last, "delivered")),
-        "downstream has {} lines, daemon delivered {}",
-        downstream.lines(),
-        num(&last, "delivered")
-    );
+    assert_drained_into(&daemon, status, &downstream);
     max_threads
 }

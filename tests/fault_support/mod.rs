@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::support::proc_status;
+use crate::support::{Daemon, StatsLine, assert_balanced, num, proc_status, wait_until};
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit (NOTES.md: tests that
 /// open many sockets do this and stay below the hard limit). Returns the
@@ -273,4 +273,27 @@ pub fn flood(addr: SocketAddr, n: usize, run_for: Duration, tag: &str) -> (u64, 
 pub fn send_and_close(addr: SocketAddr, data: &[u8]) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
     s.write_all(data).expect("send");
+}
+
+/// After a clean exit: exit 0, balanced books, an empty queue, no sink
+/// errors, and the downstream holding exactly the `delivered` lines.
+/// Returns the final stats line.
+pub fn assert_drained_into(
+    daemon: &Daemon,
+    status: std::process::ExitStatus,
+    downstream: &Downstream,
+) -> StatsLine {
+    assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log_text());
+    let last = daemon.final_stats();
+    assert_balanced(&last);
+    assert_eq!(num(&last, "queue_depth"), 0, "{last:?}");
+    assert_eq!(num(&last, "sink_errors"), 0, "{last:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || downstream.lines() as u64
+            == num(&last, "delivered")),
+        "downstream has {} lines, the daemon delivered {}",
+        downstream.lines(),
+        num(&last, "delivered")
+    );
+    last
 }
