@@ -6,6 +6,8 @@
 #     because the Debian packages rsyslog and syslog-ng-core conflict), plus its
 #     runtime libraries (apt); also provides `loggen`
 #   - socat and util-linux `logger`
+#   - rsyslog-openssl (TLS driver), nats-server, haproxy, prometheus + promtool,
+#     openssl (apt; their services are never started)
 #
 # Idempotent: a second run does nothing but check. Quiet on success (one summary
 # line); on failure prints the failing step and its log.
@@ -131,6 +133,27 @@ apt_install socat
 command -v logger >/dev/null 2>&1 || apt_install bsdutils
 logger --help 2>&1 | grep -q -- '--octet-count' || die "logger is not util-linux logger (no --octet-count)"
 
+# ---------------------------------- TLS, NATS, HAProxy, Prometheus peers
+# rsyslog-openssl: rsyslog's ossl stream driver (TLS tests); nats-server
+# (JetStream sink tests); haproxy (fleet, PROXY protocol); prometheus and
+# promtool (metrics tests); openssl CLI (certificates, s_client). Their
+# packages may try to start system services: policy-rc.d blocks that, and
+# the tests run their own instances in the foreground.
+block_service_start
+apt_install rsyslog-openssl nats-server haproxy prometheus openssl
+for b in nats-server haproxy prometheus promtool openssl; do
+    command -v "$b" >/dev/null 2>&1 || die "$b not found after install"
+done
+ls /usr/lib/*/rsyslog/lmnsd_ossl.so >/dev/null 2>&1 || die "rsyslog ossl driver (lmnsd_ossl.so) not found after install"
+# A service started anyway (no policy-rc.d honoured): stop it, our tests
+# bind their own ports and must not share a machine-wide instance.
+for svc in nats-server haproxy prometheus; do
+    if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+        systemctl stop "$svc" >>"$LOG" 2>&1 || true
+        systemctl disable "$svc" >>"$LOG" 2>&1 || true
+    fi
+done
+
 # ------------------------------------------------ syslog-ng (unpacked)
 apt_install "${SNG_RUNTIME_LIBS[@]}"
 
@@ -183,5 +206,5 @@ grep -q -- '--stream' <<<"$lg_out" || die "loggen cannot load its plugins: $lg_o
 rs_ver=$(/usr/sbin/rsyslogd -v 2>/dev/null | head -n1 | awk '{print $2}' | tr -d ,)
 
 elapsed=$(awk -v s="$START_TS" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}')
-echo "install-peers: ok in ${elapsed}s (rsyslogd ${rs_ver}, syslog-ng $(awk -F": " "/^Installer-Version/{print \$2}" <<<"$ver_out") in $SNG_DIR, socat, logger)"
+echo "install-peers: ok in ${elapsed}s (rsyslogd ${rs_ver}, syslog-ng $(awk -F": " "/^Installer-Version/{print \$2}" <<<"$ver_out") in $SNG_DIR, socat, logger, rsyslog-openssl, nats-server, haproxy, prometheus, openssl)"
 rm -f "$LOG"
