@@ -34,6 +34,31 @@ pub struct Stats {
     pub closed_error: AtomicU64,
     /// Failed sink writes (each retried).
     pub sink_errors: AtomicU64,
+    /// Messages framed from what was still unread when a connection was
+    /// closed at the shutdown deadline (SPEC "Shutdown"): part of `lost`.
+    pub dropped_shutdown: AtomicU64,
+    /// Connections ended by the peer's clean EOF.
+    pub closed_eof: AtomicU64,
+    /// Connections ended by the shutdown (grace or deadline).
+    pub closed_shutdown: AtomicU64,
+    /// Connections closed at accept: source not in `server.allow`.
+    pub conns_denied: AtomicU64,
+    /// Connections closed at accept: over `max_connections_per_ip`.
+    pub conns_over_ip_limit: AtomicU64,
+    /// Connections closed for TLS: failed, stalled or refused handshake.
+    pub closed_tls: AtomicU64,
+    /// Connections closed for the PROXY protocol header.
+    pub closed_proxy: AtomicU64,
+    /// Messages replayed from the spool at start.
+    pub recovered: AtomicU64,
+    /// Bytes the spool holds on disk (a gauge).
+    pub spool_bytes: AtomicU64,
+    /// Messages lost to spool damage (torn or corrupt records).
+    pub spool_corrupt: AtomicU64,
+    /// Message bytes framed (LF excluded).
+    pub bytes_received: AtomicU64,
+    /// Message bytes delivered (LF excluded).
+    pub bytes_delivered: AtomicU64,
     /// Set while the accept loop is paused at the high watermark.
     pub accept_paused: AtomicBool,
     /// Makes multi-counter moves atomic for snapshots: a move (a sink's
@@ -67,8 +92,10 @@ impl Stats {
         // that a worker caught between enqueueing and counting (a
         // connection mid-read) errs towards "in the queue".
         let received = get(&self.received);
+        let recovered = get(&self.recovered);
         let dropped_send_timeout = get(&self.dropped_send_timeout);
         let dropped_oversize = get(&self.dropped_oversize);
+        let dropped_shutdown = get(&self.dropped_shutdown);
         let queue_depth = depth.get() as u64;
         let delivered = get(&self.delivered);
         Snapshot {
@@ -88,6 +115,18 @@ impl Stats {
             closed_framing: get(&self.closed_framing),
             closed_error: get(&self.closed_error),
             sink_errors: get(&self.sink_errors),
+            dropped_shutdown,
+            closed_eof: get(&self.closed_eof),
+            closed_shutdown: get(&self.closed_shutdown),
+            conns_denied: get(&self.conns_denied),
+            conns_over_ip_limit: get(&self.conns_over_ip_limit),
+            closed_tls: get(&self.closed_tls),
+            closed_proxy: get(&self.closed_proxy),
+            recovered,
+            spool_bytes: get(&self.spool_bytes),
+            spool_corrupt: get(&self.spool_corrupt),
+            bytes_received: get(&self.bytes_received),
+            bytes_delivered: get(&self.bytes_delivered),
         }
     }
 }
@@ -111,13 +150,30 @@ pub struct Snapshot {
     pub closed_framing: u64,
     pub closed_error: u64,
     pub sink_errors: u64,
+    pub dropped_shutdown: u64,
+    pub closed_eof: u64,
+    pub closed_shutdown: u64,
+    pub conns_denied: u64,
+    pub conns_over_ip_limit: u64,
+    pub closed_tls: u64,
+    pub closed_proxy: u64,
+    pub recovered: u64,
+    pub spool_bytes: u64,
+    pub spool_corrupt: u64,
+    pub bytes_received: u64,
+    pub bytes_delivered: u64,
 }
 
 impl Snapshot {
-    /// SPEC.md invariant 3: received = delivered + dropped + queue_depth.
+    /// SPEC.md invariant 3: received + recovered = delivered + dropped
+    /// (send_timeout, oversize, shutdown) + queue_depth.
     pub fn balanced(&self) -> bool {
-        self.received
-            == self.delivered + self.dropped_send_timeout + self.dropped_oversize + self.queue_depth
+        self.received + self.recovered
+            == self.delivered
+                + self.dropped_send_timeout
+                + self.dropped_oversize
+                + self.dropped_shutdown
+                + self.queue_depth
     }
 }
 
@@ -128,7 +184,10 @@ impl fmt::Display for Snapshot {
             "stats conns_active={} conns_total={} conns_rejected={} workers={} \
              queue_depth={} queue_capacity={} accept_paused={} received={} delivered={} \
              dropped_send_timeout={} dropped_oversize={} closed_idle={} \
-             closed_send_timeout={} closed_framing={} closed_error={} sink_errors={}",
+             closed_send_timeout={} closed_framing={} closed_error={} sink_errors={} \
+             dropped_shutdown={} closed_eof={} closed_shutdown={} conns_denied={} \
+             conns_over_ip_limit={} closed_tls={} closed_proxy={} recovered={} \
+             spool_bytes={} spool_corrupt={} bytes_received={} bytes_delivered={}",
             self.conns_active,
             self.conns_total,
             self.conns_rejected,
@@ -145,6 +204,18 @@ impl fmt::Display for Snapshot {
             self.closed_framing,
             self.closed_error,
             self.sink_errors,
+            self.dropped_shutdown,
+            self.closed_eof,
+            self.closed_shutdown,
+            self.conns_denied,
+            self.conns_over_ip_limit,
+            self.closed_tls,
+            self.closed_proxy,
+            self.recovered,
+            self.spool_bytes,
+            self.spool_corrupt,
+            self.bytes_received,
+            self.bytes_delivered,
         )
     }
 }
@@ -172,6 +243,14 @@ mod tests {
             "closed_idle",
             "closed_send_timeout",
             "closed_framing",
+            "dropped_shutdown",
+            "conns_denied",
+            "conns_over_ip_limit",
+            "closed_tls",
+            "closed_proxy",
+            "recovered",
+            "spool_bytes",
+            "spool_corrupt",
         ] {
             assert!(
                 line.contains(&format!(" {key}=")),

@@ -57,14 +57,15 @@ pub fn num(s: &StatsLine, key: &str) -> u64 {
 
 /// SPEC.md invariant 3 on one stats line.
 pub fn assert_balanced(s: &StatsLine) {
-    let received = num(s, "received");
+    let lhs = num(s, "received") + num(s, "recovered");
     let rhs = num(s, "delivered")
         + num(s, "dropped_send_timeout")
         + num(s, "dropped_oversize")
+        + num(s, "dropped_shutdown")
         + num(s, "queue_depth");
     assert_eq!(
-        received, rhs,
-        "accounting identity broken: received != delivered + dropped_send_timeout + dropped_oversize + queue_depth in {s:?}"
+        lhs, rhs,
+        "accounting identity broken: received + recovered != delivered + dropped_send_timeout + dropped_oversize + dropped_shutdown + queue_depth in {s:?}"
     );
 }
 
