@@ -320,7 +320,7 @@ impl Connection<'_> {
     fn decode(&mut self, quota: usize) -> Result<bool, Close> {
         // Rate-limited: room for about the quota, not the whole buffer.
         let room = (self.end - self.start + 1).min(quota.saturating_mul(QUOTA_BYTES_GUESS));
-        let mut batch = self.ctx.queue.batch(room);
+        let mut batch = self.ctx.queue.batch(room, self.peer);
         let mut run = self.start..self.start;
         self.run_ends.clear();
         let mut framed = 0usize;
@@ -401,7 +401,7 @@ impl Connection<'_> {
         }
         flush_run(batch, &self.buf, run, &mut self.run_ends);
         let rest = self.end - self.start + 1;
-        let full = std::mem::replace(batch, self.ctx.queue.batch(rest));
+        let full = std::mem::replace(batch, self.ctx.queue.batch(rest, self.peer));
         match self.enqueue(full) {
             Some(close) => Err(close),
             None => Ok(()),
@@ -416,7 +416,7 @@ impl Connection<'_> {
         }
         match self.decoder.finish(&self.buf[self.start..self.end]) {
             Ok(Some(Frame::Message(range))) => {
-                let mut batch = Batch::with_capacity(range.len() + 1, 1);
+                let mut batch = self.ctx.queue.batch(range.len() + 1, self.peer);
                 batch.push(&self.buf[self.start + range.start..self.start + range.end]);
                 if let Some(close) = self.enqueue(batch) {
                     return close;

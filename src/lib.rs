@@ -7,7 +7,7 @@
 //!                          read → frame → send_timeout(batch)
 //!                                             │ bounded queue (messages)
 //!                                             ▼
-//!                                       fw-sink-<n> → stdout | file | tcp | null
+//!                                       fw-sink-<n> → stdout | file | tcp | nats | null
 //! fw-stats: logs the counters every stats_interval
 //! ```
 //!
@@ -126,8 +126,9 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<Report, Error> {
 
 /// Binds, opens the configured sinks and starts every thread.
 pub fn start(config: Config, shutdown: Shutdown) -> Result<Daemon, Error> {
+    let config = config.validate()?;
     let sinks = sink::open(&config.sink).map_err(Error::Sink)?;
-    start_with_sinks(config, shutdown, sinks)
+    start_workers(config, shutdown, sinks)
 }
 
 /// Like [`start`], with sinks supplied by the caller (one per sink
@@ -136,6 +137,14 @@ pub fn start_with_sinks(
     config: Config,
     shutdown: Shutdown,
     sinks: Vec<Box<dyn Sink>>,
+) -> Result<Daemon, Error> {
+    start_workers(config, shutdown, sinks.into_iter().map(Into::into).collect())
+}
+
+fn start_workers(
+    config: Config,
+    shutdown: Shutdown,
+    sinks: Vec<sink::SinkWorker>,
 ) -> Result<Daemon, Error> {
     let config = config.validate()?;
     let addr = config.listen_addr()?;
@@ -175,7 +184,7 @@ pub fn start_with_sinks(
             .name(format!("fw-sink-{n}"))
             .spawn(move || {
                 let _done = done;
-                sink::run(sink, ctx);
+                sink.run(ctx);
             })
             .map_err(|source| Error::Thread {
                 name: "fw-sink",

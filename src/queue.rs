@@ -20,6 +20,7 @@
 //! When every sender is dropped the channel disconnects; sinks drain what
 //! is queued and then see the disconnection (crossbeam semantics).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -34,6 +35,10 @@ pub struct Batch {
     data: Vec<u8>,
     /// End offset in `data` of each message, LF excluded.
     ends: Vec<u32>,
+    /// The client that sent these messages (behind a PROXY-protocol
+    /// balancer: the client the header named), for sinks that say who
+    /// sent a message (nats: `Floodwall-Peer`).
+    peer: Option<SocketAddr>,
 }
 
 impl Batch {
@@ -45,7 +50,13 @@ impl Batch {
         Batch {
             data: Vec::with_capacity(bytes),
             ends: Vec::with_capacity(messages),
+            peer: None,
         }
+    }
+
+    /// The client that sent these messages, if known.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
     }
 
     pub fn push(&mut self, message: &[u8]) {
@@ -108,6 +119,7 @@ impl Batch {
     pub fn clear(&mut self) {
         self.data.clear();
         self.ends.clear();
+        self.peer = None;
     }
 }
 
@@ -247,16 +259,18 @@ pub struct QueueSender {
 }
 
 impl QueueSender {
-    /// An empty batch with room for about `bytes`: a recycled one when
-    /// the sinks have returned any.
-    pub fn batch(&self, bytes: usize) -> Batch {
-        match self.spares.try_recv() {
+    /// An empty batch for messages from `peer`, with room for about
+    /// `bytes`: a recycled one when the sinks have returned any.
+    pub fn batch(&self, bytes: usize, peer: SocketAddr) -> Batch {
+        let mut b = match self.spares.try_recv() {
             Ok(mut b) => {
                 b.data.reserve(bytes);
                 b
             }
             Err(_) => Batch::with_capacity(bytes, 0),
-        }
+        };
+        b.peer = Some(peer);
+        b
     }
 
     /// Enqueues `batch`, waiting at most `timeout` for room for all of its

@@ -8,8 +8,13 @@
 //!
 //! The thread ends when the queue disconnects (every sender gone) and all
 //! it holds is written, or when the shutdown deadline abandons it.
+//!
+//! The nats sink is the exception: it keeps many publishes awaiting acks
+//! at once, which a synchronous `write` cannot express, so it runs its own
+//! loop on the sink thread ([`SinkWorker::Nats`]).
 
 mod file;
+mod nats;
 mod stdout;
 mod tcp;
 
@@ -28,6 +33,7 @@ use crate::shutdown::Reopen;
 use crate::stats::Stats;
 
 pub use file::FileSink;
+pub use nats::NatsSink;
 pub use stdout::StdoutSink;
 pub use tcp::TcpSink;
 
@@ -56,13 +62,38 @@ impl Sink for NullSink {
     }
 }
 
+/// What one sink thread runs.
+pub enum SinkWorker {
+    /// A [`Sink`] driven by the shared runner, [`run`].
+    Batches(Box<dyn Sink>),
+    /// The nats sink's own publish-and-ack loop.
+    Nats(NatsSink),
+}
+
+impl SinkWorker {
+    /// The sink thread body.
+    pub fn run(self, ctx: SinkContext) {
+        match self {
+            SinkWorker::Batches(sink) => run(sink, ctx),
+            SinkWorker::Nats(sink) => sink.run(ctx),
+        }
+    }
+}
+
+impl From<Box<dyn Sink>> for SinkWorker {
+    fn from(sink: Box<dyn Sink>) -> SinkWorker {
+        SinkWorker::Batches(sink)
+    }
+}
+
 /// Opens `workers` sinks of the configured type. Fails only for what is
-/// fatal at start-up (a file that cannot be opened); a tcp downstream
-/// that is down is retried later.
-pub fn open(config: &SinkConfig) -> io::Result<Vec<Box<dyn Sink>>> {
+/// fatal at start-up (a file that cannot be opened); a tcp or nats
+/// downstream that is down is retried later.
+pub fn open(config: &SinkConfig) -> io::Result<Vec<SinkWorker>> {
+    let run_id = nats::run_id();
     (0..config.workers)
-        .map(|_| -> io::Result<Box<dyn Sink>> {
-            Ok(match config.kind {
+        .map(|worker| -> io::Result<SinkWorker> {
+            let sink: Box<dyn Sink> = match config.kind {
                 SinkType::Stdout => Box::new(StdoutSink),
                 SinkType::Null => Box::new(NullSink),
                 SinkType::File => Box::new(FileSink::open(
@@ -72,7 +103,11 @@ pub fn open(config: &SinkConfig) -> io::Result<Vec<Box<dyn Sink>>> {
                         .expect("validate() requires sink.path for file"),
                 )?),
                 SinkType::Tcp => Box::new(TcpSink::new(config)),
-            })
+                SinkType::Nats => {
+                    return Ok(SinkWorker::Nats(NatsSink::open(config, worker, &run_id)?));
+                }
+            };
+            Ok(sink.into())
         })
         .collect()
 }

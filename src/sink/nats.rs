@@ -1,0 +1,618 @@
+//! The nats sink: publishes each message to a NATS JetStream stream and
+//! counts it delivered only when the stream acknowledges it. The only
+//! async code in floodwall: each nats sink thread owns one current-thread
+//! tokio runtime and stays inside `block_on` for its whole life, so the
+//! thread count is what SPEC.md invariant 1 says (async-nats's tasks run
+//! on this thread; servers are IP literals, so nothing is resolved on a
+//! blocking pool).
+//!
+//! Why its own loop instead of [`super::Sink::write`]: a synchronous
+//! write of a batch would wait for the slowest ack of the batch before
+//! taking the next. Here up to `max_in_flight` publishes await their acks
+//! at once, and acks complete in any order (a `FuturesUnordered`, no FIFO
+//! head-of-line wait). Each message keeps its queue credit (and so counts
+//! in `queue_depth`) until its ack; then it moves to `delivered`.
+//!
+//! Failures: a publish whose ack failed or timed out is sent again with
+//! the same `Nats-Msg-Id`, so the stream stores it once even if the first
+//! ack was only lost. While acks fail (no server, a stream without a
+//! leader: "no responders") the sink backs off, 100 ms doubling to 5 s,
+//! and then probes with one message before opening the window again:
+//! spinning on "no responders" was measured to stretch a 5-8 s leader
+//! election to 30 s.
+//!
+//! Not here: which messages exist (the queue), who sent them (the batch's
+//! peer, set by the connection), and how long shutdown may take (the
+//! daemon sets `SinkContext::abandon` at the drain deadline; what is
+//! unacked then stays in `queue_depth` and is reported lost).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
+use bytes::Bytes;
+use crossbeam_channel::{RecvTimeoutError, TryRecvError};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use log::{debug, info, warn};
+
+use super::SinkContext;
+use crate::alerts::suppressed;
+use crate::config::SinkConfig;
+use crate::queue::Batch;
+use crate::stats::Stats;
+
+/// Back-off after failed publishes or stream set-up (SPEC.md "Sinks").
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Longest a busy loop waits before looking at the queue and the abandon
+/// flag again.
+const POLL: Duration = Duration::from_millis(10);
+/// With room in the window and acks outstanding: how long to wait for an
+/// ack before looking at the queue again.
+const FEED_POLL: Duration = Duration::from_millis(1);
+/// With nothing in flight: how long the thread blocks on the queue. The
+/// runtime does not run meanwhile, which is harmless: with nothing in
+/// flight async-nats has nothing to flush, and server pings come minutes
+/// apart.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// The header naming the client that sent a message.
+const PEER_HEADER: &str = "Floodwall-Peer";
+
+/// One sink worker's settings, taken from the validated config.
+#[derive(Debug, Clone)]
+struct Settings {
+    servers: Vec<String>,
+    subject: String,
+    stream: String,
+    max_in_flight: usize,
+    ack_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+/// A nats sink worker: its settings, its runtime, and where its message
+/// ids come from.
+pub struct NatsSink {
+    settings: Settings,
+    runtime: tokio::runtime::Runtime,
+    ids: MessageIds,
+}
+
+impl std::fmt::Debug for NatsSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSink")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsSink {
+    /// Builds worker `worker`'s runtime (failing to is fatal at start-up);
+    /// connects later, in [`NatsSink::run`]: a server that is down at
+    /// start-up is retried, not fatal.
+    pub fn open(config: &SinkConfig, worker: usize, run_id: &str) -> io::Result<NatsSink> {
+        let settings = Settings {
+            servers: config.servers.clone().unwrap_or_default(),
+            subject: config.subject.clone().unwrap_or_default(),
+            stream: config.stream.clone().unwrap_or_default(),
+            max_in_flight: config.max_in_flight.unwrap_or(1024),
+            ack_timeout: config.ack_timeout.unwrap_or(Duration::from_secs(5)),
+            connect_timeout: config.connect_timeout.unwrap_or(Duration::from_secs(2)),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(NatsSink {
+            settings,
+            runtime,
+            ids: MessageIds::new(run_id, worker),
+        })
+    }
+
+    /// The sink thread body: runs until the queue is disconnected and
+    /// every message is acknowledged, or the drain deadline abandons it.
+    pub fn run(self, ctx: SinkContext) {
+        let NatsSink {
+            settings,
+            runtime,
+            ids,
+        } = self;
+        runtime.block_on(async move {
+            let mut early = Vec::new();
+            let Some(js) = connect(&settings, &ctx, &mut early).await else {
+                return;
+            };
+            let mut pipeline = Pipeline::new(settings, ctx, js, ids);
+            for batch in early {
+                pipeline.accept(batch);
+            }
+            pipeline.run().await;
+        });
+    }
+}
+
+/// A run id for message ids: unique per daemon run (process id and start
+/// time), so two runs never share an id within the stream's duplicate
+/// window.
+pub fn run_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}{:x}", std::process::id(), nanos)
+}
+
+/// Where `Nats-Msg-Id`s come from. Today: "<run>-<worker>-<seq>", unique
+/// per message per run. The one place to change when ids must survive a
+/// restart (a spool supplies them from its positions).
+#[derive(Debug)]
+struct MessageIds {
+    prefix: String,
+    next: u64,
+}
+
+impl MessageIds {
+    fn new(run_id: &str, worker: usize) -> MessageIds {
+        MessageIds {
+            prefix: format!("{run_id}-{worker}-"),
+            next: 0,
+        }
+    }
+
+    fn next_id(&mut self) -> String {
+        self.next += 1;
+        format!("{}{}", self.prefix, self.next)
+    }
+}
+
+/// One message taken from the queue and not yet acknowledged.
+#[derive(Debug, Clone)]
+struct Message {
+    /// Kept across retries: the stream deduplicates on it.
+    id: String,
+    /// "IP:PORT" or "[IPv6]:PORT"; empty when the batch had no peer.
+    peer: String,
+    payload: Bytes,
+}
+
+type AckResult = Result<jetstream::publish::PublishAck, jetstream::context::PublishError>;
+type AckFuture = Pin<Box<dyn Future<Output = (Message, AckResult)> + Send>>;
+
+/// Connects (the client keeps reconnecting in the background) and makes
+/// sure the stream exists, retrying with back-off until it works or the
+/// daemon no longer needs this sink (abandoned, or shut down with nothing
+/// queued). None: give up. Batches taken from the queue meanwhile (to
+/// see whether it is disconnected) are left in `early`.
+async fn connect(
+    settings: &Settings,
+    ctx: &SinkContext,
+    early: &mut Vec<Batch>,
+) -> Option<jetstream::Context> {
+    let mut backoff = Backoff::default();
+    let mut outage: Option<Instant> = None;
+    loop {
+        match try_connect(settings).await {
+            Ok(js) => {
+                info!(
+                    "nats sink ready servers={} stream={} subject={}",
+                    settings.servers.join(","),
+                    settings.stream,
+                    settings.subject
+                );
+                return Some(js);
+            }
+            Err(e) => {
+                Stats::add(&ctx.stats.sink_errors, 1);
+                if outage.replace(Instant::now()).is_none() {
+                    if let Some(n) = ctx.alerts.sink_error.allow() {
+                        warn!(
+                            "nats sink cannot reach the stream, retrying with back-off stream={} error=\"{e}\"{}",
+                            settings.stream,
+                            suppressed(n)
+                        );
+                    }
+                } else {
+                    debug!("nats sink set-up failed again error=\"{e}\"");
+                }
+            }
+        }
+        backoff.fail();
+        while let Some(wait) = backoff.remaining() {
+            if ctx.abandon.load(Ordering::SeqCst) || nothing_left(ctx, early) {
+                return None;
+            }
+            tokio::time::sleep(wait.min(POLL)).await;
+        }
+    }
+}
+
+/// Shut down with nothing queued: a sink that never got its stream has
+/// nothing to deliver either. (crossbeam can tell "disconnected" only by
+/// a receive, so what it yields is kept.)
+fn nothing_left(ctx: &SinkContext, early: &mut Vec<Batch>) -> bool {
+    loop {
+        match ctx.queue.try_recv() {
+            Ok(batch) => early.push(batch),
+            Err(TryRecvError::Empty) => return false,
+            Err(TryRecvError::Disconnected) => return early.is_empty(),
+        }
+    }
+}
+
+async fn try_connect(settings: &Settings) -> Result<jetstream::Context, String> {
+    let client = async_nats::ConnectOptions::new()
+        .name("floodwall")
+        .connection_timeout(settings.connect_timeout)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        // Other cluster members' URLs would be host names to resolve on a
+        // blocking pool thread; the configured list is the list.
+        .ignore_discovered_servers()
+        .reconnect_delay_callback(|attempts| {
+            RETRY_MIN
+                .saturating_mul(1 << attempts.min(16) as u32)
+                .min(RETRY_MAX)
+        })
+        .connect(settings.servers.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let js = jetstream::ContextBuilder::new()
+        .timeout(settings.ack_timeout)
+        // Our own window is the bound; the client's must never be the
+        // one that waits.
+        .max_ack_inflight(settings.max_in_flight + 1)
+        .build(client);
+    let config = jetstream::stream::Config {
+        name: settings.stream.clone(),
+        subjects: vec![settings.subject.clone()],
+        num_replicas: 1,
+        ..Default::default()
+    };
+    match tokio::time::timeout(
+        settings.ack_timeout + settings.connect_timeout,
+        js.get_or_create_stream(config),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(js),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out waiting for the stream".to_string()),
+    }
+}
+
+/// Back-off state shared by every failure of one outage: many publishes
+/// failing at once (every in-flight one gets "no responders") is one
+/// failure, not a thousand doublings.
+#[derive(Debug)]
+struct Backoff {
+    delay: Duration,
+    until: Option<Instant>,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            delay: RETRY_MIN,
+            until: None,
+        }
+    }
+}
+
+impl Backoff {
+    /// A failure: hold off for the current delay and double it, unless
+    /// already holding off.
+    fn fail(&mut self) {
+        if self.remaining().is_some() {
+            return;
+        }
+        self.until = Some(Instant::now() + self.delay);
+        self.delay = (self.delay * 2).min(RETRY_MAX);
+    }
+
+    fn succeed(&mut self) {
+        self.delay = RETRY_MIN;
+        self.until = None;
+    }
+
+    /// How long to hold off still; None when free to send.
+    fn remaining(&self) -> Option<Duration> {
+        let left = self.until?.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+}
+
+/// The publish loop of one sink worker.
+struct Pipeline {
+    settings: Settings,
+    ctx: SinkContext,
+    js: jetstream::Context,
+    ids: MessageIds,
+    /// Publishes awaiting their acks, completing in any order.
+    in_flight: FuturesUnordered<AckFuture>,
+    /// Messages whose publish failed, sent again (same id) first.
+    retries: VecDeque<Message>,
+    /// Messages taken from the queue and not yet published.
+    fresh: VecDeque<Message>,
+    backoff: Backoff,
+    /// After a failure only one publish goes out until one succeeds.
+    probing: bool,
+    /// Since when publishes fail (one warning per outage).
+    outage: Option<Instant>,
+    /// Every sender is gone: finish what is held, then end.
+    disconnected: bool,
+}
+
+impl Pipeline {
+    fn new(
+        settings: Settings,
+        ctx: SinkContext,
+        js: jetstream::Context,
+        ids: MessageIds,
+    ) -> Pipeline {
+        Pipeline {
+            settings,
+            ctx,
+            js,
+            ids,
+            in_flight: FuturesUnordered::new(),
+            retries: VecDeque::new(),
+            fresh: VecDeque::new(),
+            backoff: Backoff::default(),
+            probing: false,
+            outage: None,
+            disconnected: false,
+        }
+    }
+
+    fn window(&self) -> usize {
+        if self.probing {
+            1
+        } else {
+            self.settings.max_in_flight
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.in_flight.len() + self.retries.len() + self.fresh.len()
+    }
+
+    async fn run(mut self) {
+        loop {
+            if self.ctx.abandon.load(Ordering::SeqCst) {
+                // The drain deadline passed: what is unacked stays in
+                // queue_depth and is reported lost.
+                return;
+            }
+            self.take_from_queue();
+            if self.backoff.remaining().is_none() {
+                self.publish_what_fits().await;
+            }
+            if self.disconnected && self.held() == 0 {
+                return;
+            }
+            self.wait().await;
+        }
+    }
+
+    /// Moves batches from the queue into `fresh` while fewer than a
+    /// window's worth of messages wait there. Their credits stay taken:
+    /// they count in `queue_depth` until acknowledged.
+    fn take_from_queue(&mut self) {
+        while !self.disconnected && self.fresh.len() < self.settings.max_in_flight {
+            match self.ctx.queue.try_recv() {
+                Ok(batch) => self.accept(batch),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => self.disconnected = true,
+            }
+        }
+    }
+
+    fn accept(&mut self, batch: Batch) {
+        let peer = batch.peer().map(peer_text).unwrap_or_default();
+        for m in batch.messages() {
+            self.fresh.push_back(Message {
+                id: self.ids.next_id(),
+                peer: peer.clone(),
+                payload: Bytes::copy_from_slice(m),
+            });
+        }
+        self.ctx.queue.recycle(batch);
+    }
+
+    /// Publishes retries first, then fresh messages, while the window has
+    /// room.
+    async fn publish_what_fits(&mut self) {
+        while self.in_flight.len() < self.window() {
+            let Some(message) = self.retries.pop_front().or_else(|| self.fresh.pop_front())
+            else {
+                return;
+            };
+            let mut publish = PublishMessage::build()
+                .payload(message.payload.clone())
+                .message_id(&message.id);
+            if !message.peer.is_empty() {
+                publish = publish.header(PEER_HEADER, message.peer.as_str());
+            }
+            match self
+                .js
+                .send_publish(self.settings.subject.clone(), publish)
+                .await
+            {
+                Ok(ack) => self
+                    .in_flight
+                    .push(Box::pin(async move { (message, ack.await) })),
+                Err(e) if matches!(e.kind(), PublishErrorKind::MaxPayloadExceeded) => {
+                    self.refuse(message, &e)
+                }
+                Err(e) => {
+                    self.failed(message, &e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits for the next thing to do: an ack, room to publish, the end
+    /// of a back-off, or a batch from the queue.
+    async fn wait(&mut self) {
+        let holding = self.backoff.remaining();
+        let can_publish = holding.is_none()
+            && self.in_flight.len() < self.window()
+            && !(self.retries.is_empty() && self.fresh.is_empty());
+        if can_publish {
+            return;
+        }
+        if self.in_flight.is_empty() {
+            match holding {
+                Some(left) => tokio::time::sleep(left.min(POLL)).await,
+                None => self.wait_for_queue().await,
+            }
+            return;
+        }
+        let room = holding.is_none() && self.in_flight.len() < self.window();
+        let poll = if room { FEED_POLL } else { POLL };
+        let first = tokio::time::timeout(poll, self.in_flight.next()).await;
+        let mut acks = Vec::new();
+        if let Ok(Some(done)) = first {
+            acks.push(done);
+            // Whatever else has completed meanwhile, without waiting.
+            while let Some(Some(done)) = futures_util::FutureExt::now_or_never(self.in_flight.next())
+            {
+                acks.push(done);
+            }
+        }
+        self.settle(acks);
+    }
+
+    /// Nothing in flight, nothing to publish: block on the queue for a
+    /// short while, then let the runtime run (connection upkeep).
+    async fn wait_for_queue(&mut self) {
+        if self.disconnected {
+            return;
+        }
+        match self.ctx.queue.channel().recv_timeout(IDLE_WAIT) {
+            Ok(batch) => self.accept(batch),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => self.disconnected = true,
+        }
+        tokio::task::yield_now().await;
+    }
+
+    /// Books completed publishes: acks move messages to `delivered` (a
+    /// duplicate ack too: the message is stored once and counted once,
+    /// since each message is settled once), failures go back for a retry.
+    fn settle(&mut self, acks: Vec<(Message, AckResult)>) {
+        let mut delivered = 0u64;
+        let mut bytes = 0u64;
+        for (message, result) in acks {
+            match result {
+                Ok(ack) => {
+                    if ack.duplicate {
+                        debug!("nats ack was a duplicate id={}", message.id);
+                    }
+                    delivered += 1;
+                    bytes += message.payload.len() as u64;
+                }
+                Err(e) => self.failed(message, &e),
+            }
+        }
+        if delivered == 0 {
+            return;
+        }
+        let stats = &self.ctx.stats;
+        stats.moving(|| {
+            Stats::add(&stats.delivered, delivered);
+            Stats::add(&stats.bytes_delivered, bytes);
+            self.ctx.queue.written(delivered as usize);
+        });
+        self.probing = false;
+        self.backoff.succeed();
+        if let Some(since) = self.outage.take() {
+            info!("nats sink recovered outage={:?}", since.elapsed());
+        }
+    }
+
+    /// A publish or its ack failed: keep the message (same id) for a
+    /// retry, back off, probe with one message before opening up again.
+    fn failed(&mut self, message: Message, e: &jetstream::context::PublishError) {
+        Stats::add(&self.ctx.stats.sink_errors, 1);
+        self.retries.push_back(message);
+        self.backoff.fail();
+        self.probing = true;
+        if self.outage.is_none() {
+            self.outage = Some(Instant::now());
+            if let Some(n) = self.ctx.alerts.sink_error.allow() {
+                warn!(
+                    "nats publish failed, retrying with back-off stream={} error=\"{e}\"{}",
+                    self.settings.stream,
+                    suppressed(n)
+                );
+            }
+        } else {
+            debug!("nats publish failed again error=\"{e}\"");
+        }
+    }
+
+    /// The server can never take this message (larger than its
+    /// max_payload): count it as an oversize drop, so the books balance.
+    fn refuse(&mut self, message: Message, e: &jetstream::context::PublishError) {
+        let stats = &self.ctx.stats;
+        stats.moving(|| {
+            Stats::add(&stats.dropped_oversize, 1);
+            self.ctx.queue.written(1);
+        });
+        if let Some(n) = self.ctx.alerts.oversize.allow() {
+            warn!(
+                "oversize for the nats server, message dropped peer={} bytes={} error=\"{e}\"{}",
+                message.peer,
+                message.payload.len(),
+                suppressed(n)
+            );
+        }
+    }
+}
+
+/// "IP:PORT", or "[IPv6]:PORT": SocketAddr's own display.
+fn peer_text(peer: SocketAddr) -> String {
+    peer.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_are_unique_per_worker_and_run() {
+        let mut a = MessageIds::new("r1", 0);
+        let mut b = MessageIds::new("r1", 1);
+        let ids: std::collections::HashSet<String> = (0..100)
+            .flat_map(|_| [a.next_id(), b.next_id()])
+            .collect();
+        assert_eq!(ids.len(), 200);
+        assert_ne!(run_id(), "");
+    }
+
+    #[test]
+    fn peer_header_brackets_ipv6() {
+        assert_eq!(peer_text("127.0.0.1:5".parse().unwrap()), "127.0.0.1:5");
+        assert_eq!(peer_text("[::1]:5".parse().unwrap()), "[::1]:5");
+    }
+
+    #[test]
+    fn one_outage_doubles_once_not_per_failure() {
+        let mut b = Backoff::default();
+        b.fail();
+        for _ in 0..1000 {
+            b.fail();
+        }
+        assert_eq!(b.delay, RETRY_MIN * 2);
+        assert!(b.remaining().is_some_and(|d| d <= RETRY_MIN));
+        b.succeed();
+        assert!(b.remaining().is_none());
+        assert_eq!(b.delay, RETRY_MIN);
+    }
+}
