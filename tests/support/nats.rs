@@ -45,13 +45,13 @@ impl NatsServer {
         NatsServer::start_with(dir, name, None, None)
     }
 
-    /// `port`: the client port (None: any); `routes`: Some(seed routes)
-    /// to join a cluster named "fw" (Some(empty) for the first node).
+    /// `port`: the client port (None: any); `cluster`: Some((own route
+    /// port, every node's route address)) to join a cluster named "fw".
     pub fn start_with(
         dir: &Path,
         name: &str,
         port: Option<u16>,
-        routes: Option<&[SocketAddr]>,
+        cluster: Option<(u16, &[SocketAddr])>,
     ) -> NatsServer {
         require_nats();
         let store = dir.join(format!("store-{name}"));
@@ -60,10 +60,10 @@ impl NatsServer {
             port.map_or(-1, i32::from),
             store.display().to_string()
         );
-        if let Some(routes) = routes {
+        if let Some((own, routes)) = cluster {
             let routes: Vec<String> = routes.iter().map(|r| format!("nats-route://{r}")).collect();
             conf.push_str(&format!(
-                "cluster {{ name: fw\n host: 127.0.0.1\n port: -1\n routes: [{}] }}\n",
+                "cluster {{ name: fw\n host: 127.0.0.1\n port: {own}\n routes: [{}] }}\n",
                 routes.join(", ")
             ));
         }
@@ -78,11 +78,12 @@ impl NatsServer {
             conf: path,
             log: Arc::default(),
         };
-        server.spawn(routes.is_some());
+        server.route = cluster.map(|(own, _)| SocketAddr::from(([127, 0, 0, 1], own)));
+        server.spawn();
         server
     }
 
-    fn spawn(&mut self, clustered: bool) {
+    fn spawn(&mut self) {
         self.log.lock().unwrap().clear();
         let mut child = Command::new(NATS_SERVER)
             .arg("-c")
@@ -100,7 +101,7 @@ impl NatsServer {
                 if std::env::var_os("FLOODWALL_TEST_LOG").is_some() {
                     eprintln!("nats: {line}");
                 }
-                log.lock().unwrap().push(line);
+                log.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
         });
         self.child = Some(child);
@@ -112,9 +113,6 @@ impl NatsServer {
         assert!(ready, "nats-server {} not ready; log:\n{}", self.name, self.log_text());
         self.client = self.addr_after("Listening for client connections on ");
         self.monitor = self.addr_after("Starting http monitor on ");
-        if clustered {
-            self.route = Some(self.addr_after("Listening for route connections on "));
-        }
     }
 
     fn addr_after(&self, marker: &str) -> SocketAddr {
@@ -148,8 +146,7 @@ impl NatsServer {
     /// when it was fixed).
     pub fn restart(&mut self) {
         self.kill();
-        let clustered = self.route.is_some();
-        self.spawn(clustered);
+        self.spawn();
     }
 
     /// GET `path` from the monitoring port, body as text.
@@ -180,14 +177,21 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A JetStream cluster needs its routes configured before it starts,
+    /// so the route ports are picked first (bound to port 0 and
+    /// released); client and monitoring ports are the servers' choice.
     pub fn start(dir: &Path) -> Cluster {
-        let first = NatsServer::start_with(dir, "n1", None, Some(&[]));
-        let seed = [first.route.expect("clustered")];
-        let second = NatsServer::start_with(dir, "n2", None, Some(&seed));
-        let third = NatsServer::start_with(dir, "n3", None, Some(&seed));
-        Cluster {
-            nodes: vec![first, second, third],
-        }
+        let ports: Vec<u16> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().unwrap().port())
+            .collect();
+        let routes: Vec<SocketAddr> =
+            ports.iter().map(|p| SocketAddr::from(([127, 0, 0, 1], *p))).collect();
+        let nodes = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| NatsServer::start_with(dir, &format!("n{}", i + 1), None, Some((p, &routes))))
+            .collect();
+        Cluster { nodes }
     }
 
     pub fn urls(&self) -> Vec<String> {
@@ -282,10 +286,19 @@ pub fn read_stream(urls: &[String], stream: &str) -> Vec<Stored> {
         let js = context(urls).await;
         let mut s = js.get_stream(stream).await.expect("get stream");
         let total = s.info().await.expect("stream info").state.messages as usize;
-        let consumer = s
-            .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
-            .await
-            .expect("ordered consumer");
+        // Right after a node was lost the cluster may time out creating a
+        // consumer for a while; 60 s covers it on a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let consumer = loop {
+            match s
+                .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) if Instant::now() < deadline => eprintln!("ordered consumer: {e}, retrying"),
+                Err(e) => panic!("ordered consumer: {e}"),
+            }
+        };
         let mut messages = consumer.messages().await.expect("consume");
         let mut out = Vec::with_capacity(total);
         // Reading 200k messages takes a few seconds; 120 s is for a
