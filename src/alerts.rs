@@ -71,6 +71,8 @@ pub struct Alerts {
     pub oversize: Throttle,
     pub framing: Throttle,
     pub sink_error: Throttle,
+    /// PROXY protocol refusals: untrusted source, bad or late header.
+    pub proxy: Throttle,
 }
 
 #[cfg(test)]

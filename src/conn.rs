@@ -45,6 +45,10 @@ const QUOTA_SLICE: f64 = 0.01;
 /// worth a setsockopt.
 const TIMEOUT_SLACK: Duration = Duration::from_millis(10);
 
+/// How long a PROXY header may take without TLS (SPEC.md "Access control
+/// and TLS").
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Close {
@@ -62,6 +66,8 @@ pub enum Close {
     Shutdown,
     /// Every sink is gone; nothing can be delivered.
     SinkGone,
+    /// A missing, malformed or late PROXY protocol header.
+    Proxy,
 }
 
 impl Close {
@@ -74,6 +80,7 @@ impl Close {
             Close::Error(_) => "error",
             Close::Shutdown => "shutdown",
             Close::SinkGone => "sink_gone",
+            Close::Proxy => "proxy",
         }
     }
 }
@@ -87,6 +94,9 @@ pub struct ConnContext {
     pub send_timeout: Duration,
     pub on_send_timeout: OnSendTimeout,
     pub rate_per_connection: u64,
+    /// With `server.proxy_protocol`: how long a worker waits for the
+    /// PROXY header (5 s; the TLS handshake_timeout when TLS is on).
+    pub proxy_header_timeout: Option<Duration>,
     /// The workers' only handle on the queue. The last worker (and the
     /// accept loop) dropping it disconnects the channel, which is what
     /// tells the sinks to finish.
@@ -114,6 +124,12 @@ impl ConnContext {
             send_timeout: limits.send_timeout,
             on_send_timeout: limits.on_send_timeout,
             rate_per_connection: limits.rate_per_connection,
+            // TLS (when it lands) starts after the header and shares its
+            // deadline: handshake_timeout instead of 5 s then.
+            proxy_header_timeout: config
+                .server
+                .proxy_protocol
+                .then_some(PROXY_HEADER_TIMEOUT),
             queue,
             stats,
             alerts,

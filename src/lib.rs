@@ -28,6 +28,7 @@ pub mod config;
 pub mod conn;
 pub mod framing;
 pub mod limiter;
+pub mod proxy;
 pub mod queue;
 pub mod server;
 pub mod shutdown;

@@ -3,6 +3,11 @@
 //! watermark, and hand each socket to a named worker thread that owns its
 //! permit.
 //!
+//! With `server.proxy_protocol`, a connection from outside
+//! `trusted_proxies` is closed here (counted `closed_proxy`) before any
+//! thread is started; the worker then reads the PROXY header first
+//! ([`crate::proxy`]) and serves the client it names.
+//!
 //! Every wait here is bounded so the loop notices shutdown: accept() has a
 //! socket timeout (SO_RCVTIMEO applies to accept on Linux), permit and
 //! pause waits are short slices. Accept errors such as EMFILE back off
@@ -25,6 +30,7 @@ use crate::alerts::suppressed;
 use crate::config::{Config, OnConnectionLimit};
 use crate::conn::{self, ConnContext};
 use crate::limiter::{Limiter, Permit};
+use crate::proxy::{self, Header, ProxyError};
 use crate::queue::QueueDepth;
 use crate::stats::Stats;
 
@@ -63,6 +69,9 @@ pub struct Acceptor {
     pause_above: usize,
     resume_below: usize,
     limiter: Limiter,
+    /// With `server.proxy_protocol`: the sources whose headers are
+    /// believed; None: no PROXY protocol.
+    trusted_proxies: Option<Vec<ipnet::IpNet>>,
     depth: QueueDepth,
     /// Shared with every worker (counters, alerts, shutdown, the queue's
     /// sending end); dropped by this loop when it returns, so the queue
@@ -104,6 +113,12 @@ impl Acceptor {
             pause_above: ((config.queue.pause_accept_above * capacity).ceil() as usize).max(1),
             resume_below: (config.queue.resume_accept_below * capacity).ceil() as usize,
             limiter: Limiter::new(config.limits.max_connections),
+            // Validated before start: a list that did not parse never
+            // gets here (and an empty one would only refuse everyone).
+            trusted_proxies: config
+                .server
+                .proxy_protocol
+                .then(|| config.trusted_proxies().unwrap_or_default()),
             depth,
             ctx,
         }
@@ -134,6 +149,10 @@ impl Acceptor {
                     continue;
                 }
             };
+            if !self.trusted(peer) {
+                self.refuse_untrusted(socket, peer);
+                continue;
+            }
             let permit = match permit.or_else(|| {
                 self.reap();
                 self.limiter.try_acquire()
@@ -246,6 +265,27 @@ impl Acceptor {
         }
     }
 
+    /// Whether `peer` may connect at all: with the PROXY protocol on, only
+    /// the trusted proxies may.
+    fn trusted(&self, peer: SocketAddr) -> bool {
+        let ip = peer.ip().to_canonical();
+        self.trusted_proxies
+            .as_ref()
+            .is_none_or(|nets| nets.iter().any(|n| n.contains(&ip)))
+    }
+
+    fn refuse_untrusted(&self, socket: Socket, peer: SocketAddr) {
+        Stats::add(&self.ctx.stats.conns_total, 1);
+        Stats::add(&self.ctx.stats.closed_proxy, 1);
+        drop(socket);
+        if let Some(n) = self.ctx.alerts.proxy.allow() {
+            warn!(
+                "PROXY protocol: source is not a trusted proxy, closed peer={peer}{}",
+                suppressed(n)
+            );
+        }
+    }
+
     fn reject(&self, socket: Socket, peer: SocketAddr) {
         Stats::add(&self.ctx.stats.conns_rejected, 1);
         drop(socket);
@@ -334,7 +374,16 @@ fn worker(
 ) {
     let _alive = WorkerGuard::new(&ctx.stats, id, ended);
     let started = Instant::now();
-    let (close, totals) = conn::serve(&ctx, &stream, peer);
+    let (close, totals, peer) = match client(&ctx, &stream, peer, started) {
+        Ok(client) => {
+            if client != peer {
+                debug!("conn proxied id={id} proxy={peer} peer={client}");
+            }
+            let (close, totals) = conn::serve(&ctx, &stream, client);
+            (close, totals, client)
+        }
+        Err(close) => (close, conn::Totals::default(), peer),
+    };
     debug!(
         "conn closed id={id} peer={peer} reason={} messages={} bytes={} duration={:?}",
         close.as_str(),
@@ -345,6 +394,49 @@ fn worker(
     // Let the peer see the close now; the accept loop holds a reference
     // to the socket until it has joined this thread.
     let _ = SockRef::from(&*stream).shutdown(SocketShutdown::Both);
+}
+
+/// The peer this connection serves: the socket's peer, or with the PROXY
+/// protocol the client its header names (read within the header deadline
+/// from `started`). A missing, malformed or late header closes the
+/// connection, counted `closed_proxy`.
+fn client(
+    ctx: &ConnContext,
+    stream: &TcpStream,
+    peer: SocketAddr,
+    started: Instant,
+) -> Result<SocketAddr, conn::Close> {
+    let Some(timeout) = ctx.proxy_header_timeout else {
+        return Ok(peer);
+    };
+    let header = proxy::read_header(stream, started + timeout);
+    // serve() sets its own read timeouts, but only with an idle timeout:
+    // leave none of the header's behind.
+    let _ = stream.set_read_timeout(None);
+    let client = match header {
+        Ok(Header::Proxied { source }) => source,
+        Ok(Header::Local) => peer,
+        Err(_) if ctx.shutdown.is_triggered() => return Err(conn::Close::Shutdown),
+        Err(e) => {
+            Stats::add(&ctx.stats.closed_proxy, 1);
+            if let Some(n) = ctx.alerts.proxy.allow() {
+                let e = match e {
+                    ProxyError::Timeout => format!("{e} ({timeout:?})"),
+                    e => e.to_string(),
+                };
+                warn!(
+                    "PROXY protocol: bad header, closed peer={peer} error=\"{e}\"{}",
+                    suppressed(n)
+                );
+            }
+            return Err(conn::Close::Proxy);
+        }
+    };
+    // ACCESS HOOK (proxied clients): the allow list and the per-IP cap of
+    // src/access.rs apply to `client` here, as the accept loop applies
+    // them to direct peers; a refusal returns Err(conn::Close::...) after
+    // counting conns_denied / conns_over_ip_limit. Wired at merge.
+    Ok(client)
 }
 
 /// Counts the thread as live and undoes everything on the way out.
