@@ -71,8 +71,10 @@ pub struct Alerts {
     pub oversize: Throttle,
     pub framing: Throttle,
     pub sink_error: Throttle,
-    /// PROXY protocol refusals: untrusted source, bad or late header.
-    pub proxy: Throttle,
+    /// PROXY protocol: a source that is not a trusted proxy.
+    pub proxy_untrusted: Throttle,
+    /// PROXY protocol: a missing, malformed or late header.
+    pub proxy_header: Throttle,
 }
 
 #[cfg(test)]

@@ -464,7 +464,11 @@ impl SinkConfig {
         };
         use SinkType::{File, Nats, Tcp};
         only("sink.path", self.path.is_some(), &[File])?;
-        only("sink.flush_interval", self.flush_interval.is_some(), &[File])?;
+        only(
+            "sink.flush_interval",
+            self.flush_interval.is_some(),
+            &[File],
+        )?;
         only("sink.address", self.address.is_some(), &[Tcp])?;
         only("sink.framing", self.framing.is_some(), &[Tcp])?;
         only(
@@ -600,9 +604,11 @@ impl SinkConfig {
 
 /// "10.0.0.0/8", "::1/128", or a bare address as its own network.
 fn parse_net(text: &str) -> Option<ipnet::IpNet> {
-    text.parse::<ipnet::IpNet>()
-        .ok()
-        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
 }
 
 fn resolve(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -853,7 +859,10 @@ mod tests {
     #[test]
     fn nats_keys_are_checked_and_named() {
         let e = err("[sink]\ntype = \"nats\"\nservers = [\"nats://localhost:4222\"]\n");
-        assert!(e.starts_with("sink.servers:") && e.contains("localhost"), "{e}");
+        assert!(
+            e.starts_with("sink.servers:") && e.contains("localhost"),
+            "{e}"
+        );
         let e = err("[sink]\ntype = \"nats\"\nservers = []\n");
         assert!(e.starts_with("sink.servers:"), "{e}");
         let e = err("[sink]\ntype = \"nats\"\nsubject = \"logs.>\"\n");
@@ -867,7 +876,10 @@ mod tests {
         let e = err("[sink]\ntype = \"nats\"\naddress = \"127.0.0.1:1\"\n");
         assert!(e.starts_with("sink.address:"), "{e}");
         let e = err("[sink]\ntype = \"tcp\"\naddress = \"127.0.0.1:1\"\nsubject = \"x\"\n");
-        assert!(e.starts_with("sink.subject:") && e.contains("\"nats\""), "{e}");
+        assert!(
+            e.starts_with("sink.subject:") && e.contains("\"nats\""),
+            "{e}"
+        );
         Config::parse("[sink]\ntype = \"nats\"\nconnect_timeout = \"1s\"\nservers = [\"nats://[::1]:4222\"]\n")
             .unwrap();
     }
@@ -877,7 +889,10 @@ mod tests {
         let e = err("[server]\nproxy_protocol = true\n");
         assert!(e.starts_with("server.trusted_proxies:"), "{e}");
         let e = err("[server]\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/33\"]\n");
-        assert!(e.starts_with("server.trusted_proxies:") && e.contains("10.0.0.0/33"), "{e}");
+        assert!(
+            e.starts_with("server.trusted_proxies:") && e.contains("10.0.0.0/33"),
+            "{e}"
+        );
         let c = Config::parse(
             "[server]\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\", \"::1/128\"]\n",
         )

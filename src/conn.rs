@@ -126,10 +126,7 @@ impl ConnContext {
             rate_per_connection: limits.rate_per_connection,
             // TLS (when it lands) starts after the header and shares its
             // deadline: handshake_timeout instead of 5 s then.
-            proxy_header_timeout: config
-                .server
-                .proxy_protocol
-                .then_some(PROXY_HEADER_TIMEOUT),
+            proxy_header_timeout: config.server.proxy_protocol.then_some(PROXY_HEADER_TIMEOUT),
             queue,
             stats,
             alerts,

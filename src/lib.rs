@@ -139,7 +139,11 @@ pub fn start_with_sinks(
     shutdown: Shutdown,
     sinks: Vec<Box<dyn Sink>>,
 ) -> Result<Daemon, Error> {
-    start_workers(config, shutdown, sinks.into_iter().map(Into::into).collect())
+    start_workers(
+        config,
+        shutdown,
+        sinks.into_iter().map(Into::into).collect(),
+    )
 }
 
 fn start_workers(

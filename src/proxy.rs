@@ -87,7 +87,9 @@ fn parse_v1(buf: &[u8]) -> Result<Result<(Header, usize), Need>, ProxyError> {
     };
     let len = lf + 1;
     if len > V1_MAX || lf == 0 || buf[lf - 1] != b'\r' {
-        return Err(ProxyError::Malformed("v1 line not ended by CRLF within 107 bytes"));
+        return Err(ProxyError::Malformed(
+            "v1 line not ended by CRLF within 107 bytes",
+        ));
     }
     let line = std::str::from_utf8(&buf[..lf - 1])
         .map_err(|_| ProxyError::Malformed("v1 line is not text"))?;
@@ -206,7 +208,12 @@ pub fn read_header(stream: &TcpStream, deadline: Instant) -> Result<Header, Prox
             Ok(0) => return Err(ProxyError::Eof),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Err(ProxyError::Timeout);
             }
             Err(e) => return Err(ProxyError::Io(e.kind())),
@@ -278,7 +285,10 @@ mod tests {
     #[test]
     fn v1_unknown_is_the_proxy_itself() {
         assert_eq!(done(b"PROXY UNKNOWN\r\n"), (Header::Local, 15));
-        assert_eq!(done(b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n").0, Header::Local);
+        assert_eq!(
+            done(b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n").0,
+            Header::Local
+        );
     }
 
     #[test]

@@ -278,7 +278,7 @@ impl Acceptor {
         Stats::add(&self.ctx.stats.conns_total, 1);
         Stats::add(&self.ctx.stats.closed_proxy, 1);
         drop(socket);
-        if let Some(n) = self.ctx.alerts.proxy.allow() {
+        if let Some(n) = self.ctx.alerts.proxy_untrusted.allow() {
             warn!(
                 "PROXY protocol: source is not a trusted proxy, closed peer={peer}{}",
                 suppressed(n)
@@ -419,7 +419,7 @@ fn client(
         Err(_) if ctx.shutdown.is_triggered() => return Err(conn::Close::Shutdown),
         Err(e) => {
             Stats::add(&ctx.stats.closed_proxy, 1);
-            if let Some(n) = ctx.alerts.proxy.allow() {
+            if let Some(n) = ctx.alerts.proxy_header.allow() {
                 let e = match e {
                     ProxyError::Timeout => format!("{e} ({timeout:?})"),
                     e => e.to_string(),

@@ -17,7 +17,12 @@ use support::{Daemon, assert_balanced, num};
 
 /// Each client sends `per_tick` numbered lines every 100 ms for `ticks`
 /// ticks (a steady rate, like a fleet of syslog senders).
-fn paced_clients(addr: SocketAddr, clients: usize, per_tick: usize, ticks: usize) -> Vec<thread::JoinHandle<()>> {
+fn paced_clients(
+    addr: SocketAddr,
+    clients: usize,
+    per_tick: usize,
+    ticks: usize,
+) -> Vec<thread::JoinHandle<()>> {
     (0..clients)
         .map(|c| {
             thread::spawn(move || {
@@ -77,8 +82,14 @@ timeout = "30s"
     let before = daemon
         .wait_stats(Duration::from_secs(30), |s| num(s, "delivered") >= 5_000)
         .unwrap_or_else(|| panic!("no acks before the kill; log:\n{}", daemon.log_text()));
-    let leader = cluster.stream_leader("LOGS").expect("the stream has a leader");
-    let node = cluster.nodes.iter_mut().find(|n| n.name == leader).expect("leader is a node");
+    let leader = cluster
+        .stream_leader("LOGS")
+        .expect("the stream has a leader");
+    let node = cluster
+        .nodes
+        .iter_mut()
+        .find(|n| n.name == leader)
+        .expect("leader is a node");
     node.kill();
 
     // floodwall keeps taking messages while the stream elects a leader.
@@ -86,14 +97,22 @@ timeout = "30s"
     let taking = daemon.wait_stats(Duration::from_secs(10), |s| {
         num(s, "received") >= received + 5_000
     });
-    assert!(taking.is_some(), "floodwall stopped taking messages; log:\n{}", daemon.log_text());
+    assert!(
+        taking.is_some(),
+        "floodwall stopped taking messages; log:\n{}",
+        daemon.log_text()
+    );
     // And acks resume after the election (5-8 s measured; 60 s for a
     // loaded machine).
     let delivered = num(&before, "delivered");
     let resumed = daemon.wait_stats(Duration::from_secs(60), |s| {
         num(s, "delivered") >= delivered + 20_000
     });
-    assert!(resumed.is_some(), "acks did not resume; log:\n{}", daemon.log_text());
+    assert!(
+        resumed.is_some(),
+        "acks did not resume; log:\n{}",
+        daemon.log_text()
+    );
     let new_leader = cluster.stream_leader("LOGS").expect("a new leader");
     assert_ne!(new_leader, leader);
 
@@ -111,7 +130,11 @@ timeout = "30s"
     assert_balanced(&last);
     let delivered = num(&last, "delivered");
     let dropped = num(&last, "dropped_send_timeout");
-    assert_eq!(delivered + dropped, total, "every message delivered or counted dropped");
+    assert_eq!(
+        delivered + dropped,
+        total,
+        "every message delivered or counted dropped"
+    );
 
     let stored = read_stream(&cluster.urls(), "LOGS");
     let mut seen = HashSet::new();
@@ -120,7 +143,11 @@ timeout = "30s"
         let k: Vec<&str> = text.split(' ').take(2).collect();
         assert!(seen.insert(k.join(" ")), "stored twice: {text}");
     }
-    assert_eq!(stored.len() as u64, delivered, "the stream holds exactly what was acked");
+    assert_eq!(
+        stored.len() as u64,
+        delivered,
+        "the stream holds exactly what was acked"
+    );
     eprintln!(
         "leader kill: sent={total} delivered={delivered} dropped={dropped} sink_errors={}",
         num(&last, "sink_errors")

@@ -135,19 +135,32 @@ fn a_server_down_at_start_up_is_retried_until_it_appears() {
     let waiting = daemon.wait_stats(Duration::from_secs(20), |s| {
         num(s, "received") == 1000 && num(s, "queue_depth") == 1000
     });
-    assert!(waiting.is_some(), "messages wait in the queue; log:\n{}", daemon.log_text());
+    assert!(
+        waiting.is_some(),
+        "messages wait in the queue; log:\n{}",
+        daemon.log_text()
+    );
     // The first attempt gives up after ack_timeout + connect_timeout (7 s).
     let warned = daemon.wait_log(Duration::from_secs(30), |l| {
         l.contains("nats sink cannot reach the stream")
     });
-    assert!(warned.is_some(), "one warning for the outage; log:\n{}", daemon.log_text());
+    assert!(
+        warned.is_some(),
+        "one warning for the outage; log:\n{}",
+        daemon.log_text()
+    );
 
     let nats = NatsServer::start_with(dir.path(), "late", Some(port), None);
     // Back-off is at most 5 s between attempts, plus connect: 60 s bound
     // for a loaded machine.
     let s = daemon
         .wait_stats(Duration::from_secs(60), |s| num(s, "delivered") == 1000)
-        .unwrap_or_else(|| panic!("not delivered after the server came; log:\n{}", daemon.log_text()));
+        .unwrap_or_else(|| {
+            panic!(
+                "not delivered after the server came; log:\n{}",
+                daemon.log_text()
+            )
+        });
     assert_balanced(&s);
     assert!(daemon.stop(Duration::from_secs(30)).success());
     let urls = vec![nats.url()];

@@ -427,8 +427,7 @@ impl Pipeline {
     /// room.
     async fn publish_what_fits(&mut self) {
         while self.in_flight.len() < self.window() {
-            let Some(message) = self.retries.pop_front().or_else(|| self.fresh.pop_front())
-            else {
+            let Some(message) = self.retries.pop_front().or_else(|| self.fresh.pop_front()) else {
                 return;
             };
             let mut publish = PublishMessage::build()
@@ -480,7 +479,8 @@ impl Pipeline {
         if let Ok(Some(done)) = first {
             acks.push(done);
             // Whatever else has completed meanwhile, without waiting.
-            while let Some(Some(done)) = futures_util::FutureExt::now_or_never(self.in_flight.next())
+            while let Some(Some(done)) =
+                futures_util::FutureExt::now_or_never(self.in_flight.next())
             {
                 acks.push(done);
             }
@@ -589,9 +589,8 @@ mod tests {
     fn message_ids_are_unique_per_worker_and_run() {
         let mut a = MessageIds::new("r1", 0);
         let mut b = MessageIds::new("r1", 1);
-        let ids: std::collections::HashSet<String> = (0..100)
-            .flat_map(|_| [a.next_id(), b.next_id()])
-            .collect();
+        let ids: std::collections::HashSet<String> =
+            (0..100).flat_map(|_| [a.next_id(), b.next_id()]).collect();
         assert_eq!(ids.len(), 200);
         assert_ne!(run_id(), "");
     }

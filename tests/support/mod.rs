@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod haproxy;
 pub mod nats;
 pub mod peers;
 

@@ -108,9 +108,18 @@ impl NatsServer {
         // Startup of a fresh JetStream server takes well under a second;
         // 20 s covers a loaded CI machine.
         let ready = wait_until(Duration::from_secs(20), || {
-            self.log.lock().unwrap().iter().any(|l| l.contains("Server is ready"))
+            self.log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("Server is ready"))
         });
-        assert!(ready, "nats-server {} not ready; log:\n{}", self.name, self.log_text());
+        assert!(
+            ready,
+            "nats-server {} not ready; log:\n{}",
+            self.name,
+            self.log_text()
+        );
         self.client = self.addr_after("Listening for client connections on ");
         self.monitor = self.addr_after("Starting http monitor on ");
     }
@@ -168,7 +177,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> String {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
-    text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }
 
 /// A 3-node JetStream cluster on loopback.
@@ -182,20 +193,34 @@ impl Cluster {
     /// released); client and monitoring ports are the servers' choice.
     pub fn start(dir: &Path) -> Cluster {
         let ports: Vec<u16> = (0..3)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().unwrap().port())
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .expect("bind")
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            })
             .collect();
-        let routes: Vec<SocketAddr> =
-            ports.iter().map(|p| SocketAddr::from(([127, 0, 0, 1], *p))).collect();
+        let routes: Vec<SocketAddr> = ports
+            .iter()
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+            .collect();
         let nodes = ports
             .iter()
             .enumerate()
-            .map(|(i, &p)| NatsServer::start_with(dir, &format!("n{}", i + 1), None, Some((p, &routes))))
+            .map(|(i, &p)| {
+                NatsServer::start_with(dir, &format!("n{}", i + 1), None, Some((p, &routes)))
+            })
             .collect();
         Cluster { nodes }
     }
 
     pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().filter(|n| n.child.is_some()).map(NatsServer::url).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(NatsServer::url)
+            .collect()
     }
 
     /// The name of `stream`'s leader, from a live node's /jsz.
@@ -207,11 +232,15 @@ impl Cluster {
             };
             let accounts = v["account_details"].as_array().cloned().unwrap_or_default();
             for account in accounts {
-                for s in account["stream_detail"].as_array().cloned().unwrap_or_default() {
-                    if s["name"] == stream {
-                        if let Some(leader) = s["cluster"]["leader"].as_str() {
-                            return Some(leader.to_string());
-                        }
+                for s in account["stream_detail"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    if s["name"] == stream
+                        && let Some(leader) = s["cluster"]["leader"].as_str()
+                    {
+                        return Some(leader.to_string());
                     }
                 }
             }
