@@ -13,12 +13,15 @@
 //! how many more bytes are certainly header ([`Need`]). A v2 header says
 //! its length in its first 16 bytes; a v1 header is one line of at most
 //! 107 bytes, so the reader peeks for its LF and consumes up to it. Every
-//! read waits for new bytes (no polling), and all of them share one
-//! deadline, so a header that trickles in is bounded like a handshake.
+//! read first waits (poll) for new bytes or the shutdown wake-up, and all
+//! waits share one deadline, so a header that trickles in is bounded like
+//! a handshake and a shutdown does not wait for it.
 
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::Instant;
+
+use crate::wake::{Ready, Wake};
 
 /// v2 headers start with these 12 bytes.
 const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
@@ -61,6 +64,8 @@ pub enum ProxyError {
     Eof,
     #[error("read error in the PROXY header: {0}")]
     Io(io::ErrorKind),
+    #[error("shutting down")]
+    Shutdown,
 }
 
 /// Parses the start of a connection. `Ok(Ok((header, len)))`: a complete
@@ -185,8 +190,12 @@ fn parse_v2(buf: &[u8]) -> Result<Result<(Header, usize), Need>, ProxyError> {
 }
 
 /// Reads the header from `stream` within `deadline`, consuming exactly its
-/// bytes. Leaves the stream's read timeout set; the caller resets it.
-pub fn read_header(stream: &TcpStream, deadline: Instant) -> Result<Header, ProxyError> {
+/// bytes; gives up when `wake` fires (shutdown).
+pub fn read_header(
+    stream: &TcpStream,
+    deadline: Instant,
+    wake: &Wake,
+) -> Result<Header, ProxyError> {
     let mut buf = Vec::with_capacity(64);
     loop {
         let need = match parse(&buf)? {
@@ -197,9 +206,12 @@ pub fn read_header(stream: &TcpStream, deadline: Instant) -> Result<Header, Prox
         if left.is_zero() {
             return Err(ProxyError::Timeout);
         }
-        stream
-            .set_read_timeout(Some(left))
-            .map_err(|e| ProxyError::Io(e.kind()))?;
+        match wake.wait(stream, Some(left), true) {
+            Ok(Ready::Socket) => {}
+            Ok(Ready::TimedOut) => return Err(ProxyError::Timeout),
+            Ok(Ready::Woken) => return Err(ProxyError::Shutdown),
+            Err(e) => return Err(ProxyError::Io(e.kind())),
+        }
         let result = match need {
             Need::Bytes(n) => read_some(stream, &mut buf, n),
             Need::Line => read_line_part(stream, &mut buf),

@@ -64,7 +64,9 @@ fn steady_sender(
                 continue;
             };
             while !stop.load(Ordering::SeqCst) && seq < 100_000 {
-                if s.write_all(format!("steady{id} {seq}\n").as_bytes()).is_err() {
+                if s.write_all(format!("steady{id} {seq}\n").as_bytes())
+                    .is_err()
+                {
                     break;
                 }
                 seq += 1;
@@ -152,7 +154,11 @@ fn rolling_restart_stores_every_finished_batch_once() {
         let old = &mut fleet[round];
         let status = old.stop(Duration::from_secs(30));
         let last = old.final_stats();
-        assert!(status.success(), "instance {round} lost messages:\n{}", old.log_text());
+        assert!(
+            status.success(),
+            "instance {round} lost messages:\n{}",
+            old.log_text()
+        );
         assert_eq!(num(&last, "queue_depth"), 0);
         dropped += num(&last, "dropped_send_timeout") + num(&last, "dropped_shutdown");
         eprintln!(
