@@ -90,6 +90,11 @@ fn each_message_lands_in_the_stream_once_with_its_peer() {
     let (clients, per_client) = (10, 20_000);
     let total = (clients * per_client) as u64;
     let locals = send_numbered(daemon.addr, clients, per_client);
+    // SPEC invariant 1: the async sink adds no threads of its own (one
+    // current-thread runtime per sink thread): at most max_connections
+    // (here the 10 clients' workers) + sink.workers (2) + 8.
+    let threads = daemon.threads();
+    assert!(threads <= 10 + 2 + 8, "{threads} threads");
     // ~20k acked messages/s at least on a loaded 2-core machine: 200k in
     // 10 s; 120 s is the bound for a CI machine shared with other jobs.
     let s = daemon
