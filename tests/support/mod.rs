@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod metrics;
 pub mod peers;
 
 use std::collections::HashMap;
