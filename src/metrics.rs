@@ -47,8 +47,10 @@ pub const MAX_REQUEST: usize = 8 << 10;
 const MAX_HEADERS: usize = 32;
 /// Slice of every wait, so the stop flag is seen promptly.
 const POLL: Duration = Duration::from_millis(100);
-/// Pending connections the kernel holds while one is served.
-const BACKLOG: u32 = 128;
+/// Pending connections the kernel holds while one is served: room for a
+/// crowd of scrapers (or 200 silent hostile ones) without SYN drops; a
+/// held one costs the kernel a socket, not a thread.
+const BACKLOG: u32 = 256;
 /// After an error answer, how long and how much of what the client still
 /// sends is read and discarded, so that closing does not reset the
 /// connection (and destroy the answer) while its input is unread.

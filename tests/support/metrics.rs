@@ -73,7 +73,7 @@ pub fn http_raw(addr: SocketAddr, request: &[u8]) -> std::io::Result<Answer> {
 }
 
 pub fn request(method: &str, path: &str) -> Vec<u8> {
-    format!("{method} {path} HTTP/1.1\r\nHost: floodwall\r\nUser-Agent: test\r\n\r\n").into_bytes()
+    format!("{method} {path} HTTP/1.1\r\nHost: floodwall\r\nUser-Agent: test\r\nConnection: close\r\n\r\n").into_bytes()
 }
 
 /// GET `path`, panicking on an I/O error.
