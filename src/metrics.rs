@@ -36,6 +36,7 @@ use crate::histogram::{BOUNDS, HistogramSnapshot};
 use crate::queue::QueueDepth;
 use crate::shutdown::Shutdown;
 use crate::stats::{Snapshot, Stats};
+use crate::threads::{self, Panics};
 
 /// Longest time from accept to a complete request head.
 pub const READ_DEADLINE: Duration = Duration::from_secs(1);
@@ -96,15 +97,13 @@ impl Endpoint {
         }
     }
 
-    /// Starts the `fw-metrics` thread.
-    pub fn spawn(self) -> io::Result<JoinHandle<()>> {
+    /// Starts the `fw-metrics` thread (under the daemon's panic policy).
+    pub fn spawn(self, panics: &Panics) -> io::Result<JoinHandle<()>> {
         if let Some(addr) = self.listener.local_addr().ok().and_then(|a| a.as_socket()) {
             // Not "listening addr=": that line names the ingest listener.
             info!("metrics serving addr={addr} paths=/metrics,/healthz");
         }
-        thread::Builder::new()
-            .name("fw-metrics".to_string())
-            .spawn(move || self.run())
+        threads::spawn("fw-metrics".to_string(), None, panics, move || self.run())
     }
 
     fn run(mut self) {

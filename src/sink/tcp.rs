@@ -1,7 +1,7 @@
 //! The tcp sink: forwards messages to a downstream collector over one TCP
 //! connection per sink worker, LF-terminated or octet-counted (RFC 6587).
 //!
-//! It connects lazily and reconnects on the next write after any failure;
+//! It connects on the first idle tick or write and reconnects after any failure;
 //! the sink thread ([`super::run`]) paces the retries (100 ms doubling to
 //! 5 s) and logs one warning per outage.
 //!
@@ -29,7 +29,7 @@
 //! write must go to a new connection instead.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use log::{debug, info};
@@ -46,6 +46,9 @@ pub const PROBE_RETRY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct TcpSink {
     address: String,
+    /// `address` resolved once at start: a reconnect never waits on DNS
+    /// (a name lookup has no timeout of its own).
+    addrs: Vec<SocketAddr>,
     framing: SinkFraming,
     connect_timeout: Duration,
     write_timeout: Duration,
@@ -61,9 +64,23 @@ pub struct TcpSink {
 }
 
 impl TcpSink {
-    pub fn new(config: &SinkConfig) -> TcpSink {
-        TcpSink {
-            address: config.address.clone().unwrap_or_default(),
+    /// Resolves the address once; fails only if it does not resolve
+    /// (validation has already resolved it once).
+    pub fn new(config: &SinkConfig) -> io::Result<TcpSink> {
+        let address = config.address.clone().unwrap_or_default();
+        let addrs: Vec<SocketAddr> = address
+            .to_socket_addrs()
+            .map_err(|e| io::Error::new(e.kind(), format!("sink.address {address:?}: {e}")))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("sink.address {address:?} resolves to no address"),
+            ));
+        }
+        Ok(TcpSink {
+            addrs,
+            address,
             framing: config.framing.unwrap_or(SinkFraming::Lines),
             connect_timeout: config.connect_timeout.unwrap_or(Duration::from_secs(2)),
             write_timeout: config.write_timeout.unwrap_or(Duration::from_secs(5)),
@@ -72,7 +89,7 @@ impl TcpSink {
             scratch: Vec::new(),
             connected_once: false,
             next_probe: Instant::now(),
-        }
+        })
     }
 
     fn connect(&mut self) -> io::Result<TcpStream> {
@@ -80,7 +97,7 @@ impl TcpSink {
             io::ErrorKind::NotFound,
             format!("{}: resolves to no address", self.address),
         );
-        for addr in self.address.to_socket_addrs()? {
+        for &addr in &self.addrs {
             match TcpStream::connect_timeout(&addr, self.connect_timeout) {
                 Ok(stream) => {
                     stream.set_write_timeout(Some(self.write_timeout))?;
