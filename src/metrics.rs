@@ -8,7 +8,9 @@
 //! per read: a client sending a byte a second is cut off at 1 s), a
 //! whole-response write deadline ([`WRITE_DEADLINE`]) and an 8 KiB cap on
 //! the request ([`MAX_REQUEST`]); the worst a hostile client can do is
-//! delay the next scrape by those deadlines. httparse does the parsing;
+//! delay the next scrape by those deadlines (plus a [`LINGER`] of 100 ms
+//! after an error answer, so that closing does not reset the connection
+//! before the client has read why it was refused). httparse does the parsing;
 //! the answer is always `Connection: close`.
 //!
 //! What it reads: [`Stats::snapshot`], the same snapshot the stats line
@@ -65,7 +67,12 @@ pub fn bind(addr: SocketAddr) -> io::Result<Socket> {
 
 /// What the endpoint reads.
 pub struct Endpoint {
+    /// Has a receive timeout ([`POLL`]), so accept() returns to look at
+    /// `stop` even when nobody connects.
     listener: Socket,
+    /// Read only: the snapshot (which takes the ledger lock exclusively
+    /// for a moment, as the stats line does), the sink health count and
+    /// the histogram (atomics).
     stats: Arc<Stats>,
     depth: QueueDepth,
     /// Triggered shutdown: /healthz says "shutting down".
