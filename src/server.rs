@@ -46,7 +46,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// After the drain deadline, how long workers get to count what is
 /// unread (non-blocking reads, at most `UNREAD_BUDGET` bytes each) before
 /// the accept loop stops waiting for them.
-const WORKER_EXIT_MARGIN: Duration = Duration::from_millis(300);
+const WORKER_EXIT_MARGIN: Duration = Duration::from_millis(200);
 /// Worker stack reservation. A worker touches 8 KiB of it (two pages,
 /// measured in /proc/PID/smaps with trace logging and hostile input), so
 /// 128 KiB is a wide margin that costs only address space: resident
@@ -228,8 +228,9 @@ impl Acceptor {
         }
         // join() returns once the thread has stopped running; the kernel
         // may take a few more microseconds to remove it. Wait for that
-        // (bounded), so that live threads never exceed the permits.
-        if let Some(task) = &ended.task {
+        // (bounded), so that live threads never exceed the permits. Not
+        // at shutdown: no thread is started any more.
+        if let Some(task) = ended.task.as_ref().filter(|_| self.listener.is_some()) {
             let deadline = Instant::now() + TASK_GONE_WAIT;
             while task.exists() && Instant::now() < deadline {
                 thread::yield_now();
