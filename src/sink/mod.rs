@@ -175,7 +175,7 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
             if disconnected {
                 return;
             }
-            probe(&mut *sink, &ctx, &mut health);
+            probe(&mut *sink, &mut health);
             continue;
         }
         let since = *oldest.get_or_insert_with(Instant::now);
@@ -274,24 +274,23 @@ fn write_all(
     }
 }
 
-/// The idle tick's look at the destination (`Sink::check`); one warning
-/// when it finds the sink down, as for a failed write.
-fn probe(sink: &mut dyn Sink, ctx: &SinkContext, health: &mut Health) {
+/// The idle tick's look at the destination (`Sink::check`): it moves
+/// `floodwall_sink_up` only. Its findings are debug lines: the outage
+/// warning ("sink write failed") belongs to the first write that fails,
+/// so an outage still gets exactly one warning, and an outage while idle
+/// loses nothing that a warning would have to report.
+fn probe(sink: &mut dyn Sink, health: &mut Health) {
     match sink.check() {
         None => {}
         Some(Ok(())) => {
-            if !health.up
-                && let Some(n) = ctx.alerts.sink_recovered.allow()
-            {
-                info!("sink recovered (idle probe){}", suppressed(n));
+            if !health.up {
+                debug!("sink up again (idle probe)");
             }
             health.set(true);
         }
         Some(Err(e)) => {
-            if health.up
-                && let Some(n) = ctx.alerts.sink_error.allow()
-            {
-                warn!("sink down (idle probe) error=\"{e}\"{}", suppressed(n));
+            if health.up {
+                debug!("sink down (idle probe) error=\"{e}\"");
             }
             health.set(false);
         }
