@@ -332,7 +332,10 @@ impl Connection<'_> {
     fn fill(&mut self, timeout: Option<Duration>, watch: bool) -> io::Result<Input> {
         loop {
             self.release_if_quiet();
-            if !self.buf.is_empty() || self.readable {
+            // After a short read the socket was empty a moment ago: wait
+            // first (poll, read) instead of reading into EAGAIN first
+            // (read, poll, read). A full read may have left more behind.
+            if self.readable || (!self.buf.is_empty() && self.grow) {
                 self.readable = false;
                 match self.read() {
                     Ok(0) => return Ok(Input::Eof),
