@@ -282,10 +282,12 @@ impl Daemon {
         proc_status(self.pid(), "VmRSS:")
     }
 
+    /// Open file descriptors of the daemon (/proc/PID/fd).
     pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        let path = format!("/proc/{}/fd", self.pid());
+        std::fs::read_dir(&path)
+            .unwrap_or_else(|e| panic!("cannot read {path}: {e} (has the daemon exited?)"))
+            .count()
     }
 }
 
@@ -298,13 +300,22 @@ impl Drop for Daemon {
     }
 }
 
+/// The number after `key` (e.g. "Threads:", "VmRSS:") in
+/// /proc/PID/status. Panics, naming the path and the error, when it cannot
+/// be read: a sample that silently reads 0 would let a bound pass with no
+/// data (and a process that is gone is a failure of the test, not a 0).
 pub fn proc_status(pid: u32, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    text.lines()
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {path}: {e} (has the process exited?)"));
+    let line = text
+        .lines()
         .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("{path} has no {key} line:\n{text}"));
+    line.split_whitespace()
+        .nth(1)
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("{path}: no number in {line:?}"))
 }
 
 /// Reads a file, or empty if it does not exist yet.
