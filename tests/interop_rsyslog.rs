@@ -97,7 +97,7 @@ fn rsyslog_forwards_into_floodwall(framing: &str) {
         line_count(&out),
         rs.internal_log()
     );
-    assert!(d.stop(Duration::from_secs(10)).success());
+    let fin = d.stop_balanced(Duration::from_secs(10));
     let got = lines(&out);
     assert_eq!(got.len(), want, "no extra lines");
     // The raw ones byte for byte, in the order sent (one connection).
@@ -113,7 +113,7 @@ fn rsyslog_forwards_into_floodwall(framing: &str) {
             "{g:?} should end with {w:?}"
         );
     }
-    assert_eq!(num(&d.final_stats(), "delivered"), want as u64);
+    assert_eq!(num(&fin, "delivered"), want as u64);
 }
 
 #[test]
@@ -156,7 +156,8 @@ fn floodwall_forwards_into_rsyslog(framing: &str) {
         msgs.len(),
         rs.internal_log()
     );
-    assert!(d.stop(Duration::from_secs(10)).success());
+    let fin = d.stop_balanced(Duration::from_secs(10));
+    assert_eq!(num(&fin, "delivered"), msgs.len() as u64);
     assert_bytes(expected.as_bytes(), &read(&out));
 }
 
@@ -413,7 +414,6 @@ fn downstream_rsyslog_stopped_and_killed_mid_stream() {
         "log:\n{}",
         d.log_text()
     );
-    assert!(d.stop(Duration::from_secs(10)).success());
-    assert_balanced(&d.final_stats());
+    d.stop_balanced(Duration::from_secs(10));
     drop(rs2);
 }

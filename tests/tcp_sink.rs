@@ -173,7 +173,8 @@ fn lines_framing_forwards_exact_bytes() {
         "downstream got {:?}",
         String::from_utf8_lossy(&down.bytes())
     );
-    assert!(d.stop(Duration::from_secs(10)).success());
+    let fin = d.stop_balanced(Duration::from_secs(10));
+    assert_eq!(num(&fin, "delivered"), 4);
     assert_bytes(expected, &down.bytes());
     assert_eq!(down.connections(), 1);
 }
@@ -186,7 +187,8 @@ fn octet_counted_framing_forwards_exact_bytes() {
     let expected = "9 alpha one8 beta two9 ünïcode1 z".as_bytes();
     assert!(wait_until(Duration::from_secs(10), || down.bytes().len()
         >= expected.len()));
-    assert!(d.stop(Duration::from_secs(10)).success());
+    let fin = d.stop_balanced(Duration::from_secs(10));
+    assert_eq!(num(&fin, "delivered"), 4);
     assert_bytes(expected, &down.bytes());
 }
 
@@ -232,7 +234,8 @@ fn downstream_down_at_start_up_is_retried_not_fatal() {
         d.wait_log(Duration::from_secs(5), |l| l.contains(RECOVERED))
             .is_some()
     );
-    assert!(d.stop(Duration::from_secs(10)).success());
+    let fin = d.stop_balanced(Duration::from_secs(10));
+    assert_eq!(num(&fin, "delivered"), 500);
     assert_bytes(&payload, &down.bytes());
     assert_eq!(count_lines(&d, OUTAGE_WARN), 1, "log:\n{}", d.log_text());
     assert_eq!(count_lines(&d, RECOVERED), 1, "log:\n{}", d.log_text());
@@ -280,7 +283,8 @@ fn downstream_closed_between_messages_loses_nothing() {
         d.wait_log(Duration::from_secs(5), |l| l.contains(RECOVERED))
             .is_some()
     );
-    assert!(d.stop(Duration::from_secs(10)).success());
+    let fin = d.stop_balanced(Duration::from_secs(10));
+    assert_eq!(num(&fin, "delivered"), 400);
     assert_bytes(&first, &got_before.concat());
     assert_bytes(&second, &down.bytes());
     assert_eq!(count_lines(&d, OUTAGE_WARN), 1, "log:\n{}", d.log_text());
@@ -485,7 +489,8 @@ fn two_sink_workers_open_two_downstream_connections() {
             break;
         }
     }
-    assert!(d.stop(Duration::from_secs(10)).success());
+    let fin = d.stop_balanced(Duration::from_secs(10));
+    assert_eq!(num(&fin, "delivered"), sent.len() as u64);
     let per = down.per_connection();
     assert_eq!(per.len(), 2, "one downstream connection per sink worker");
     assert!(per.iter().all(|c| !c.is_empty()));

@@ -268,9 +268,47 @@ impl Daemon {
         }
     }
 
-    /// The final stats line (after shutdown).
+    /// The final stats line: SPEC.md logs it at shutdown, right before
+    /// `shutdown drained=`. Panics if the daemon has not logged that line
+    /// (it has not shut down cleanly), so a periodic line is never taken
+    /// for the final one.
     pub fn final_stats(&self) -> StatsLine {
-        self.stats_lines().pop().expect("a final stats line")
+        let lines = self.log_lines();
+        let end = lines
+            .iter()
+            .rposition(|l| l.contains("shutdown drained="))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no `shutdown drained=` line, so no final stats line; log:\n{}",
+                    lines.join("\n")
+                )
+            });
+        lines[..end]
+            .iter()
+            .rev()
+            .find_map(|l| parse_stats(l))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no stats line before `shutdown drained=`; log:\n{}",
+                    lines.join("\n")
+                )
+            })
+    }
+
+    /// SIGTERM, a clean exit (0) within `timeout`, and the accounting
+    /// identity on the final stats line, which it returns: how every
+    /// traffic test ends.
+    pub fn stop_balanced(&mut self, timeout: Duration) -> StatsLine {
+        let status = self.stop(timeout);
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "exit {status:?}; log:\n{}",
+            self.log_text()
+        );
+        let last = self.final_stats();
+        assert_balanced(&last);
+        last
     }
 
     /// Live OS threads of the daemon (/proc/PID/status).
