@@ -19,6 +19,17 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// How late a thread may run after its deadline, or finish a few
+/// milliseconds of work, on a loaded 2-core CI machine: the slack added to
+/// a bound derived from the code's own timeouts. Measured on the build
+/// machine at load average 7.5 (six agents building on 2 cores): a 5 ms
+/// sleep overran by 7 ms at the median and 35 ms at worst (718 samples).
+/// 500 ms is over ten times that worst case, for bursts when rustc or the
+/// linker hold both cores, yet below the timeouts it pads in these tests
+/// (send_timeout 300-500 ms, idle_timeout 1 s), so a timeout that took
+/// several times as long as configured still fails.
+pub const SCHED_MARGIN: Duration = Duration::from_millis(500);
+
 /// Polls `pred` until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
