@@ -18,19 +18,19 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Longer than SCHED_MARGIN plus the slacks below, so that a connection
 /// held for twice the timeout fails the bound.
 const IDLE: Duration = Duration::from_secs(1);
-/// src/conn.rs TIMEOUT_SLACK: the socket read timeout is re-armed only when
-/// it is this far off the idle window left, so the read that ends the
-/// window may wake this much late.
-const TIMEOUT_SLACK: Duration = Duration::from_millis(10);
+/// src/wake.rs: a worker waits for input in poll(2) with what is left of
+/// the idle window, rounded up to whole milliseconds, so the wait that
+/// ends the window may wake this much late.
+const POLL_ROUNDING: Duration = Duration::from_millis(1);
 /// The worker's idle clock may start before the client's `opened`: the
 /// daemon accepts while the client is still setting socket options.
 const EARLY: Duration = Duration::from_millis(20);
 
-/// Latest a close may be seen after `opened`: idle_timeout, the re-arm
-/// slack, how long the client takes to notice (`notice`: its own polling
+/// Latest a close may be seen after `opened`: idle_timeout, the poll
+/// rounding, how long the client takes to notice (`notice`: its own polling
 /// period), and a scheduling margin for a loaded machine.
 fn latest_close(notice: Duration) -> Duration {
-    IDLE + TIMEOUT_SLACK + notice + support::SCHED_MARGIN
+    IDLE + POLL_ROUNDING + notice + support::SCHED_MARGIN
 }
 
 fn start() -> Daemon {
