@@ -40,7 +40,7 @@ use crossbeam_channel::{RecvTimeoutError, TryRecvError};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use log::{debug, info, warn};
 
-use super::SinkContext;
+use super::{Health, SinkContext};
 use crate::alerts::suppressed;
 use crate::config::SinkConfig;
 use crate::queue::Batch;
@@ -123,10 +123,11 @@ impl NatsSink {
         } = self;
         runtime.block_on(async move {
             let mut early = Vec::new();
-            let Some(js) = connect(&settings, &ctx, &mut early).await else {
+            let mut health = Health::new(ctx.stats.clone());
+            let Some(js) = connect(&settings, &ctx, &mut early, &mut health).await else {
                 return;
             };
-            let mut pipeline = Pipeline::new(settings, ctx, js, ids);
+            let mut pipeline = Pipeline::new(settings, ctx, js, ids, health);
             for batch in early {
                 pipeline.accept(batch);
             }
@@ -180,7 +181,8 @@ struct Message {
 }
 
 type AckResult = Result<jetstream::publish::PublishAck, jetstream::context::PublishError>;
-type AckFuture = Pin<Box<dyn Future<Output = (Message, AckResult)> + Send>>;
+/// A publish awaiting its ack: the message, when it was sent, the ack.
+type AckFuture = Pin<Box<dyn Future<Output = (Message, Instant, AckResult)> + Send>>;
 
 /// Connects (the client keeps reconnecting in the background) and makes
 /// sure the stream exists, retrying with back-off until it works or the
@@ -191,12 +193,14 @@ async fn connect(
     settings: &Settings,
     ctx: &SinkContext,
     early: &mut Vec<Batch>,
+    health: &mut Health,
 ) -> Option<jetstream::Context> {
     let mut backoff = Backoff::default();
     let mut outage: Option<Instant> = None;
     loop {
         match try_connect(settings).await {
             Ok(js) => {
+                health.set(true);
                 info!(
                     "nats sink ready servers={} stream={} subject={}",
                     settings.servers.join(","),
@@ -207,6 +211,7 @@ async fn connect(
             }
             Err(e) => {
                 Stats::add(&ctx.stats.sink_errors, 1);
+                health.set(false);
                 if outage.replace(Instant::now()).is_none() {
                     if let Some(n) = ctx.alerts.sink_error.allow() {
                         warn!(
@@ -344,6 +349,8 @@ struct Pipeline {
     outage: Option<Instant>,
     /// Every sender is gone: finish what is held, then end.
     disconnected: bool,
+    /// This worker's share of `floodwall_sink_up`.
+    health: Health,
 }
 
 impl Pipeline {
@@ -352,6 +359,7 @@ impl Pipeline {
         ctx: SinkContext,
         js: jetstream::Context,
         ids: MessageIds,
+        health: Health,
     ) -> Pipeline {
         Pipeline {
             settings,
@@ -365,6 +373,7 @@ impl Pipeline {
             probing: false,
             outage: None,
             disconnected: false,
+            health,
         }
     }
 
@@ -436,6 +445,7 @@ impl Pipeline {
             if !message.peer.is_empty() {
                 publish = publish.header(PEER_HEADER, message.peer.as_str());
             }
+            let sent = Instant::now();
             match self
                 .js
                 .send_publish(self.settings.subject.clone(), publish)
@@ -443,7 +453,7 @@ impl Pipeline {
             {
                 Ok(ack) => self
                     .in_flight
-                    .push(Box::pin(async move { (message, ack.await) })),
+                    .push(Box::pin(async move { (message, sent, ack.await) })),
                 Err(e) if matches!(e.kind(), PublishErrorKind::MaxPayloadExceeded) => {
                     self.refuse(message, &e)
                 }
@@ -505,10 +515,12 @@ impl Pipeline {
     /// Books completed publishes: acks move messages to `delivered` (a
     /// duplicate ack too: the message is stored once and counted once,
     /// since each message is settled once), failures go back for a retry.
-    fn settle(&mut self, acks: Vec<(Message, AckResult)>) {
+    fn settle(&mut self, acks: Vec<(Message, Instant, AckResult)>) {
         let mut delivered = 0u64;
         let mut bytes = 0u64;
-        for (message, result) in acks {
+        for (message, sent, result) in acks {
+            // floodwall_sink_write_duration_seconds: publish to ack.
+            self.ctx.stats.sink_write.observe(sent.elapsed());
             match result {
                 Ok(ack) => {
                     if ack.duplicate {
@@ -531,6 +543,7 @@ impl Pipeline {
         });
         self.probing = false;
         self.backoff.succeed();
+        self.health.set(true);
         if let Some(since) = self.outage.take() {
             info!("nats sink recovered outage={:?}", since.elapsed());
         }
@@ -540,6 +553,7 @@ impl Pipeline {
     /// retry, back off, probe with one message before opening up again.
     fn failed(&mut self, message: Message, e: &jetstream::context::PublishError) {
         Stats::add(&self.ctx.stats.sink_errors, 1);
+        self.health.set(false);
         self.retries.push_back(message);
         self.backoff.fail();
         self.probing = true;
