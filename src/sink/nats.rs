@@ -124,7 +124,7 @@ impl NatsSink {
         runtime.block_on(async move {
             let mut early = Vec::new();
             let mut health = Health::new(ctx.stats.clone());
-            let Some(js) = connect(&settings, &ctx, &mut early, &mut health).await else {
+            let Some(js) = connect(&settings, &ctx, &ids, &mut early, &mut health).await else {
                 return;
             };
             let mut pipeline = Pipeline::new(settings, ctx, js, ids, health);
@@ -192,6 +192,7 @@ type AckFuture = Pin<Box<dyn Future<Output = (Message, Instant, AckResult)> + Se
 async fn connect(
     settings: &Settings,
     ctx: &SinkContext,
+    ids: &MessageIds,
     early: &mut Vec<Batch>,
     health: &mut Health,
 ) -> Option<jetstream::Context> {
@@ -201,11 +202,13 @@ async fn connect(
         match try_connect(settings).await {
             Ok(js) => {
                 health.set(true);
+                // ids= ties the stream's messages to this run and worker.
                 info!(
-                    "nats sink ready servers={} stream={} subject={}",
+                    "nats sink ready servers={} stream={} subject={} ids={}*",
                     settings.servers.join(","),
                     settings.stream,
-                    settings.subject
+                    settings.subject,
+                    ids.prefix
                 );
                 return Some(js);
             }
