@@ -31,6 +31,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -176,7 +177,8 @@ struct Message {
     /// Kept across retries: the stream deduplicates on it.
     id: String,
     /// "IP:PORT" or "[IPv6]:PORT"; empty when the batch had no peer.
-    peer: String,
+    /// Shared by the messages of one batch.
+    peer: Arc<str>,
     payload: Bytes,
 }
 
@@ -423,14 +425,23 @@ impl Pipeline {
         }
     }
 
+    /// Takes a batch's messages: one copy of the batch's bytes, which each
+    /// message's payload slices (a batch stores its messages back to back,
+    /// each followed by LF), and one peer string for all of them. A slow
+    /// message keeps its batch's copy alive until its ack: at most
+    /// `max_in_flight` batches' worth, far below what the queue may hold.
     fn accept(&mut self, batch: Batch) {
-        let peer = batch.peer().map(peer_text).unwrap_or_default();
+        let peer: Arc<str> = batch.peer().map(peer_text).unwrap_or_default().into();
+        let data = Bytes::copy_from_slice(batch.as_lines());
+        let mut start = 0;
         for m in batch.messages() {
+            let end = start + m.len();
             self.fresh.push_back(Message {
                 id: self.ids.next_id(),
                 peer: peer.clone(),
-                payload: Bytes::copy_from_slice(m),
+                payload: data.slice(start..end),
             });
+            start = end + 1;
         }
         self.ctx.queue.recycle(batch);
     }
@@ -446,7 +457,7 @@ impl Pipeline {
                 .payload(message.payload.clone())
                 .message_id(&message.id);
             if !message.peer.is_empty() {
-                publish = publish.header(PEER_HEADER, message.peer.as_str());
+                publish = publish.header(PEER_HEADER, &*message.peer);
             }
             let sent = Instant::now();
             match self
