@@ -65,6 +65,13 @@ pub struct ServerConfig {
     pub tcp_keepalive: Duration,
     pub framing: Framing,
     pub max_message_bytes: usize,
+    /// Source CIDRs that may connect; empty = everyone.
+    pub allow: Vec<String>,
+    /// Live connections per source IP; 0 = no cap.
+    pub max_connections_per_ip: usize,
+    /// Present = the listener speaks TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -75,8 +82,58 @@ impl Default for ServerConfig {
             tcp_keepalive: Duration::from_secs(60),
             framing: Framing::Auto,
             max_message_bytes: 65536,
+            allow: Vec::new(),
+            max_connections_per_ip: 0,
+            tls: None,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+/// `[server.tls]`: the files are only named here; src/tls.rs loads them
+/// (at start, for `--check-config`, and on SIGHUP).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Empty = no client certificates asked for.
+    #[serde(default)]
+    pub client_ca: PathBuf,
+    #[serde(default)]
+    pub permitted_peers: Vec<String>,
+    #[serde(with = "duration", default = "default_handshake_timeout")]
+    pub handshake_timeout: Duration,
+    #[serde(default = "default_min_version")]
+    pub min_version: TlsVersion,
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_min_version() -> TlsVersion {
+    TlsVersion::V1_2
+}
+
+/// `[sink.tls]`: how the tcp sink verifies its downstream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SinkTlsConfig {
+    pub ca: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -186,6 +243,8 @@ pub struct SinkConfig {
     pub connect_timeout: Option<Duration>,
     #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
     pub write_timeout: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<SinkTlsConfig>,
 }
 
 impl Default for SinkConfig {
@@ -199,6 +258,7 @@ impl Default for SinkConfig {
             framing: None,
             connect_timeout: None,
             write_timeout: None,
+            tls: None,
         }
     }
 }
@@ -371,6 +431,10 @@ impl Config {
                 ));
             }
         }
+        validate_access(&self.server)?;
+        if let Some(tls) = &self.server.tls {
+            tls.validate()?;
+        }
         self.sink = self.sink.validate()?;
         Ok(self)
     }
@@ -428,6 +492,35 @@ impl SinkConfig {
             self.write_timeout.is_some(),
             SinkType::Tcp,
         )?;
+        only("sink.tls", self.tls.is_some(), SinkType::Tcp)?;
+        if let Some(tls) = &mut self.tls {
+            if tls.ca.as_os_str().is_empty() {
+                return Err(invalid(
+                    "sink.tls.ca",
+                    "\"\" is empty; allowed: a PEM file of trust anchors (required)",
+                ));
+            }
+            if tls.cert.is_some() != tls.key.is_some() {
+                return Err(invalid(
+                    "sink.tls.key",
+                    "cert and key go together; allowed: both (mutual TLS) or neither",
+                ));
+            }
+            if tls.server_name.is_none() {
+                let address = self.address.as_deref().unwrap_or_default();
+                tls.server_name = Some(host_of(address).to_string());
+            }
+            if let Some(name) = &tls.server_name {
+                if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+                    return Err(invalid(
+                        "sink.tls.server_name",
+                        format!(
+                            "{name:?} is not a DNS name or IP address; allowed: the name in the downstream's certificate"
+                        ),
+                    ));
+                }
+            }
+        }
         match kind {
             SinkType::File => {
                 match &self.path {
@@ -469,6 +562,84 @@ impl SinkConfig {
             SinkType::Stdout | SinkType::Null => {}
         }
         Ok(self)
+    }
+}
+
+/// The host part of "host:port" ("[::1]:6000" gives "::1").
+pub fn host_of(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// `server.allow` entries are CIDRs (a bare address means just itself).
+pub fn parse_cidr(entry: &str) -> Option<ipnet::IpNet> {
+    entry.parse::<ipnet::IpNet>().ok().or_else(|| {
+        entry
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
+}
+
+fn validate_access(s: &ServerConfig) -> Result<(), ConfigError> {
+    for entry in &s.allow {
+        if parse_cidr(entry).is_none() {
+            return Err(invalid(
+                "server.allow",
+                format!(
+                    "{entry:?} is not a CIDR; allowed: \"10.0.0.0/8\", \"::1/128\", or an address"
+                ),
+            ));
+        }
+    }
+    if s.max_connections_per_ip > MAX_CONNECTIONS_LIMIT {
+        return Err(invalid(
+            "server.max_connections_per_ip",
+            format!(
+                "{} is out of range; allowed: 0 (no cap) ..={MAX_CONNECTIONS_LIMIT}",
+                s.max_connections_per_ip
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl ServerTlsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, path) in [
+            ("server.tls.cert", &self.cert),
+            ("server.tls.key", &self.key),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(invalid(key, "\"\" is empty; allowed: a PEM file path"));
+            }
+        }
+        if !self.permitted_peers.is_empty() && self.client_ca.as_os_str().is_empty() {
+            return Err(invalid(
+                "server.tls.permitted_peers",
+                "set without server.tls.client_ca; allowed: only with client_ca (mutual TLS), since peers are named by their client certificate",
+            ));
+        }
+        for entry in &self.permitted_peers {
+            if let Err(why) = crate::tls::PeerPattern::parse(entry) {
+                return Err(invalid(
+                    "server.tls.permitted_peers",
+                    format!(
+                        "{entry:?} {why}; allowed: a DNS name, \"*.example.net\" (one label) or \"sha256:<64 hex digits>\""
+                    ),
+                ));
+            }
+        }
+        if self.handshake_timeout.is_zero() || self.handshake_timeout > MAX_DURATION {
+            return Err(invalid(
+                "server.tls.handshake_timeout",
+                format!(
+                    "{:?} is out of range; allowed: a positive duration such as \"10s\"",
+                    format_duration(&self.handshake_timeout)
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

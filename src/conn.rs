@@ -6,8 +6,8 @@
 //! from the queue, the thread and its permit belong to the server. A
 //! failure here (reset, garbage, slowloris) ends this connection only.
 
-use std::io::{self, Read};
-use std::net::{SocketAddr, TcpStream};
+use std::io;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use crate::framing::{Decoder, Frame, FrameError};
 use crate::queue::{Batch, QueueSender, SendError};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
+use crate::stream::Stream;
 
 /// First read buffer, allocated only once the peer has sent something, so
 /// an idle connection costs no buffer at all.
@@ -130,7 +131,8 @@ pub struct Totals {
 }
 
 /// Serves one connection until it ends; returns why, and its totals.
-pub fn serve(ctx: &ConnContext, stream: &TcpStream, peer: SocketAddr) -> (Close, Totals) {
+/// `stream` is plain TCP or a TLS session whose handshake is done.
+pub fn serve(ctx: &ConnContext, stream: &mut Stream<'_>, peer: SocketAddr) -> (Close, Totals) {
     let mut conn = Connection {
         ctx,
         stream,
@@ -154,9 +156,9 @@ pub fn serve(ctx: &ConnContext, stream: &TcpStream, peer: SocketAddr) -> (Close,
     (close, conn.totals)
 }
 
-struct Connection<'a> {
+struct Connection<'a, 'b> {
     ctx: &'a ConnContext,
-    stream: &'a TcpStream,
+    stream: &'a mut Stream<'b>,
     peer: SocketAddr,
     decoder: Decoder,
     /// Read buffer; unread bytes are `buf[start..end]`. Empty until the
@@ -189,7 +191,7 @@ struct Connection<'a> {
     totals: Totals,
 }
 
-impl Connection<'_> {
+impl Connection<'_, '_> {
     fn run(&mut self) -> Close {
         loop {
             if self.ctx.shutdown.is_triggered() {
@@ -276,7 +278,7 @@ impl Connection<'_> {
         if self.buf.is_empty() {
             // Wait for the first byte before allocating: idle connections
             // then hold no buffer.
-            let n = self.stream.peek(&mut [0u8; 1])?;
+            let n = self.stream.wait_readable()?;
             if n == 0 {
                 return Ok(0);
             }
@@ -284,7 +286,7 @@ impl Connection<'_> {
         }
         self.make_room();
         let free = self.buf.len() - self.end;
-        let n = (&*self.stream).read(&mut self.buf[self.end..])?;
+        let n = self.stream.read(&mut self.buf[self.end..])?;
         self.grow = n == free;
         self.quiet = n < free / 4;
         Ok(n)

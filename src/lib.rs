@@ -23,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod alerts;
 pub mod config;
 pub mod conn;
@@ -33,6 +34,8 @@ pub mod server;
 pub mod shutdown;
 pub mod sink;
 pub mod stats;
+pub mod stream;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,12 +56,15 @@ use queue::QueueDepth;
 use server::Acceptor;
 use sink::SinkContext;
 use stats::Stats;
+use tls::ServerTls;
 
 /// Why the daemon could not start. Each variant has a fixed exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
     Config(#[from] ConfigError),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -77,7 +83,7 @@ impl Error {
     /// SPEC.md exit codes: 2 configuration, 3 bind or sink at start-up.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) => 2,
+            Error::Config(_) | Error::Tls(_) => 2,
             Error::Bind { .. } | Error::Sink(_) | Error::Thread { .. } => 3,
         }
     }
@@ -108,6 +114,8 @@ pub struct Daemon {
     stats: Arc<Stats>,
     depth: QueueDepth,
     reopen: Reopen,
+    /// The listener's TLS, reloaded on SIGHUP.
+    tls: Option<Arc<ServerTls>>,
     /// Fires the shutdown; everything else watches it.
     shutdown: Shutdown,
     /// Set at the drain deadline: sinks stop retrying.
@@ -126,6 +134,9 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<Report, Error> {
 
 /// Binds, opens the configured sinks and starts every thread.
 pub fn start(config: Config, shutdown: Shutdown) -> Result<Daemon, Error> {
+    // Every TLS file is loaded before anything starts: a bad one is a
+    // configuration error (exit 2), never a half-started daemon.
+    tls::check_files(&config)?;
     let sinks = sink::open(&config.sink).map_err(Error::Sink)?;
     start_with_sinks(config, shutdown, sinks)
 }
@@ -138,6 +149,10 @@ pub fn start_with_sinks(
     sinks: Vec<Box<dyn Sink>>,
 ) -> Result<Daemon, Error> {
     let config = config.validate()?;
+    let tls = match &config.server.tls {
+        Some(t) => Some(Arc::new(ServerTls::new(t)?)),
+        None => None,
+    };
     let addr = config.listen_addr()?;
     let listener =
         server::bind(addr, config.server.backlog).map_err(|source| Error::Bind { addr, source })?;
@@ -193,7 +208,7 @@ pub fn start_with_sinks(
         alerts.clone(),
         shutdown.clone(),
     ));
-    let acceptor = Acceptor::new(&config, listener, depth.clone(), ctx);
+    let acceptor = Acceptor::new(&config, listener, depth.clone(), ctx, tls.clone());
     let accept = thread::Builder::new()
         .name("fw-accept".to_string())
         .spawn(move || acceptor.run())
@@ -229,6 +244,7 @@ pub fn start_with_sinks(
         stats,
         depth,
         reopen,
+        tls,
         shutdown,
         abandon,
         accept,
@@ -255,6 +271,11 @@ impl Daemon {
     /// The handle SIGHUP pokes: sinks reopen their files.
     pub fn reopen_handle(&self) -> Reopen {
         self.reopen.clone()
+    }
+
+    /// The listener's TLS (None for plaintext): SIGHUP reloads its files.
+    pub fn tls_handle(&self) -> Option<Arc<ServerTls>> {
+        self.tls.clone()
     }
 
     /// Blocks until shutdown is triggered, then drains: stop accepting,

@@ -3,6 +3,10 @@
 //! watermark, and hand each socket to a named worker thread that owns its
 //! permit.
 //!
+//! Access control (`server.allow`, the per-IP cap) is decided here, right
+//! after accept and before a permit or a thread is given; TLS is not: the
+//! handshake runs in the worker thread (src/tls.rs).
+//!
 //! Every wait here is bounded so the loop notices shutdown: accept() has a
 //! socket timeout (SO_RCVTIMEO applies to accept on Linux), permit and
 //! pause waits are short slices. Accept errors such as EMFILE back off
@@ -21,12 +25,15 @@ use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, info, warn};
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
+use crate::access::{Access, IpSlot, Refusal};
 use crate::alerts::suppressed;
 use crate::config::{Config, OnConnectionLimit};
 use crate::conn::{self, ConnContext};
 use crate::limiter::{Limiter, Permit};
 use crate::queue::QueueDepth;
 use crate::stats::Stats;
+use crate::stream::Stream;
+use crate::tls::{HandshakeEnd, ServerTls};
 
 /// How long one blocking accept or permit wait lasts before the loop
 /// looks at shutdown and the watermarks again.
@@ -68,6 +75,13 @@ pub struct Acceptor {
     /// sending end); dropped by this loop when it returns, so the queue
     /// disconnects once the last worker is gone too.
     ctx: Arc<ConnContext>,
+    /// The allowlist and per-IP counts, checked before a thread starts.
+    access: Access,
+    /// Present = every worker runs a TLS handshake first.
+    tls: Option<Arc<ServerTls>>,
+    /// A permit taken before an accept whose connection was then refused
+    /// by `access`: kept for the next one.
+    spare: Option<Permit>,
     /// Worker threads not yet joined, with their permits and sockets.
     live: HashMap<u64, Worker>,
     /// Workers send their id here as they end.
@@ -80,6 +94,8 @@ struct Worker {
     handle: JoinHandle<()>,
     /// Returned only after the thread is joined and gone.
     permit: Permit,
+    /// The connection's count against its source IP, if capped.
+    _slot: Option<IpSlot>,
     /// Kept so that shutdown can wake the worker's blocked read.
     stream: Arc<TcpStream>,
 }
@@ -90,6 +106,7 @@ impl Acceptor {
         listener: Socket,
         depth: QueueDepth,
         ctx: Arc<ConnContext>,
+        tls: Option<Arc<ServerTls>>,
     ) -> Acceptor {
         let capacity = config.queue.capacity as f64;
         let (ended_tx, ended) = crossbeam_channel::unbounded();
@@ -106,6 +123,9 @@ impl Acceptor {
             limiter: Limiter::new(config.limits.max_connections),
             depth,
             ctx,
+            access: Access::new(&config.server),
+            tls,
+            spare: None,
         }
     }
 
@@ -117,12 +137,13 @@ impl Acceptor {
             if !self.wait_below_watermark() {
                 break;
             }
-            let permit = match self.on_connection_limit {
-                OnConnectionLimit::Wait => match self.acquire(POLL) {
+            let permit = match (self.spare.take(), self.on_connection_limit) {
+                (Some(p), _) => Some(p),
+                (None, OnConnectionLimit::Wait) => match self.acquire(POLL) {
                     Some(p) => Some(p),
                     None => continue,
                 },
-                OnConnectionLimit::Reject => None,
+                (None, OnConnectionLimit::Reject) => None,
             };
             let (socket, peer) = match self.listener.accept() {
                 Ok((socket, addr)) => match addr.as_socket() {
@@ -131,6 +152,14 @@ impl Acceptor {
                 },
                 Err(e) => {
                     self.accept_error(e);
+                    continue;
+                }
+            };
+            let slot = match self.access.admit(peer.ip()) {
+                Ok(slot) => slot,
+                Err(refusal) => {
+                    self.spare = permit;
+                    self.refuse(socket, peer, refusal);
                     continue;
                 }
             };
@@ -145,7 +174,7 @@ impl Acceptor {
                 }
             };
             next_id += 1;
-            self.spawn(next_id, socket, peer, permit);
+            self.spawn(next_id, socket, peer, permit, slot);
         }
         // No new connections now; wake every blocked read so that the
         // workers drain what their peers sent and end.
@@ -258,7 +287,40 @@ impl Acceptor {
         }
     }
 
-    fn spawn(&mut self, id: u64, socket: Socket, peer: SocketAddr, permit: Permit) {
+    /// Closes a connection `access` refused: no permit, no thread.
+    fn refuse(&self, socket: Socket, peer: SocketAddr, refusal: Refusal) {
+        let stats = &self.ctx.stats;
+        Stats::add(&stats.conns_total, 1);
+        drop(socket);
+        let (counter, alert, why) = match refusal {
+            Refusal::Denied => (
+                &stats.conns_denied,
+                &self.access.denied_alert,
+                "source not in server.allow",
+            ),
+            Refusal::OverIpLimit => (
+                &stats.conns_over_ip_limit,
+                &self.access.over_ip_limit_alert,
+                "over server.max_connections_per_ip",
+            ),
+        };
+        Stats::add(counter, 1);
+        if let Some(n) = alert.allow() {
+            warn!(
+                "connection refused at accept peer={peer} reason=\"{why}\"{}",
+                suppressed(n)
+            );
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        id: u64,
+        socket: Socket,
+        peer: SocketAddr,
+        permit: Permit,
+        slot: Option<IpSlot>,
+    ) {
         if let Err(e) = self.prepare(&socket) {
             debug!("conn setup failed id={id} peer={peer} error=\"{e}\"");
         }
@@ -269,15 +331,17 @@ impl Acceptor {
         let ctx = self.ctx.clone();
         let ended = self.ended_tx.clone();
         let theirs = stream.clone();
+        let tls = self.tls.clone();
         let spawned = thread::Builder::new()
             .name(format!("fw-conn-{id}"))
             .stack_size(WORKER_STACK)
-            .spawn(move || worker(id, peer, theirs, ctx, ended));
+            .spawn(move || worker(id, peer, theirs, ctx, tls, ended));
         match spawned {
             Ok(handle) => {
                 let w = Worker {
                     handle,
                     permit,
+                    _slot: slot,
                     stream,
                 };
                 self.live.insert(id, w);
@@ -330,11 +394,30 @@ fn worker(
     peer: SocketAddr,
     stream: Arc<TcpStream>,
     ctx: Arc<ConnContext>,
+    tls: Option<Arc<ServerTls>>,
     ended: Sender<Ended>,
 ) {
     let _alive = WorkerGuard::new(&ctx.stats, id, ended);
     let started = Instant::now();
-    let (close, totals) = conn::serve(&ctx, &stream, peer);
+    let mut reader = match &tls {
+        None => Stream::Plain(&stream),
+        Some(tls) => match tls.accept(&stream, peer, &ctx.stats, &ctx.shutdown) {
+            Ok(s) => s,
+            Err(end) => {
+                if matches!(end, HandshakeEnd::Shutdown) {
+                    Stats::add(&ctx.stats.closed_shutdown, 1);
+                }
+                debug!("conn closed id={id} peer={peer} reason=tls {end:?}");
+                let _ = SockRef::from(&*stream).shutdown(SocketShutdown::Both);
+                return;
+            }
+        },
+    };
+    let (close, totals) = conn::serve(&ctx, &mut reader, peer);
+    if close == conn::Close::Shutdown {
+        reader.close_notify();
+    }
+    drop(reader);
     debug!(
         "conn closed id={id} peer={peer} reason={} messages={} bytes={} duration={:?}",
         close.as_str(),

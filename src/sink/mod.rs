@@ -71,7 +71,7 @@ pub fn open(config: &SinkConfig) -> io::Result<Vec<Box<dyn Sink>>> {
                         .as_deref()
                         .expect("validate() requires sink.path for file"),
                 )?),
-                SinkType::Tcp => Box::new(TcpSink::new(config)),
+                SinkType::Tcp => Box::new(TcpSink::new(config)?),
             })
         })
         .collect()

@@ -14,6 +14,11 @@
 //!   where the write stopped, so a downstream that wakes up later reads
 //!   every message once, none cut in half.
 //!
+//! With `[sink.tls]` the connection is TLS, verified against `ca` and
+//! `server_name` during connect: a verification failure is a connect
+//! error like any other (retried with backoff, warned once per outage),
+//! never a reason to send in plaintext.
+//!
 //! Before each write on an open connection the sink looks (without
 //! blocking) whether the downstream has closed it: a write into a socket
 //! whose peer is gone succeeds once and loses its data, so that first
@@ -21,13 +26,69 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
+use rustls_pki_types::ServerName;
 
 use log::{debug, info};
 
 use super::{Sink, write_vectored_all};
 use crate::config::{SinkConfig, SinkFraming};
 use crate::queue::Batch;
+use crate::tls;
+
+/// The downstream connection: plain, or TLS over TCP.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::Plain(_) => "Conn::Plain",
+            Conn::Tls(_) => "Conn::Tls",
+        })
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write_vectored(bufs),
+            Conn::Tls(s) => s.write_vectored(bufs),
+        }
+    }
+
+    /// TLS: pushes out the records rustls still holds.
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// `[sink.tls]` loaded: what to trust and which name to verify.
+struct SinkTls {
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for SinkTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SinkTls({:?})", self.server_name)
+    }
+}
 
 #[derive(Debug)]
 pub struct TcpSink {
@@ -35,7 +96,8 @@ pub struct TcpSink {
     framing: SinkFraming,
     connect_timeout: Duration,
     write_timeout: Duration,
-    conn: Option<TcpStream>,
+    conn: Option<Conn>,
+    tls: Option<SinkTls>,
     /// Bytes of the current batches already written on `conn`: a retry
     /// after a write timeout resumes there. 0 whenever `conn` is new.
     done: usize,
@@ -45,8 +107,24 @@ pub struct TcpSink {
 }
 
 impl TcpSink {
-    pub fn new(config: &SinkConfig) -> TcpSink {
-        TcpSink {
+    /// Fails only if `[sink.tls]` names files that do not load (start-up
+    /// checks them first, as a configuration error).
+    pub fn new(config: &SinkConfig) -> io::Result<TcpSink> {
+        let tls = match &config.tls {
+            None => None,
+            Some(t) => {
+                let client = tls::client_config(t).map_err(io::Error::other)?;
+                let name = t.server_name.clone().unwrap_or_default();
+                let server_name = ServerName::try_from(name)
+                    .map_err(|e| io::Error::other(format!("sink.tls.server_name: {e}")))?;
+                Some(SinkTls {
+                    config: client,
+                    server_name,
+                })
+            }
+        };
+        Ok(TcpSink {
+            tls,
             address: config.address.clone().unwrap_or_default(),
             framing: config.framing.unwrap_or(SinkFraming::Lines),
             connect_timeout: config.connect_timeout.unwrap_or(Duration::from_secs(2)),
@@ -55,10 +133,10 @@ impl TcpSink {
             done: 0,
             scratch: Vec::new(),
             connected_once: false,
-        }
+        })
     }
 
-    fn connect(&mut self) -> io::Result<TcpStream> {
+    fn connect(&mut self) -> io::Result<Conn> {
         let mut last = io::Error::new(
             io::ErrorKind::NotFound,
             format!("{}: resolves to no address", self.address),
@@ -66,15 +144,25 @@ impl TcpSink {
         for addr in self.address.to_socket_addrs()? {
             match TcpStream::connect_timeout(&addr, self.connect_timeout) {
                 Ok(stream) => {
-                    stream.set_write_timeout(Some(self.write_timeout))?;
                     stream.set_nodelay(true)?;
+                    let conn = match &self.tls {
+                        None => Conn::Plain(stream),
+                        Some(t) => Conn::Tls(Box::new(
+                            tls::connect(&t.config, &t.server_name, stream, self.connect_timeout)
+                                .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?,
+                        )),
+                    };
+                    match &conn {
+                        Conn::Plain(s) => s.set_write_timeout(Some(self.write_timeout))?,
+                        Conn::Tls(s) => s.sock.set_write_timeout(Some(self.write_timeout))?,
+                    }
                     if self.connected_once {
                         debug!("tcp sink reconnected addr={addr}");
                     } else {
                         info!("tcp sink connected addr={addr}");
                         self.connected_once = true;
                     }
-                    return Ok(stream);
+                    return Ok(conn);
                 }
                 Err(e) => last = io::Error::new(e.kind(), format!("connect {addr}: {e}")),
             }
@@ -84,11 +172,13 @@ impl TcpSink {
 
     /// Writes `batches` from byte `self.done` on; on a timeout `self.done`
     /// says how far it got.
-    fn send(&mut self, stream: &mut TcpStream, batches: &[Batch]) -> io::Result<()> {
+    fn send(&mut self, stream: &mut Conn, batches: &[Batch]) -> io::Result<()> {
         match self.framing {
             SinkFraming::Lines => {
                 let bufs: Vec<&[u8]> = batches.iter().map(Batch::as_lines).collect();
-                write_vectored_all(stream, &bufs, &mut self.done)
+                let total = bufs.iter().map(|b| b.len()).sum();
+                write_vectored_all(stream, &bufs, &mut self.done)?;
+                self.flush_tls(stream, total)
             }
             SinkFraming::OctetCounted => {
                 // Rebuilt on a retry too: the same batches give the same
@@ -98,16 +188,75 @@ impl TcpSink {
                     let _ = write!(self.scratch, "{} ", m.len());
                     self.scratch.extend_from_slice(m);
                 }
-                write_vectored_all(stream, &[&self.scratch], &mut self.done)
+                write_vectored_all(stream, &[&self.scratch], &mut self.done)?;
+                self.flush_tls(stream, self.scratch.len())
             }
         }
+    }
+
+    /// TLS: rustls accepted the bytes; they are sent only once its
+    /// records are flushed. On a flush timeout every byte counts as
+    /// written (`done = total`), so the retry flushes instead of resending.
+    fn flush_tls(&mut self, stream: &mut Conn, total: usize) -> io::Result<()> {
+        if let Conn::Plain(_) = stream {
+            return Ok(());
+        }
+        stream.flush().inspect_err(|e| {
+            if is_timeout(e) {
+                self.done = total;
+            }
+        })
     }
 }
 
 /// Whether the downstream has closed or reset `stream`, looked at without
 /// blocking. A syslog receiver never talks back, so anything readable is
 /// either the end of the stream or bytes we discard.
-fn peer_closed(stream: &TcpStream) -> bool {
+fn peer_closed(conn: &mut Conn) -> bool {
+    match conn {
+        Conn::Plain(s) => tcp_peer_closed(s),
+        Conn::Tls(s) => tls_peer_closed(s),
+    }
+}
+
+/// TLS: reads what the downstream sent (session tickets, close_notify,
+/// alerts) without blocking; closed if the TCP stream ended, the session
+/// failed or the peer sent close_notify.
+fn tls_peer_closed(s: &mut StreamOwned<ClientConnection, TcpStream>) -> bool {
+    if s.sock.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut closed = false;
+    let mut buf = [0u8; 512];
+    for _ in 0..64 {
+        match s.conn.read_tls(&mut s.sock) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => match s.conn.process_new_packets() {
+                Ok(state) if state.peer_has_closed() => {
+                    closed = true;
+                    break;
+                }
+                Ok(_) => while matches!(s.conn.reader().read(&mut buf), Ok(n) if n > 0) {},
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    closed || s.sock.set_nonblocking(false).is_err()
+}
+
+fn tcp_peer_closed(stream: &TcpStream) -> bool {
     if stream.set_nonblocking(true).is_err() {
         return true;
     }
@@ -143,8 +292,12 @@ fn is_timeout(e: &io::Error) -> bool {
 
 impl Sink for TcpSink {
     fn write(&mut self, batches: &[Batch]) -> io::Result<()> {
-        let mut stream = match self.conn.take() {
-            Some(s) if !peer_closed(&s) => s,
+        let open = self
+            .conn
+            .take()
+            .map(|mut s| (!peer_closed(&mut s)).then_some(s));
+        let mut stream = match open {
+            Some(Some(s)) => s,
             old => {
                 if old.is_some() {
                     debug!("tcp sink: downstream closed the connection, reconnecting");
