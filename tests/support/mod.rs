@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod peers;
+pub mod pki;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
