@@ -94,8 +94,6 @@ struct Worker {
     handle: JoinHandle<()>,
     /// Returned only after the thread is joined and gone.
     permit: Permit,
-    /// The connection's count against its source IP, if capped.
-    _slot: Option<IpSlot>,
     /// Kept so that shutdown can wake the worker's blocked read.
     stream: Arc<TcpStream>,
 }
@@ -335,13 +333,17 @@ impl Acceptor {
         let spawned = thread::Builder::new()
             .name(format!("fw-conn-{id}"))
             .stack_size(WORKER_STACK)
-            .spawn(move || worker(id, peer, theirs, ctx, tls, ended));
+            .spawn(move || {
+                // The source IP's count is the worker's: released as it
+                // ends, not when the accept loop gets round to joining it.
+                let _slot = slot;
+                worker(id, peer, theirs, ctx, tls, ended)
+            });
         match spawned {
             Ok(handle) => {
                 let w = Worker {
                     handle,
                     permit,
-                    _slot: slot,
                     stream,
                 };
                 self.live.insert(id, w);
