@@ -142,15 +142,9 @@ pub fn server_config(tls: &ServerTlsConfig) -> Result<Arc<ServerConfig>, TlsErro
             .map_err(|e| tls_error("server.tls.permitted_peers", e))?;
         builder.with_client_cert_verifier(Arc::new(PermittedVerifier { inner, permitted }))
     };
-    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
-        tls_error(
-            "server.tls.key",
-            format!(
-                "{:?} cannot serve the certificate in {:?}: {e}",
-                tls.key, tls.cert
-            ),
-        )
-    })?;
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| key_error("server.tls.key", &tls.key, &tls.cert, e))?;
     // Syslog clients never read: a ticket left unread in a client's
     // receive buffer makes its close a reset that loses its unsent tail.
     config.send_tls13_tickets = 0;
@@ -168,16 +162,24 @@ pub fn client_config(tls: &SinkTlsConfig) -> Result<Arc<ClientConfig>, TlsError>
         (Some(cert), Some(key)) => {
             let certs = load_certs("sink.tls.cert", cert)?;
             let der = load_key("sink.tls.key", key)?;
-            builder.with_client_auth_cert(certs, der).map_err(|e| {
-                tls_error(
-                    "sink.tls.key",
-                    format!("{key:?} cannot serve the certificate in {cert:?}: {e}"),
-                )
-            })?
+            builder
+                .with_client_auth_cert(certs, der)
+                .map_err(|e| key_error("sink.tls.key", key, cert, e))?
         }
         _ => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
+}
+
+fn key_error(key: &'static str, key_file: &Path, cert: &Path, e: rustls::Error) -> TlsError {
+    let why = match e {
+        rustls::Error::InconsistentKeys(_) => "does not match".to_string(),
+        other => format!("cannot be used ({other}) with"),
+    };
+    tls_error(
+        key,
+        format!("{key_file:?} {why} the certificate in {cert:?}"),
+    )
 }
 
 /// One `permitted_peers` entry.
