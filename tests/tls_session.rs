@@ -1,0 +1,136 @@
+//! Issue 9: what a TLS session does once established.
+//! - A client that never reads loses nothing at close: floodwall sends no
+//!   session tickets and writes nothing after the handshake, so the
+//!   client's close is a FIN, not a reset that discards its unsent tail.
+//! - SIGHUP rotates the certificate for new connections while an old
+//!   connection keeps working; a broken file on SIGHUP keeps the old
+//!   certificate, logs one error naming the file, and the daemon lives on.
+
+mod support;
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use support::pki::{self, Ca, Issued};
+use support::{Daemon, num, wait_file_contains, wait_file_len};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn config(server: &Issued, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nframing = \"lines\"\n{}\
+         [sink]\ntype = \"file\"\npath = \"{{dir}}/out.log\"\n\
+         [log]\nstats_interval = \"100ms\"\n",
+        pki::server_tls(server, None, extra)
+    )
+}
+
+#[test]
+fn a_client_that_never_reads_loses_nothing_at_close() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::new(dir.path(), "ca");
+    let server = ca.issue(dir.path(), "server", "localhost", &["localhost"], false);
+    let mut d = Daemon::start_in(dir, &config(&server, "min_version = \"1.3\""));
+    let out = d.path("out.log");
+    let client_config = pki::client_config(&ca.crt, None);
+
+    const MESSAGES: usize = 20_000;
+    let mut expected = Vec::new();
+    for i in 0..MESSAGES {
+        expected
+            .extend_from_slice(format!("<13>never reads {i:06} {}\n", "x".repeat(40)).as_bytes());
+    }
+    for round in 0..3 {
+        let mut c = pki::connect(d.addr, &client_config).expect("connect");
+        // Like a syslog sender: write everything, read nothing, close.
+        c.conn.set_buffer_limit(None);
+        c.conn.writer().write_all(&expected).expect("buffer");
+        while c.conn.wants_write() {
+            c.conn.write_tls(&mut c.sock).expect("send");
+        }
+        // Nothing from the server sits in our receive buffer: no ticket,
+        // no other post-handshake record.
+        c.sock.set_nonblocking(true).expect("nonblocking");
+        let mut probe = [0u8; 1];
+        match c.sock.peek(&mut probe) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            other => panic!("the server wrote after the handshake: {other:?}"),
+        }
+        drop(c); // close without reading: a FIN, since nothing is unread
+        let want = expected.len() * (round + 1);
+        let got = wait_file_len(&out, want, WAIT);
+        assert_eq!(got.len(), want, "round {round}: bytes lost at close");
+    }
+    assert!(d.stop(WAIT).success());
+    let st = d.final_stats();
+    assert_eq!(num(&st, "received"), 3 * MESSAGES as u64, "{st:?}");
+    assert_eq!(num(&st, "closed_error"), 0, "{st:?}");
+}
+
+fn leaf_der(client: &pki::TlsClient) -> Vec<u8> {
+    client
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .expect("server certificate")
+        .to_vec()
+}
+
+fn file_der(path: &std::path::Path) -> Vec<u8> {
+    CertificateDer::from_pem_file(path).expect("pem").to_vec()
+}
+
+#[test]
+fn sighup_rotates_the_certificate_for_new_connections_only() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::new(dir.path(), "ca");
+    let old = ca.issue(dir.path(), "server", "localhost", &["localhost"], false);
+    let old_der = old.der.clone();
+    let mut d = Daemon::start_in(dir, &config(&old, ""));
+    let out = d.path("out.log");
+    let client_config = pki::client_config(&ca.crt, None);
+
+    let mut before = pki::connect(d.addr, &client_config).expect("connect");
+    assert_eq!(leaf_der(&before), old_der);
+    pki::send(&mut before, b"old session 1\n").expect("send");
+    assert!(wait_file_contains(&out, b"old session 1\n", WAIT));
+
+    // Rotate: new files at the same paths, then SIGHUP.
+    let staged = ca.issue(d.dir.path(), "staged", "localhost", &["localhost"], false);
+    std::fs::copy(&staged.crt, &old.crt).expect("copy cert");
+    std::fs::copy(&staged.key, &old.key).expect("copy key");
+    d.signal("HUP");
+    d.wait_log(WAIT, |l| l.contains("TLS reloaded"))
+        .unwrap_or_else(|| panic!("no reload line:\n{}", d.log_text()));
+    let mut after = pki::connect(d.addr, &client_config).expect("connect");
+    assert_eq!(
+        leaf_der(&after),
+        staged.der,
+        "new connection got the old cert"
+    );
+    pki::send(&mut after, b"new session\n").expect("send");
+    pki::send(&mut before, b"old session 2\n").expect("old session still sends");
+    assert!(wait_file_contains(&out, b"new session\n", WAIT));
+    assert!(wait_file_contains(&out, b"old session 2\n", WAIT));
+
+    // A broken certificate file: the loaded one stays.
+    std::fs::write(&old.crt, "-----BEGIN CERTIFICATE-----\ngarbage\n").expect("break cert");
+    d.signal("HUP");
+    let line = d
+        .wait_log(WAIT, |l| l.contains("TLS not reloaded"))
+        .unwrap_or_else(|| panic!("no reload error:\n{}", d.log_text()));
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains("server.tls.cert"), "{line}");
+    assert!(line.contains(&old.crt.display().to_string()), "{line}");
+    let mut third = pki::connect(d.addr, &client_config).expect("daemon alive, serving");
+    assert_eq!(leaf_der(&third), staged.der, "the last good cert stays");
+    assert_eq!(file_der(&staged.crt), staged.der);
+    pki::send(&mut third, b"third\n").expect("send");
+    assert!(wait_file_contains(&out, b"third\n", WAIT));
+    let errors = d.log_lines().iter().filter(|l| l.contains("ERROR")).count();
+    assert_eq!(errors, 1, "one error line:\n{}", d.log_text());
+    drop((before, after, third));
+    assert!(d.stop(WAIT).success());
+}
