@@ -510,15 +510,15 @@ impl SinkConfig {
                 let address = self.address.as_deref().unwrap_or_default();
                 tls.server_name = Some(host_of(address).to_string());
             }
-            if let Some(name) = &tls.server_name {
-                if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
-                    return Err(invalid(
-                        "sink.tls.server_name",
-                        format!(
-                            "{name:?} is not a DNS name or IP address; allowed: the name in the downstream's certificate"
-                        ),
-                    ));
-                }
+            if let Some(name) = &tls.server_name
+                && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+            {
+                return Err(invalid(
+                    "sink.tls.server_name",
+                    format!(
+                        "{name:?} is not a DNS name or IP address; allowed: the name in the downstream's certificate"
+                    ),
+                ));
             }
         }
         match kind {
@@ -870,6 +870,40 @@ mod tests {
     fn syntax_errors_name_the_line() {
         let e = err("[limits]\nmax_connections =\n");
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn access_and_tls_keys_are_validated() {
+        let e = err("[server]\nallow = [\"10.0.0.0/33\"]\n");
+        assert!(e.starts_with("server.allow:"), "{e}");
+        let c = Config::parse("[server]\nallow = [\"10.0.0.0/8\", \"::1\"]\n").unwrap();
+        assert_eq!(c.server.allow.len(), 2);
+        let tls = "[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+        let e = err(&format!("{tls}permitted_peers = [\"a.example\"]\n"));
+        assert!(e.starts_with("server.tls.permitted_peers:"), "{e}");
+        assert!(e.contains("client_ca"), "{e}");
+        let e = err(&format!("{tls}min_version = \"1.1\"\n"));
+        assert!(e.starts_with("server.tls.min_version:"), "{e}");
+        let e = err(&format!("{tls}handshake_timeout = \"0s\"\n"));
+        assert!(e.starts_with("server.tls.handshake_timeout:"), "{e}");
+        let c = Config::parse(tls).unwrap();
+        let t = c.server.tls.unwrap();
+        assert_eq!(t.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(t.min_version, TlsVersion::V1_2);
+    }
+
+    #[test]
+    fn sink_tls_server_name_defaults_to_the_address_host() {
+        let c = Config::parse(
+            "[sink]\ntype = \"tcp\"\naddress = \"localhost:6000\"\n[sink.tls]\nca = \"ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.sink.tls.unwrap().server_name.as_deref(),
+            Some("localhost")
+        );
+        let e = err("[sink]\ntype = \"stdout\"\n[sink.tls]\nca = \"ca.pem\"\n");
+        assert!(e.starts_with("sink.tls:"), "{e}");
     }
 
     #[test]
