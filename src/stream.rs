@@ -1,14 +1,19 @@
 //! The byte stream a connection reads from: the plain TCP socket, or a TLS
 //! session over it whose handshake src/tls.rs has already completed.
 //!
-//! conn.rs sees only this: read, wait for the first byte without buffering
-//! it, socket timeouts and non-blocking mode. Timeouts and shutdown(Read)
-//! act on the TCP socket underneath either way.
+//! conn.rs sees only this: a non-blocking read, a wait for input (the
+//! shared shutdown wake-up included) and non-blocking mode. With TLS, input
+//! may already sit decrypted in rustls while the socket has nothing: the
+//! wait returns at once then, so no plaintext is left behind a poll.
 
 use std::io::{self, Read};
 use std::net::TcpStream;
 
+use std::time::Duration;
+
 use rustls::{ServerConnection, StreamOwned};
+
+use crate::wake::{Ready, Wake};
 
 pub enum Stream<'a> {
     Plain(&'a TcpStream),
@@ -23,27 +28,25 @@ impl Stream<'_> {
         }
     }
 
-    pub fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
-        self.tcp().set_read_timeout(timeout)
-    }
-
     pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
         self.tcp().set_nonblocking(on)
     }
 
-    /// Waits until something is readable without taking it: Ok(0) at EOF.
-    /// Lets an idle connection hold no read buffer.
-    pub fn wait_readable(&mut self) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.peek(&mut [0u8; 1]),
-            Stream::Tls(s) => {
-                let state = s.conn.process_new_packets().map_err(io::Error::other)?;
-                if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
-                    return Ok(1);
-                }
-                s.sock.peek(&mut [0u8; 1])
+    /// [`Wake::wait`] on the socket, except that plaintext rustls already
+    /// holds (or its peer's close_notify) counts as input at once.
+    pub fn wait(
+        &mut self,
+        wake: &Wake,
+        timeout: Option<Duration>,
+        watch: bool,
+    ) -> io::Result<Ready> {
+        if let Stream::Tls(s) = self {
+            let state = s.conn.process_new_packets().map_err(io::Error::other)?;
+            if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
+                return Ok(Ready::Socket);
             }
         }
+        wake.wait(self.tcp(), timeout, watch)
     }
 
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -59,11 +62,12 @@ impl Stream<'_> {
     }
 
     /// At shutdown: the one thing floodwall writes after a handshake.
-    /// Bounded by the socket's write timeout (set short after the
-    /// handshake).
+    /// One non-blocking write: a client whose window is closed misses it.
     pub fn close_notify(&mut self) {
         if let Stream::Tls(s) = self {
+            let s = &mut **s;
             s.conn.send_close_notify();
+            let _ = s.sock.set_nonblocking(true);
             let _ = s.conn.write_tls(&mut s.sock);
         }
     }

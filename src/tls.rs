@@ -36,9 +36,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::alerts::{Throttle, suppressed};
 use crate::config::{Config, ServerTlsConfig, SinkTlsConfig, TlsVersion};
-use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 use crate::stream::Stream;
+use crate::wake::{Ready, Wake};
 
 /// A TLS file that cannot be used; the message names the key and the file.
 #[derive(Debug, thiserror::Error)]
@@ -417,25 +417,22 @@ impl ServerTls {
     }
 
     /// Runs the server handshake on `tcp` within `handshake_timeout` of
-    /// now (the whole handshake, reads and writes alike); on refusal
-    /// counts `closed_tls` and warns (throttled).
+    /// now (the whole handshake, reads and writes alike; the shutdown
+    /// wake-up ends it too); on refusal counts `closed_tls` and warns
+    /// (throttled).
     pub fn accept<'a>(
         &self,
         tcp: &'a TcpStream,
         peer: SocketAddr,
         stats: &Stats,
-        shutdown: &Shutdown,
+        wake: &Wake,
     ) -> Result<Stream<'a>, HandshakeEnd> {
         let current = self.current.read().clone();
         let deadline = Instant::now() + current.handshake_timeout;
-        match handshake(current.config.clone(), tcp, deadline, shutdown) {
-            Ok(conn) => {
-                // Reads are timed by conn.rs from here on; the only write
-                // left is a close_notify at shutdown.
-                let _ = tcp.set_read_timeout(None);
-                let _ = tcp.set_write_timeout(Some(ALERT_WRITE_TIMEOUT));
-                Ok(Stream::Tls(Box::new(StreamOwned::new(conn, tcp))))
-            }
+        match handshake(current.config.clone(), tcp, deadline, wake) {
+            // conn.rs takes over the socket (non-blocking, polled); the
+            // only write left is a close_notify at shutdown.
+            Ok(conn) => Ok(Stream::Tls(Box::new(StreamOwned::new(conn, tcp)))),
             Err(HandshakeEnd::Refused(reason)) => {
                 Stats::add(&stats.closed_tls, 1);
                 if let Some(n) = self.refused.allow() {
@@ -458,24 +455,24 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-/// The handshake loop. Before every socket operation the socket's timeout
-/// is set to what is left before `deadline`, so a client trickling one
-/// byte at a time cannot stretch it.
+/// The handshake loop. Every wait for input is a poll bounded by what is
+/// left before `deadline` (and woken at shutdown), every write has that as
+/// its timeout, so a client trickling one byte at a time cannot stretch it.
 fn handshake(
     config: Arc<ServerConfig>,
     tcp: &TcpStream,
     deadline: Instant,
-    shutdown: &Shutdown,
+    wake: &Wake,
 ) -> Result<ServerConnection, HandshakeEnd> {
     let refused = |why: String| HandshakeEnd::Refused(why);
     let mut conn =
         ServerConnection::new(config).map_err(|e| refused(format!("cannot start TLS: {e}")))?;
     let mut sock = tcp;
     let mut first: Option<u8> = None;
+    // Blocking, so that a write waits (bounded by its timeout); reads only
+    // follow a poll that saw input.
+    let _ = tcp.set_nonblocking(false);
     while conn.is_handshaking() || conn.wants_write() {
-        if shutdown.is_triggered() {
-            return Err(HandshakeEnd::Shutdown);
-        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(refused("handshake timeout".into()));
@@ -488,6 +485,14 @@ fn handshake(
                 Err(e) => return Err(refused(format!("write failed during handshake: {e}"))),
             }
         }
+        match wake.wait(tcp, Some(left), true) {
+            Ok(Ready::Socket) => {}
+            Ok(Ready::Woken) => return Err(HandshakeEnd::Shutdown),
+            Ok(Ready::TimedOut) => continue,
+            Err(e) => return Err(refused(format!("poll failed: {e}"))),
+        }
+        // Input is there: a read cannot block past it; the timeout is a
+        // second bound.
         let _ = tcp.set_read_timeout(Some(left));
         if first.is_none() {
             // Peek the record type so that a plaintext client is named as
@@ -501,7 +506,6 @@ fn handshake(
             }
         }
         match conn.read_tls(&mut sock) {
-            Ok(0) if shutdown.is_triggered() => return Err(HandshakeEnd::Shutdown),
             Ok(0) => return Err(refused("closed during the handshake".into())),
             Ok(_) => {
                 if let Err(e) = conn.process_new_packets() {
@@ -515,6 +519,8 @@ fn handshake(
             Err(e) => return Err(refused(format!("read failed during handshake: {e}"))),
         }
     }
+    let _ = tcp.set_read_timeout(None);
+    let _ = tcp.set_write_timeout(Some(ALERT_WRITE_TIMEOUT));
     Ok(conn)
 }
 

@@ -25,7 +25,7 @@
 //! write must go to a new connection instead.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,6 +93,9 @@ impl std::fmt::Debug for SinkTls {
 #[derive(Debug)]
 pub struct TcpSink {
     address: String,
+    /// `address` resolved once at start: a reconnect never waits on DNS
+    /// (a name lookup has no timeout of its own).
+    addrs: Vec<SocketAddr>,
     framing: SinkFraming,
     connect_timeout: Duration,
     write_timeout: Duration,
@@ -107,8 +110,9 @@ pub struct TcpSink {
 }
 
 impl TcpSink {
-    /// Fails only if `[sink.tls]` names files that do not load (start-up
-    /// checks them first, as a configuration error).
+    /// Resolves the address once and loads `[sink.tls]`; fails only if
+    /// the address does not resolve or the TLS files do not load
+    /// (validation and start-up have checked both once already).
     pub fn new(config: &SinkConfig) -> io::Result<TcpSink> {
         let tls = match &config.tls {
             None => None,
@@ -123,9 +127,21 @@ impl TcpSink {
                 })
             }
         };
+        let address = config.address.clone().unwrap_or_default();
+        let addrs: Vec<SocketAddr> = address
+            .to_socket_addrs()
+            .map_err(|e| io::Error::new(e.kind(), format!("sink.address {address:?}: {e}")))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("sink.address {address:?} resolves to no address"),
+            ));
+        }
         Ok(TcpSink {
             tls,
-            address: config.address.clone().unwrap_or_default(),
+            addrs,
+            address,
             framing: config.framing.unwrap_or(SinkFraming::Lines),
             connect_timeout: config.connect_timeout.unwrap_or(Duration::from_secs(2)),
             write_timeout: config.write_timeout.unwrap_or(Duration::from_secs(5)),
@@ -141,7 +157,7 @@ impl TcpSink {
             io::ErrorKind::NotFound,
             format!("{}: resolves to no address", self.address),
         );
-        for addr in self.address.to_socket_addrs()? {
+        for &addr in &self.addrs {
             match TcpStream::connect_timeout(&addr, self.connect_timeout) {
                 Ok(stream) => {
                     stream.set_nodelay(true)?;
