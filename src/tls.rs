@@ -73,7 +73,7 @@ fn load_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'stat
     let pem = read_file(key, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_error(key, format!("{path:?} is not valid PEM: {e}")))?;
+        .map_err(|e| tls_error(key, format!("{path:?} is not valid PEM: {}", pem_why(&e))))?;
     if certs.is_empty() {
         return Err(tls_error(
             key,
@@ -81,6 +81,17 @@ fn load_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'stat
         ));
     }
     Ok(certs)
+}
+
+/// pki-types' PEM errors print bytes; say it in words.
+fn pem_why(e: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error as E;
+    match e {
+        E::MissingSectionEnd { .. } => "a BEGIN line has no matching END line".into(),
+        E::IllegalSectionStart { .. } => "a BEGIN line is malformed".into(),
+        E::Base64Decode(m) => format!("bad base64 ({m})"),
+        other => format!("{other:?}"),
+    }
 }
 
 fn load_key(key: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
@@ -407,12 +418,14 @@ impl ServerTls {
     pub fn reload(&self, tls: &ServerTlsConfig) -> Result<(), TlsError> {
         let config = server_config(tls)?;
         let files = describe(tls);
-        info!("TLS reloaded for new connections {files}");
+        // Swapped before the line is logged: a connection opened after the
+        // line gets the new files.
         *self.current.write() = Arc::new(Current {
             config,
             handshake_timeout: tls.handshake_timeout,
-            files,
+            files: files.clone(),
         });
+        info!("TLS reloaded for new connections {files}");
         Ok(())
     }
 

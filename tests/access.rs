@@ -34,7 +34,7 @@ fn start(server_extra: &str) -> Daemon {
     Daemon::start(&format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nframing = \"lines\"\n{server_extra}\n\
          [limits]\nidle_timeout = \"30s\"\n\
-         [sink]\ntype = \"file\"\npath = \"{{dir}}/out.log\"\n\
+         [sink]\ntype = \"file\"\npath = \"{{dir}}/out.log\"\nflush_interval = \"20ms\"\n\
          [log]\nstats_interval = \"100ms\"\n"
     ))
 }

@@ -48,7 +48,7 @@ fn pki(dir: &Path, client_name: &str) -> Pki {
 fn tls_daemon(dir: tempfile::TempDir, p: &Pki) -> Daemon {
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nframing = \"auto\"\n{}\
-         [sink]\ntype = \"file\"\npath = \"{{dir}}/out.log\"\n\
+         [sink]\ntype = \"file\"\npath = \"{{dir}}/out.log\"\nflush_interval = \"20ms\"\n\
          [log]\nstats_interval = \"200ms\"\n",
         pki::server_tls(
             &p.server,

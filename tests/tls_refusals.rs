@@ -40,7 +40,7 @@ fn start(permitted: &str) -> (Daemon, Pki) {
     );
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nframing = \"lines\"\n{}\
-         [sink]\ntype = \"file\"\npath = \"{{dir}}/out.log\"\n\
+         [sink]\ntype = \"file\"\npath = \"{{dir}}/out.log\"\nflush_interval = \"20ms\"\n\
          [log]\nstats_interval = \"100ms\"\n",
         pki::server_tls(
             &server,
@@ -212,7 +212,7 @@ fn fingerprint_allowlist_accepts_exactly_the_listed_certificate() {
     assert!(print.contains(':'), "openssl prints colons: {print}");
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nframing = \"lines\"\n{}\
-         [sink]\ntype = \"file\"\npath = \"{{dir}}/out.log\"\n\
+         [sink]\ntype = \"file\"\npath = \"{{dir}}/out.log\"\nflush_interval = \"20ms\"\n\
          [log]\nstats_interval = \"100ms\"\n",
         pki::server_tls(
             &server,

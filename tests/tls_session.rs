@@ -21,7 +21,7 @@ const WAIT: Duration = Duration::from_secs(20);
 fn config(server: &Issued, extra: &str) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nframing = \"lines\"\n{}\
-         [sink]\ntype = \"file\"\npath = \"{{dir}}/out.log\"\n\
+         [sink]\ntype = \"file\"\npath = \"{{dir}}/out.log\"\nflush_interval = \"20ms\"\n\
          [log]\nstats_interval = \"100ms\"\n",
         pki::server_tls(server, None, extra)
     )
@@ -133,4 +133,41 @@ fn sighup_rotates_the_certificate_for_new_connections_only() {
     assert_eq!(errors, 1, "one error line:\n{}", d.log_text());
     drop((before, after, third));
     assert!(d.stop(WAIT).success());
+}
+
+#[test]
+fn shutdown_ends_a_pending_handshake_and_says_close_notify_to_a_session() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::new(dir.path(), "ca");
+    let server = ca.issue(dir.path(), "server", "localhost", &["localhost"], false);
+    let mut d = Daemon::start_in(dir, &config(&server, "handshake_timeout = \"60s\""));
+    let out = d.path("out.log");
+    let mut session = pki::connect(d.addr, &pki::client_config(&ca.crt, None)).expect("connect");
+    pki::send(&mut session, b"before shutdown\n").expect("send");
+    assert!(wait_file_contains(&out, b"before shutdown\n", WAIT));
+    // Silent: its handshake would wait 60 s.
+    let _silent = std::net::TcpStream::connect(d.addr).expect("connect");
+    d.wait_stats(WAIT, |s| num(s, "conns_active") == 2)
+        .expect("both admitted");
+    let started = std::time::Instant::now();
+    let status = d.stop(WAIT);
+    // The drain ends a quiet connection after its short grace; 5 s is a
+    // margin for a loaded machine, far below the 60 s handshake timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(status.success(), "{status:?}");
+    // The session was closed with close_notify: a clean TLS EOF, not a
+    // truncation.
+    let mut buf = [0u8; 16];
+    session.sock.set_read_timeout(Some(WAIT)).expect("timeout");
+    match io::Read::read(&mut session, &mut buf) {
+        Ok(0) => {}
+        other => panic!("expected a clean close_notify EOF, got {other:?}"),
+    }
+    let st = d.final_stats();
+    assert_eq!(num(&st, "closed_shutdown"), 2, "{st:?}");
+    assert_eq!(num(&st, "closed_tls"), 0, "{st:?}");
 }
