@@ -485,6 +485,9 @@ fn handshake(
     // Blocking, so that a write waits (bounded by its timeout); reads only
     // follow a poll that saw input.
     let _ = tcp.set_nonblocking(false);
+    // The handshake flight may take several writes: Nagle would hold the
+    // later ones for the client's (delayed) ACK.
+    let _ = tcp.set_nodelay(true);
     while conn.is_handshaking() || conn.wants_write() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
