@@ -169,13 +169,13 @@ run_one() {
     local tfile="$dir/client.time" cout="$dir/client.out"
     (
         TIMEFORMAT='%U %S'
-        # loggen: -S is plain TCP, -U TLS (one transport plugin at a time).
-        local fwl_tls=() transport=(-S)
+        # loggen: -i -S is plain TCP, -U alone TLS (one transport plugin).
+        local fwl_tls=() transport=(-i -S)
         if is_tls "$server"; then fwl_tls=(--tls-ca "$TLS_DIR/ca.crt"); transport=(-U); fi
         if [[ $client == fwl ]]; then
             { time "$LOAD" "127.0.0.1:$port" -c "$conns" -s "$msize" -d "${RUN_SECS}s" -q "${fwl_tls[@]}" >"$cout" 2>&1; } 2>"$tfile"
         else
-            { time peers_loggen -i "${transport[@]}" -s "$msize" -I "$RUN_SECS" -r 100000000 \
+            { time peers_loggen "${transport[@]}" -s "$msize" -I "$RUN_SECS" -r 100000000 \
                 --active-connections="$conns" 127.0.0.1 "$port" >"$cout" 2>&1; } 2>"$tfile"
         fi
     ) &
@@ -428,7 +428,10 @@ if ! skipping tls; then
         openssl s_time -connect "127.0.0.1:$port" -new -time 5 -CAfile "$TLS_DIR/ca.crt" >"$dir/s_time.out" 2>&1
         c1=$(cpu_ticks "$SRV_PID")
         peers_stop "$SRV_PID"
+        # "N connections in S real seconds"; if s_time gave up with an
+        # error first, its progress stars (one per connection) over 5 s.
         n=$(grep -o '^[0-9]* connections in [0-9]* real seconds' "$dir/s_time.out" | head -n1)
+        [[ -n $n ]] || n="$(tr -cd '*' <"$dir/s_time.out" | wc -c) connections in 5 real"
         awk -v s="$server" -v line="$n" -v c0="$c0" -v c1="$c1" -v tck="$TCK" 'BEGIN {
             split(line, f, " "); secs = f[4]; cpu = (c1 - c0) / tck
             printf "%s,%d,%.2f,%.0f,%.2f,%.3f\n", s, f[1], secs, (secs > 0 ? f[1] / secs : 0), cpu, (f[1] > 0 ? cpu * 1000 / f[1] : 0)
