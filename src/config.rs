@@ -44,6 +44,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub queue: QueueConfig,
     pub sink: SinkConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -263,6 +264,14 @@ impl Default for SinkConfig {
     }
 }
 
+/// `[metrics]`: the Prometheus endpoint (SPEC.md "Metrics endpoint").
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// "host:port" serving GET /metrics and GET /healthz; "" = off.
+    pub listen: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -450,7 +459,16 @@ impl Config {
             tls.validate()?;
         }
         self.sink = self.sink.validate()?;
+        self.metrics_addr()?;
         Ok(self)
+    }
+
+    /// The metrics endpoint's address, resolved; None when it is off.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.metrics.listen.as_str() {
+            "" => Ok(None),
+            listen => resolve("metrics.listen", listen).map(Some),
+        }
     }
 
     /// The listen address, resolved ("localhost:5140" is accepted).
@@ -936,6 +954,22 @@ mod tests {
         );
         let e = err("[sink]\ntype = \"stdout\"\n[sink.tls]\nca = \"ca.pem\"\n");
         assert!(e.starts_with("sink.tls:"), "{e}");
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_validated() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.metrics_addr().unwrap(), None);
+        let c = Config::parse("[metrics]\nlisten = \"127.0.0.1:9140\"\n").unwrap();
+        assert_eq!(
+            c.metrics_addr().unwrap(),
+            Some("127.0.0.1:9140".parse().unwrap())
+        );
+        let e = err("[metrics]\nlisten = \"9140\"\n");
+        assert!(e.starts_with("metrics.listen:"), "{e}");
+        assert!(e.contains("9140") && e.contains("host:port"), "{e}");
+        let e = err("[metrics]\nport = 9140\n");
+        assert!(e.contains("port"), "{e}");
     }
 
     #[test]

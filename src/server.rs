@@ -100,6 +100,10 @@ pub struct Acceptor {
     ended: Receiver<Ended>,
     /// Where a panicking worker reports (it starts the shutdown).
     panics: Panics,
+    /// The last connection id handed out.
+    next_id: u64,
+    /// The listen backlog: bounds the accepts of the shutdown drain.
+    backlog: usize,
 }
 
 /// A worker thread the accept loop has not joined yet.
@@ -137,12 +141,13 @@ impl Acceptor {
             tls,
             spare: None,
             panics,
+            next_id: 0,
+            backlog: config.server.backlog as usize,
         }
     }
 
     /// The accept loop; returns at shutdown.
     pub fn run(mut self) {
-        let mut next_id: u64 = 0;
         while !self.ctx.shutdown.is_triggered() {
             self.reap();
             if !self.wait_below_watermark() {
@@ -187,14 +192,76 @@ impl Acceptor {
                     continue;
                 }
             };
-            next_id += 1;
-            self.spawn(next_id, socket, peer, permit, slot);
+            self.spawn(socket, peer, permit, slot);
         }
+        self.ctx.wake.fire();
+        self.drain_backlog();
         // No new connections now: refuse them at once.
         self.listener = None;
-        self.ctx.wake.fire();
         self.drain_workers();
         debug!("accept loop stopped");
+    }
+
+    /// Shutdown: connections the kernel completed but this loop had not
+    /// accepted yet (accept paused, or at the connection limit) may hold a
+    /// client's whole output: it wrote and closed while it waited. Closing
+    /// the listener would reset them and lose that uncounted, so they are
+    /// accepted and drained like the others, within the deadline and the
+    /// thread bound. Meanwhile the accept queue is shrunk to its minimum
+    /// (listen(0)), so new clients are turned away, not queued.
+    fn drain_backlog(&mut self) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        let _ = listener.listen(0);
+        if listener.set_nonblocking(true).is_err() {
+            return;
+        }
+        let deadline = self
+            .ctx
+            .shutdown
+            .deadline(self.ctx.shutdown_timeout)
+            .unwrap_or_else(Instant::now);
+        // Bounded even if clients keep arriving: what the queue can have
+        // held at the signal, plus slack for those that raced in.
+        for _ in 0..self.backlog + self.max_connections {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            let (socket, peer) = match listener.accept() {
+                Ok((socket, addr)) => match addr.as_socket() {
+                    Some(peer) => (socket, peer),
+                    None => continue,
+                },
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return, // WouldBlock: the queue is empty
+            };
+            // The allowlist and the per-IP cap hold here too.
+            let slot = match self.access.admit(peer.ip()) {
+                Ok(slot) => slot,
+                Err(refusal) => {
+                    self.refuse(socket, peer, refusal);
+                    continue;
+                }
+            };
+            // A permit as workers finish their drain; none by the
+            // deadline: the connection is refused like any other.
+            let permit = loop {
+                if let Some(p) = self.acquire(POLL) {
+                    break Some(p);
+                }
+                if Instant::now() >= deadline {
+                    break None;
+                }
+            };
+            match permit {
+                Some(permit) => self.spawn(socket, peer, permit, slot),
+                None => {
+                    self.reject(socket, peer);
+                    return;
+                }
+            }
+        }
     }
 
     /// Shutdown: joins the workers as they finish their drain. At the
@@ -374,14 +441,9 @@ impl Acceptor {
         }
     }
 
-    fn spawn(
-        &mut self,
-        id: u64,
-        socket: Socket,
-        peer: SocketAddr,
-        permit: Permit,
-        slot: Option<IpSlot>,
-    ) {
+    fn spawn(&mut self, socket: Socket, peer: SocketAddr, permit: Permit, slot: Option<IpSlot>) {
+        self.next_id += 1;
+        let id = self.next_id;
         if let Err(e) = self.prepare(&socket) {
             debug!("conn setup failed id={id} peer={peer} error=\"{e}\"");
         }

@@ -191,3 +191,43 @@ stats_interval = "0s"
     assert_eq!(num(&s, "delivered"), 301);
     assert_eq!(num(&s, "closed_eof"), 1, "{s:?}");
 }
+
+#[test]
+fn a_client_that_wrote_and_closed_while_waiting_in_the_backlog_loses_nothing() {
+    // One permit, held by an idle client: the second client's connection
+    // waits in the kernel's accept queue, where it writes and closes.
+    let mut d = Daemon::start(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+framing = "lines"
+[limits]
+max_connections = 1
+[sink]
+type = "file"
+path = "{dir}/out.log"
+[log]
+stats_interval = "50ms"
+"#,
+    );
+    let holder = d.connect();
+    assert!(
+        d.wait_stats(WAIT, |s| num(s, "workers") == 1).is_some(),
+        "the first client never got its worker"
+    );
+    let mut waiting = d.connect();
+    let expected: String = (0..500)
+        .map(|i| format!("from the backlog {i:03}\n"))
+        .collect();
+    waiting
+        .write_all(expected.as_bytes())
+        .expect("write into the backlog");
+    drop(waiting);
+    let status = d.stop(WAIT);
+    assert_eq!(status.code(), Some(0), "log:\n{}", d.log_text());
+    support::assert_bytes(expected.as_bytes(), &read(&d.path("out.log")));
+    let s = d.final_stats();
+    assert_balanced(&s);
+    assert_eq!(num(&s, "conns_total"), 2, "{s:?}");
+    drop(holder);
+}

@@ -97,7 +97,12 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     tls_ca: Option<std::path::PathBuf>,
     /// The server name to verify with --tls-ca.
-    #[arg(long, value_name = "NAME", default_value = "localhost", requires = "tls_ca")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "localhost",
+        requires = "tls_ca"
+    )]
     tls_name: String,
     /// Client certificate (PEM) for mutual TLS; needs --tls-key.
     #[arg(long, value_name = "PATH", requires_all = ["tls_ca", "tls_key"])]
