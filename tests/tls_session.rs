@@ -171,3 +171,98 @@ fn shutdown_ends_a_pending_handshake_and_says_close_notify_to_a_session() {
     assert_eq!(num(&st, "closed_shutdown"), 2, "{st:?}");
     assert_eq!(num(&st, "closed_tls"), 0, "{st:?}");
 }
+
+#[test]
+fn a_client_trickling_its_client_hello_is_cut_at_the_handshake_deadline() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::new(dir.path(), "ca");
+    let server = ca.issue(dir.path(), "server", "localhost", &["localhost"], false);
+    let d = Daemon::start_in(dir, &config(&server, "handshake_timeout = \"1s\""));
+    let mut conn = rustls::ClientConnection::new(
+        pki::client_config(&ca.crt, None),
+        rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+    )
+    .expect("client");
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).expect("ClientHello");
+    let mut s = std::net::TcpStream::connect(d.addr).expect("connect");
+    let opened = std::time::Instant::now();
+    // One byte every 100 ms: each read resets no clock, the deadline is
+    // for the whole handshake. Bounded: at most the hello's length.
+    let mut cut = None;
+    for b in &hello {
+        if s.write_all(&[*b]).is_err() {
+            cut = Some(opened.elapsed());
+            break;
+        }
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        match io::Read::read(&mut s, &mut buf) {
+            Ok(0) => {
+                cut = Some(opened.elapsed());
+                break;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            _ => {
+                cut = Some(opened.elapsed());
+                break;
+            }
+        }
+    }
+    let cut = cut.expect("the trickling client was never closed");
+    // 1 s deadline; 2 s of margin for a loaded 2-core machine. Without the
+    // single deadline it would live as long as it trickles (hello.len()
+    // x 100 ms, over 20 s).
+    assert!(cut < Duration::from_secs(3), "closed only after {cut:?}");
+    assert!(hello.len() > 30, "the hello must outlast the deadline");
+    d.wait_stats(WAIT, |s| num(s, "closed_tls") == 1)
+        .expect("counted closed_tls");
+    let line = d
+        .wait_log(WAIT, |l| l.contains("TLS handshake refused"))
+        .expect("warned");
+    assert!(line.contains("handshake timeout"), "{line}");
+}
+
+#[test]
+fn sighup_reloads_permitted_peers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::new(dir.path(), "ca");
+    let server = ca.issue(dir.path(), "server", "localhost", &["localhost"], false);
+    let b = ca.issue(dir.path(), "b", "b", &["b.example"], false);
+    let extra = |peer: &str| {
+        format!(
+            "client_ca = \"{}\"\npermitted_peers = [\"{peer}\"]",
+            ca.crt.display()
+        )
+    };
+    let mut d = Daemon::start_in(dir, &config(&server, &extra("a.example")));
+    let out = d.path("out.log");
+    let b_config = pki::client_config(&ca.crt, Some(&b));
+    if let Ok(mut c) = pki::connect(d.addr, &b_config) {
+        let _ = pki::send(&mut c, b"b before\n");
+        assert!(
+            pki::refused(&mut c, WAIT),
+            "b.example admitted before the reload"
+        );
+    }
+    // Permit b.example instead, then SIGHUP.
+    let path = d.path("floodwall.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, text.replace("a.example", "b.example")).expect("rewrite");
+    d.signal("HUP");
+    d.wait_log(WAIT, |l| l.contains("TLS reloaded"))
+        .expect("reloaded");
+    let mut c = pki::connect(d.addr, &b_config).expect("connect");
+    pki::send(&mut c, b"b after\n").expect("send");
+    assert!(wait_file_contains(&out, b"b after\n", WAIT));
+    drop(c);
+    assert!(d.stop(WAIT).success());
+    let st = d.final_stats();
+    assert_eq!(num(&st, "closed_tls"), 1, "{st:?}");
+    support::assert_bytes(b"b after\n", &support::read(&out));
+}
