@@ -11,6 +11,11 @@
 //! fw-stats: logs the counters every stats_interval
 //! ```
 //!
+//! With `[spool]`, one more step sits between the queue and the sinks:
+//! `fw-spool` appends batches to segment files on disk (returning their
+//! queue credits once appended) and the sinks read them back from the
+//! [`spool`]; the overload layers then act only once the spool is full.
+//!
 //! Each layer bounds one resource: the [`limiter`] bounds threads, the
 //! [`queue`] bounds memory, `send_timeout` bounds how long a worker can be
 //! stuck, the accept loop pauses above the queue's high watermark, and
@@ -32,6 +37,7 @@ pub mod queue;
 pub mod server;
 pub mod shutdown;
 pub mod sink;
+pub mod spool;
 pub mod stats;
 
 use std::net::SocketAddr;
@@ -66,6 +72,8 @@ pub enum Error {
     },
     #[error("cannot open sink: {0}")]
     Sink(std::io::Error),
+    #[error("cannot use the spool directory: {0}")]
+    Spool(std::io::Error),
     #[error("cannot start thread {name}: {source}")]
     Thread {
         name: &'static str,
@@ -78,7 +86,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) => 2,
-            Error::Bind { .. } | Error::Sink(_) | Error::Thread { .. } => 3,
+            Error::Bind { .. } | Error::Sink(_) | Error::Spool(_) | Error::Thread { .. } => 3,
         }
     }
 }
@@ -106,7 +114,11 @@ pub struct Daemon {
     local_addr: SocketAddr,
     shutdown_timeout: Duration,
     stats: Arc<Stats>,
+    /// The depth stats report: the memory queue plus, with a spool, what
+    /// is spooled and not yet delivered.
     depth: QueueDepth,
+    /// The memory queue alone: what a shutdown loses if it is not empty.
+    memory: QueueDepth,
     reopen: Reopen,
     /// Fires the shutdown; everything else watches it.
     shutdown: Shutdown,
@@ -117,6 +129,10 @@ pub struct Daemon {
     /// Every sink thread holds a sender; all dropped = all sinks done.
     sinks_done: crossbeam_channel::Receiver<()>,
     sink_threads: Vec<JoinHandle<()>>,
+    /// The spool writer (with `[spool]`), stopped after the sinks.
+    spool_thread: Option<JoinHandle<()>>,
+    /// Tells the spool writer to make its last commit and end.
+    spool_stop: Arc<AtomicBool>,
 }
 
 /// Runs a daemon until `shutdown` fires; returns how the drain went.
@@ -149,8 +165,27 @@ pub fn start_with_sinks(
 
     let stats = Arc::new(Stats::default());
     let alerts = Arc::new(Alerts::default());
+    let spool = match &config.spool {
+        Some(c) => Some(
+            spool::open(
+                spool::Settings {
+                    dir: c.dir.clone(),
+                    max_bytes: c.max_bytes,
+                    segment_bytes: c.segment_bytes,
+                    sync: c.sync,
+                },
+                stats.clone(),
+            )
+            .map_err(Error::Spool)?,
+        ),
+        None => None,
+    };
     let (tx, rx) = queue::queue(config.queue.capacity);
-    let depth = tx.depth();
+    let memory = tx.depth();
+    let depth = match &spool {
+        Some((s, _)) => memory.with_spooled(s.spooled()),
+        None => memory.clone(),
+    };
     let reopen = Reopen::default();
     let abandon = Arc::new(AtomicBool::new(false));
 
@@ -169,6 +204,7 @@ pub fn start_with_sinks(
             reopen: reopen.clone(),
             tick,
             abandon: abandon.clone(),
+            spool: spool.as_ref().map(|(s, _)| s.clone()),
         };
         let done = done_tx.clone();
         let handle = thread::Builder::new()
@@ -184,6 +220,23 @@ pub fn start_with_sinks(
         sink_threads.push(handle);
     }
     drop(done_tx);
+    let spool_stop = Arc::new(AtomicBool::new(false));
+    let spool_thread = match spool {
+        Some((_, writer)) => {
+            let (abandon, stop) = (abandon.clone(), spool_stop.clone());
+            let rx = rx.clone();
+            Some(
+                thread::Builder::new()
+                    .name("fw-spool".to_string())
+                    .spawn(move || writer.run(rx, abandon, stop))
+                    .map_err(|source| Error::Thread {
+                        name: "fw-spool",
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
     drop(rx);
 
     let ctx = Arc::new(ConnContext::new(
@@ -193,7 +246,9 @@ pub fn start_with_sinks(
         alerts.clone(),
         shutdown.clone(),
     ));
-    let acceptor = Acceptor::new(&config, listener, depth.clone(), ctx);
+    // The accept loop watches the memory queue only: an outage that the
+    // spool absorbs must not pause accepting.
+    let acceptor = Acceptor::new(&config, listener, memory.clone(), ctx);
     let accept = thread::Builder::new()
         .name("fw-accept".to_string())
         .spawn(move || acceptor.run())
@@ -228,6 +283,7 @@ pub fn start_with_sinks(
         shutdown_timeout: config.shutdown.timeout,
         stats,
         depth,
+        memory,
         reopen,
         shutdown,
         abandon,
@@ -235,6 +291,8 @@ pub fn start_with_sinks(
         stats_thread,
         sinks_done,
         sink_threads,
+        spool_thread,
+        spool_stop,
     })
 }
 
@@ -285,11 +343,28 @@ impl Daemon {
             // Sinks stuck in a write stay behind; the process is exiting.
             self.abandon.store(true, Ordering::SeqCst);
         }
+        // The spool writer has appended what the queue held (or the
+        // deadline abandoned it); its last commit makes what the sinks
+        // delivered durable.
+        let spooled = self.spool_thread.is_some();
+        if let Some(t) = self.spool_thread {
+            self.spool_stop.store(true, Ordering::SeqCst);
+            if t.join().is_err() {
+                error!("spool thread panicked");
+            }
+        }
         if let Some(t) = self.stats_thread {
             let _ = t.join();
         }
         let stats = self.stats.snapshot(&self.depth);
-        let lost = if drained { 0 } else { stats.queue_depth };
+        // With a spool, what stays on disk is kept for the next start,
+        // not lost: only the memory queue can lose messages.
+        let (drained, lost) = if spooled {
+            let lost = self.memory.in_memory() as u64;
+            (lost == 0, lost)
+        } else {
+            (drained, if drained { 0 } else { stats.queue_depth })
+        };
         info!("{stats}");
         info!("shutdown drained={drained} lost={lost}");
         Report {

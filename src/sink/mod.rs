@@ -25,6 +25,7 @@ use crate::alerts::{Alerts, suppressed};
 use crate::config::{SinkConfig, SinkType};
 use crate::queue::{Batch, QueueReceiver};
 use crate::shutdown::Reopen;
+use crate::spool::{Spool, Taken};
 use crate::stats::Stats;
 
 pub use file::FileSink;
@@ -98,10 +99,16 @@ pub struct SinkContext {
     pub tick: Duration,
     /// Set when the shutdown deadline has passed: stop retrying, give up.
     pub abandon: Arc<AtomicBool>,
+    /// With `[spool]`: read from it instead of the queue (the spool
+    /// writer is then the queue's only reader).
+    pub spool: Option<Arc<Spool>>,
 }
 
 /// The sink thread body.
 pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
+    if let Some(spool) = ctx.spool.clone() {
+        return run_spooled(sink, &ctx, &spool);
+    }
     let ticker = crossbeam_channel::tick(ctx.tick);
     let mut seen_reopen = ctx.reopen.generation();
     let mut pending: Vec<Batch> = Vec::new();
@@ -127,11 +134,43 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
             }
         }
         reopen_if_asked(&mut *sink, &ctx, &mut seen_reopen);
-        if !pending.is_empty() && !write_all(&mut *sink, &pending, &ctx, &mut seen_reopen) {
-            return;
+        if !pending.is_empty() {
+            if !write_all(&mut *sink, &pending, &ctx, &mut seen_reopen) {
+                return;
+            }
+            let n: usize = pending.iter().map(Batch::len).sum();
+            ctx.stats.moving(|| {
+                Stats::add(&ctx.stats.delivered, n as u64);
+                ctx.queue.written(n);
+            });
         }
         for batch in pending.drain(..) {
             ctx.queue.recycle(batch);
+        }
+    }
+}
+
+/// The sink thread body with a spool: records come back from disk in
+/// order; each written gather advances the delivered position. Ends when
+/// the spool writer is done and everything was delivered, or when the
+/// shutdown deadline abandons the sink (what it held stays spooled).
+fn run_spooled(mut sink: Box<dyn Sink>, ctx: &SinkContext, spool: &Spool) {
+    let mut seen_reopen = ctx.reopen.generation();
+    loop {
+        let taken = spool.take(GATHER_BYTES, GATHER_BATCHES, ctx.tick);
+        reopen_if_asked(&mut *sink, ctx, &mut seen_reopen);
+        match taken {
+            Taken::Batches(batches) => {
+                if !write_all(&mut *sink, &batches, ctx, &mut seen_reopen) {
+                    return;
+                }
+                spool.delivered(&batches);
+            }
+            Taken::Empty => {}
+            Taken::Closed => return,
+        }
+        if ctx.abandon.load(Ordering::SeqCst) {
+            return;
         }
     }
 }
@@ -150,11 +189,6 @@ fn write_all(
     loop {
         match sink.write(batches) {
             Ok(()) => {
-                let n: usize = batches.iter().map(Batch::len).sum();
-                ctx.stats.moving(|| {
-                    Stats::add(&ctx.stats.delivered, n as u64);
-                    ctx.queue.written(n);
-                });
                 if let Some(since) = outage {
                     info!("sink recovered outage={:?}", since.elapsed());
                 }
