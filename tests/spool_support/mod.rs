@@ -218,3 +218,77 @@ pub fn dead_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
+
+/// A daemon config with a spool in `spool_dir` and the given `[sink]`
+/// body; stats every 100 ms so tests can wait on them.
+pub fn config(sink: &str, spool_dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+framing = "lines"
+[sink]
+{sink}
+[spool]
+dir = "{}"
+segment_bytes = "64KiB"
+sync = "50ms"
+[log]
+stats_interval = "100ms"
+{extra}
+"#,
+        spool_dir.display()
+    )
+}
+
+/// The `[sink]` body of a tcp sink to `addr`.
+pub fn tcp_sink(addr: SocketAddr) -> String {
+    format!("type = \"tcp\"\naddress = \"{addr}\"\nwrite_timeout = \"500ms\"")
+}
+
+/// Spools `conns` x `per_conn` messages (client `c`, seq across all) with
+/// the downstream away, one connection at a time (so each is its own
+/// record), then shuts down cleanly: the spool is kept.
+pub fn fill_spool(spool_dir: &std::path::Path, conns: usize, per_conn: usize) -> u64 {
+    // A 1 s drain deadline: the sinks try the dead downstream until then.
+    let mut d = super::support::Daemon::start(&config(
+        &tcp_sink(dead_port()),
+        spool_dir,
+        "[shutdown]\ntimeout = \"1s\"",
+    ));
+    let mut seq = 0;
+    for _ in 0..conns {
+        let mut batch = String::new();
+        for _ in 0..per_conn {
+            batch.push_str(&message(0, seq, 40));
+            batch.push('\n');
+            seq += 1;
+        }
+        d.send(batch.as_bytes());
+        let want = seq as u64;
+        // One connection's messages framed before the next is opened.
+        assert!(
+            super::support::wait_until(Duration::from_secs(10), || {
+                d.log_lines()
+                    .iter()
+                    .filter_map(|l| super::support::parse_stats(l))
+                    .any(|s| super::support::num(&s, "received") == want)
+            }),
+            "messages not framed; log:\n{}",
+            d.log_text()
+        );
+    }
+    let status = d.stop(Duration::from_secs(15));
+    assert!(
+        status.success(),
+        "fill run exit {status:?}; log:\n{}",
+        d.log_text()
+    );
+    let last = d.final_stats();
+    assert_eq!(
+        super::support::num(&last, "queue_depth"),
+        seq as u64,
+        "spooled at exit"
+    );
+    seq as u64
+}
