@@ -1,6 +1,8 @@
 //! Aggregated warnings: at most one log line per second per kind of
 //! overload event, however hard the daemon is hit. A suppressed event is
 //! not lost: the next line that gets out says how many it stands for.
+//! Events that must each show (a sink outage, an accept pause) wait for
+//! their turn with [`Throttle::ready`] instead of being suppressed.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +37,17 @@ impl Throttle {
     /// suppressed since the last line; `None` (and the event counted as
     /// suppressed) otherwise.
     pub fn allow(&self) -> Option<u64> {
+        let got = self.ready();
+        if got.is_none() {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+        got
+    }
+
+    /// Like [`Throttle::allow`] for an event that must show (an outage,
+    /// a pause): the caller retries until it gets its line, so a refusal
+    /// is not counted as suppressed.
+    pub fn ready(&self) -> Option<u64> {
         let now = now_ms();
         let last = self.last_ms.load(Ordering::Relaxed);
         if (last == NEVER || now >= last + INTERVAL_MS)
@@ -45,7 +58,6 @@ impl Throttle {
         {
             return Some(self.suppressed.swap(0, Ordering::Relaxed));
         }
-        self.suppressed.fetch_add(1, Ordering::Relaxed);
         None
     }
 }
@@ -71,6 +83,9 @@ pub struct Alerts {
     pub oversize: Throttle,
     pub framing: Throttle,
     pub sink_error: Throttle,
+    pub sink_recovered: Throttle,
+    pub sink_reopen: Throttle,
+    pub sink_gone: Throttle,
 }
 
 #[cfg(test)]

@@ -314,6 +314,9 @@ const MAX_MESSAGE_BYTES_LIMIT: usize = 64 << 20;
 const MAX_CONNECTIONS_LIMIT: usize = 100_000;
 const MAX_SINK_WORKERS: usize = 64;
 const MAX_BACKLOG: u32 = 65535;
+/// 16 Mi messages: far above any useful queue (the default is 64 Ki), and
+/// small enough that depth arithmetic (depth + batch) can never overflow.
+const MAX_QUEUE_CAPACITY: usize = 16 << 20;
 /// Longest accepted duration: far beyond any sensible timeout, and small
 /// enough that `Instant + duration` can never overflow.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 86400);
@@ -380,10 +383,13 @@ impl Config {
             ));
         }
         let q = &self.queue;
-        if q.capacity == 0 {
+        if q.capacity == 0 || q.capacity > MAX_QUEUE_CAPACITY {
             return Err(invalid(
                 "queue.capacity",
-                "0 is out of range; allowed: at least 1",
+                format!(
+                    "{} is out of range; allowed: 1..={MAX_QUEUE_CAPACITY}",
+                    q.capacity
+                ),
             ));
         }
         if !(q.pause_accept_above > 0.0 && q.pause_accept_above <= 1.0) {
@@ -420,6 +426,14 @@ impl Config {
                     "{:?} is out of range; allowed: \"0s\" (off) or at least \"1s\" (the kernel counts keepalive in seconds)",
                     format_duration(&s.tcp_keepalive)
                 ),
+            ));
+        }
+        if self.limits.idle_timeout.is_zero() && s.tcp_keepalive.is_zero() {
+            // Nothing would then ever close a half-open peer (one whose
+            // host vanished): it would hold its thread and permit forever.
+            return Err(invalid(
+                "limits.idle_timeout",
+                "\"0s\" (off) together with server.tcp_keepalive = \"0s\" (off) would let a vanished peer hold its thread forever; allowed: enable one of them",
             ));
         }
         let durations = [
@@ -843,6 +857,24 @@ mod tests {
         assert!(e.starts_with("limits.send_timeout:"), "{e}");
         let e = err("[shutdown]\ntimeout = \"400days\"\n");
         assert!(e.starts_with("shutdown.timeout:"), "{e}");
+    }
+
+    #[test]
+    fn no_idle_timeout_and_no_keepalive_is_refused() {
+        let e = err("[server]\ntcp_keepalive = \"0s\"\n[limits]\nidle_timeout = \"0s\"\n");
+        assert!(e.starts_with("limits.idle_timeout:"), "{e}");
+        assert!(e.contains("server.tcp_keepalive"), "{e}");
+        Config::parse("[limits]\nidle_timeout = \"0s\"\n").unwrap();
+    }
+
+    #[test]
+    fn queue_capacity_is_bounded() {
+        let e = err("[queue]\ncapacity = 18446744073709551615\n");
+        assert!(e.starts_with("queue.capacity"), "{e}");
+        let e = err("[queue]\ncapacity = 16777217\n");
+        assert!(e.starts_with("queue.capacity:"), "{e}");
+        assert!(e.contains("16777216"), "{e}");
+        Config::parse("[queue]\ncapacity = 16777216\n").unwrap();
     }
 
     #[test]

@@ -2,6 +2,13 @@
 //! bounded buffer, frame, enqueue each read's messages as one batch with a
 //! timeout, and say why the connection ended.
 //!
+//! The socket is non-blocking: the worker reads until the kernel has
+//! nothing more, then sleeps in [`Wake::wait`] on the socket, the idle
+//! deadline and the shared shutdown wake-up. At shutdown it keeps reading
+//! and framing until the client's EOF, [`SHUTDOWN_GRACE`] of quiet, or the
+//! drain deadline; what is still unread when it closes is framed and
+//! counted `dropped_shutdown` (SPEC.md "Shutdown").
+//!
 //! It owns nothing global: counters go to [`Stats`], backpressure comes
 //! from the queue, the thread and its permit belong to the server. A
 //! failure here (reset, garbage, slowloris) ends this connection only.
@@ -9,16 +16,20 @@
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use log::{error, warn};
+use log::warn;
 
 use crate::alerts::{Alerts, suppressed};
 use crate::config::{Config, Framing, OnSendTimeout};
 use crate::framing::{Decoder, Frame, FrameError};
 use crate::queue::{Batch, QueueSender, SendError};
+use crate::rate::Bucket;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
+use crate::wake::{Ready, Wake};
 
 /// First read buffer, allocated only once the peer has sent something, so
 /// an idle connection costs no buffer at all.
@@ -27,23 +38,19 @@ const INITIAL_BUFFER: usize = 8 << 10;
 const READ_BUFFER: usize = 64 << 10;
 /// Most messages in one batch (one channel send), whatever the queue size.
 const BATCH_MESSAGES: usize = 4096;
-/// Most bytes read and counted after a send-timeout close: about what a
-/// socket's receive buffer holds, so the count covers what the peer had
-/// sent when we gave up.
+/// Most bytes read and counted when closing with data still unread (send
+/// timeout, shutdown deadline): about what a socket's receive buffer
+/// holds, so the count covers what the peer had sent when we gave up,
+/// while a peer still sending flat out cannot keep the worker reading.
 const UNREAD_BUDGET: usize = 8 << 20;
-/// Most bytes a worker still reads at shutdown: one read's worth, what a
-/// peer typically had in flight. Bounded so that a peer sending flat out
-/// cannot stretch the drain (or burst past its rate limit).
-const SHUTDOWN_DRAIN_BUDGET: usize = 64 << 10;
+/// How long a connection may stay quiet during the shutdown drain before
+/// it is closed (SPEC.md allows at most 200 ms). A client that finished
+/// and closed is read to its EOF without ever being quiet this long; an
+/// idle one is closed after this, not after `idle_timeout`.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
 /// Bytes reserved per message of a rate-limit quota (a batch's room is
 /// given back if loose, see `Batch::fit`).
 const QUOTA_BYTES_GUESS: usize = 512;
-/// The rate limit waits for this share of a second's tokens at least
-/// (10 ms), so a paced worker wakes ~100 times a second, not per message.
-const QUOTA_SLICE: f64 = 0.01;
-/// Difference between the wanted and the set socket read timeout that is
-/// worth a setsockopt.
-const TIMEOUT_SLACK: Duration = Duration::from_millis(10);
 
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +69,20 @@ pub enum Close {
     Shutdown,
     /// Every sink is gone; nothing can be delivered.
     SinkGone,
+}
+
+impl Close {
+    /// The stats counter of connections closed for this reason.
+    fn counter(self, stats: &Stats) -> &AtomicU64 {
+        match self {
+            Close::Eof => &stats.closed_eof,
+            Close::Idle => &stats.closed_idle,
+            Close::SendTimeout => &stats.closed_send_timeout,
+            Close::Framing => &stats.closed_framing,
+            Close::Error(_) | Close::SinkGone => &stats.closed_error,
+            Close::Shutdown => &stats.closed_shutdown,
+        }
+    }
 }
 
 impl Close {
@@ -93,9 +114,12 @@ pub struct ConnContext {
     pub queue: QueueSender,
     pub stats: std::sync::Arc<Stats>,
     pub alerts: std::sync::Arc<Alerts>,
-    /// Checked before every read; a triggered shutdown also shuts the
-    /// socket's read side so that a blocked read returns at once.
+    /// Checked before every wait; once triggered the worker drains.
     pub shutdown: Shutdown,
+    /// `shutdown.timeout`: the drain deadline counts from the trigger.
+    pub shutdown_timeout: Duration,
+    /// Fired at shutdown: wakes every worker sleeping on its socket.
+    pub wake: Arc<Wake>,
 }
 
 impl ConnContext {
@@ -105,6 +129,7 @@ impl ConnContext {
         stats: std::sync::Arc<Stats>,
         alerts: std::sync::Arc<Alerts>,
         shutdown: Shutdown,
+        wake: Arc<Wake>,
     ) -> ConnContext {
         let limits = &config.limits;
         ConnContext {
@@ -118,6 +143,8 @@ impl ConnContext {
             stats,
             alerts,
             shutdown,
+            shutdown_timeout: config.shutdown.timeout,
+            wake,
         }
     }
 }
@@ -131,6 +158,10 @@ pub struct Totals {
 
 /// Serves one connection until it ends; returns why, and its totals.
 pub fn serve(ctx: &ConnContext, stream: &TcpStream, peer: SocketAddr) -> (Close, Totals) {
+    if let Err(e) = stream.set_nonblocking(true) {
+        Stats::add(&ctx.stats.closed_error, 1);
+        return (Close::Error(e.kind()), Totals::default());
+    }
     let mut conn = Connection {
         ctx,
         stream,
@@ -142,7 +173,7 @@ pub fn serve(ctx: &ConnContext, stream: &TcpStream, peer: SocketAddr) -> (Close,
         limit: READ_BUFFER.max(ctx.max_message_bytes + 16 + 1),
         grow: false,
         quiet: false,
-        timeout: None,
+        readable: false,
         batch_limit: BATCH_MESSAGES.min((ctx.queue.capacity() / 16).max(1)),
         last_message: Instant::now(),
         bucket: (ctx.rate_per_connection > 0).then(|| Bucket::new(ctx.rate_per_connection)),
@@ -151,7 +182,27 @@ pub fn serve(ctx: &ConnContext, stream: &TcpStream, peer: SocketAddr) -> (Close,
         totals: Totals::default(),
     };
     let close = conn.run();
+    Stats::add(close.counter(&ctx.stats), 1);
     (close, conn.totals)
+}
+
+/// What waiting for input produced.
+enum Input {
+    /// Bytes read into the buffer.
+    Data(usize),
+    /// The client closed its side.
+    Eof,
+    /// The shutdown wake-up fired.
+    Woken,
+    /// The wait's timeout passed with nothing to read.
+    TimedOut,
+}
+
+/// Which counter takes messages still unread when a connection closes.
+#[derive(Debug, Clone, Copy)]
+enum Unread {
+    SendTimeout,
+    Shutdown,
 }
 
 struct Connection<'a> {
@@ -172,11 +223,11 @@ struct Connection<'a> {
     /// The last read used under a quarter of the free space: the peer
     /// sends little, so an emptied buffer is released.
     quiet: bool,
+    /// poll said the socket is readable: read even with no buffer yet.
+    readable: bool,
     /// Most messages per batch: a sixteenth of the queue at most, so a
     /// big batch does not wait long for room that small ones keep taking.
     batch_limit: usize,
-    /// The read timeout currently set on the socket.
-    timeout: Option<Duration>,
     /// Idle time counts from the last complete message, so a peer that
     /// trickles bytes without ever finishing a message is idle too.
     last_message: Instant,
@@ -195,92 +246,127 @@ impl Connection<'_> {
             if self.ctx.shutdown.is_triggered() {
                 return self.drain_at_shutdown();
             }
-            if let Some(close) = self.arm_idle_timeout() {
-                return close;
+            let idle_left = self
+                .ctx
+                .idle_timeout
+                .map(|idle| idle.saturating_sub(self.last_message.elapsed()));
+            if idle_left.is_some_and(|left| left.is_zero()) {
+                return Close::Idle;
             }
-            match self.read() {
-                Ok(0) => return self.at_eof(),
-                Ok(n) => {
-                    self.end += n;
-                    self.totals.bytes += n as u64;
-                    // With a rate limit, frame what the tokens allow, wait
-                    // for more, go on from the buffer; read only when it
-                    // holds nothing complete. Not reading is the
-                    // backpressure: the peer's sends block in TCP.
-                    loop {
-                        let quota = self.quota();
-                        let before = self.totals.messages;
-                        let more = self.decode(quota);
-                        if let Some(bucket) = &mut self.bucket {
-                            bucket.spend(self.totals.messages - before);
-                        }
-                        match more {
-                            Ok(true) => continue,
-                            Ok(false) => break,
-                            Err(close) => return self.closing(close),
-                        }
+            match self.fill(idle_left, true) {
+                Ok(Input::Data(n)) => {
+                    if let Err(close) = self.take(n) {
+                        return close;
                     }
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    // Timed out: the next turn decides whether it is idle.
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    if self.ctx.shutdown.is_triggered() {
-                        return Close::Shutdown;
-                    }
-                    Stats::add(&self.ctx.stats.closed_error, 1);
-                    return Close::Error(e.kind());
-                }
+                Ok(Input::Eof) => return self.at_eof(),
+                // The next turn looks at the shutdown and the idle clock.
+                Ok(Input::Woken | Input::TimedOut) => {}
+                Err(e) => return Close::Error(e.kind()),
             }
         }
     }
 
-    /// Sets the socket read timeout to what is left of the idle window;
-    /// returns `Close::Idle` when nothing is left.
-    fn arm_idle_timeout(&mut self) -> Option<Close> {
-        let idle = self.ctx.idle_timeout?;
-        let left = idle.saturating_sub(self.last_message.elapsed());
-        if left.is_zero() {
-            Stats::add(&self.ctx.stats.closed_idle, 1);
-            return Some(Close::Idle);
-        }
-        let left = left.max(Duration::from_millis(1));
-        let stale = self
-            .timeout
-            .is_none_or(|t| t.abs_diff(left) > TIMEOUT_SLACK);
-        if stale {
-            // A failed setsockopt leaves the old timeout; the loop then
-            // re-checks the idle window after every read anyway.
-            if self.stream.set_read_timeout(Some(left)).is_ok() {
-                self.timeout = Some(left);
+    /// Shutdown: go on reading and framing until the client's EOF,
+    /// [`SHUTDOWN_GRACE`] without input, or the drain deadline; then count
+    /// what is still unread as `dropped_shutdown`. A client that wrote and
+    /// closed before the signal thus loses nothing, whatever its volume,
+    /// while the deadline allows.
+    fn drain_at_shutdown(&mut self) -> Close {
+        let deadline = self
+            .ctx
+            .shutdown
+            .deadline(self.ctx.shutdown_timeout)
+            .unwrap_or_else(Instant::now);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.count_unread(Unread::Shutdown);
+                return Close::Shutdown;
+            }
+            let wait = SHUTDOWN_GRACE.min(left);
+            match self.fill(Some(wait), false) {
+                Ok(Input::Data(n)) => {
+                    if let Err(close) = self.take(n) {
+                        return close;
+                    }
+                }
+                Ok(Input::Eof) => return self.at_eof(),
+                Ok(Input::TimedOut) if wait == SHUTDOWN_GRACE => {
+                    // Quiet: nothing unread but a frame the client never
+                    // finished, which is counted, not delivered.
+                    self.count_unread(Unread::Shutdown);
+                    return Close::Shutdown;
+                }
+                // The deadline: the next turn counts what is unread.
+                Ok(Input::TimedOut | Input::Woken) => {}
+                Err(e) => return Close::Error(e.kind()),
             }
         }
-        None
     }
 
-    fn read(&mut self) -> io::Result<usize> {
+    /// Frames the `n` bytes just read, at the rate limit's pace: frame
+    /// what the tokens allow, wait for more, go on from the buffer; read
+    /// again only when it holds nothing complete. Not reading is the
+    /// backpressure: the peer's sends block in TCP.
+    fn take(&mut self, n: usize) -> Result<(), Close> {
+        self.end += n;
+        self.totals.bytes += n as u64;
+        loop {
+            let quota = self.quota();
+            let before = self.totals.messages;
+            let more = self.decode(quota);
+            if let Some(bucket) = &mut self.bucket {
+                bucket.spend(self.totals.messages - before);
+            }
+            match more {
+                Ok(true) => continue,
+                Ok(false) => return Ok(()),
+                Err(close) => return Err(self.closing(close)),
+            }
+        }
+    }
+
+    /// Reads what the socket holds; when it holds nothing, waits for
+    /// input, for the shutdown wake-up (if `watch`) or for `timeout`.
+    fn fill(&mut self, timeout: Option<Duration>, watch: bool) -> io::Result<Input> {
+        loop {
+            self.release_if_quiet();
+            if !self.buf.is_empty() || self.readable {
+                self.readable = false;
+                match self.read() {
+                    Ok(0) => return Ok(Input::Eof),
+                    Ok(n) => return Ok(Input::Data(n)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            match self.ctx.wake.wait(self.stream, timeout, watch)? {
+                Ready::Socket => self.readable = true,
+                Ready::Woken => return Ok(Input::Woken),
+                Ready::TimedOut => return Ok(Input::TimedOut),
+            }
+        }
+    }
+
+    /// Everything read was consumed and the peer is not streaming: give
+    /// the buffer back, so that memory follows busy connections, not
+    /// connected ones (an idle connection then waits with no buffer).
+    fn release_if_quiet(&mut self) {
         if self.start == self.end && !self.buf.is_empty() && !self.grow && self.quiet {
-            // Everything read was consumed and the peer is not streaming:
-            // give the buffer back, so that memory follows busy
-            // connections, not connected ones.
             self.buf = Vec::new();
             self.start = 0;
             self.end = 0;
         }
+    }
+
+    /// One non-blocking read into the buffer (allocated on first use).
+    fn read(&mut self) -> io::Result<usize> {
         if self.buf.is_empty() {
-            // Wait for the first byte before allocating: idle connections
-            // then hold no buffer.
-            let n = self.stream.peek(&mut [0u8; 1])?;
-            if n == 0 {
-                return Ok(0);
-            }
             self.buf = vec![0; INITIAL_BUFFER.min(self.limit)];
+            self.start = 0;
+            self.end = 0;
         }
         self.make_room();
         let free = self.buf.len() - self.end;
@@ -408,12 +494,9 @@ impl Connection<'_> {
         }
     }
 
+    /// The client closed its side: a final unterminated line is a
+    /// message (SPEC.md "Framing"), at shutdown too.
     fn at_eof(&mut self) -> Close {
-        if self.ctx.shutdown.is_triggered() {
-            // Our own shutdown(Read), not the peer: a partial line is not
-            // a message.
-            return Close::Shutdown;
-        }
         match self.decoder.finish(&self.buf[self.start..self.end]) {
             Ok(Some(Frame::Message(range))) => {
                 let mut batch = Batch::with_capacity(range.len() + 1, 1);
@@ -430,7 +513,6 @@ impl Connection<'_> {
     }
 
     fn framing_error(&mut self, e: FrameError) -> Close {
-        Stats::add(&self.ctx.stats.closed_framing, 1);
         if let Some(n) = self.ctx.alerts.framing.allow() {
             warn!(
                 "framing error, closing connection peer={} error=\"{e}\"{}",
@@ -490,9 +572,6 @@ impl Connection<'_> {
                 });
                 let close = self.ctx.on_send_timeout == OnSendTimeout::Close;
                 self.shedding = !close;
-                if close {
-                    Stats::add(&stats.closed_send_timeout, 1);
-                }
                 if let Some(s) = self.ctx.alerts.send_timeout.allow() {
                     warn!(
                         "send timeout: queue full for {:?}, dropped {n} messages peer={}{}{}",
@@ -504,34 +583,51 @@ impl Connection<'_> {
                 }
                 close.then_some(Close::SendTimeout)
             }
+            Err(SendError::Shutdown(_)) => {
+                // The drain deadline passed while this batch waited.
+                stats.moving(|| {
+                    Stats::add(&stats.received, n);
+                    Stats::add(&stats.dropped_shutdown, n);
+                });
+                Some(Close::Shutdown)
+            }
             Err(SendError::Disconnected(_)) => {
-                // Only if every sink thread died; count the messages as
-                // dropped so the books still balance.
-                Stats::add(&stats.received, n);
-                Stats::add(&stats.dropped_send_timeout, n);
-                error!("no sink left to deliver to, closing peer={}", self.peer);
+                // Only if every sink thread died, which (a panic) starts
+                // the shutdown: the messages are lost to it, and counted.
+                stats.moving(|| {
+                    Stats::add(&stats.received, n);
+                    Stats::add(&stats.dropped_shutdown, n);
+                });
+                if let Some(s) = self.ctx.alerts.sink_gone.allow() {
+                    warn!(
+                        "no sink left to deliver to, closing peer={}{}",
+                        self.peer,
+                        suppressed(s)
+                    );
+                }
                 Some(Close::SinkGone)
             }
         }
     }
 
     /// The last step before ending the connection for a reason found while
-    /// decoding: a send timeout first counts what the peer already sent.
+    /// decoding: a send timeout or the shutdown deadline first counts what
+    /// the peer already sent.
     fn closing(&mut self, close: Close) -> Close {
-        if close == Close::SendTimeout {
-            self.count_unread();
+        match close {
+            Close::SendTimeout => self.count_unread(Unread::SendTimeout),
+            Close::Shutdown => self.count_unread(Unread::Shutdown),
+            _ => {}
         }
         close
     }
 
-    /// Before closing on a send timeout: frames what the peer already sent
-    /// and the kernel holds for us, and counts it dropped, so that closing
-    /// does not make those messages vanish uncounted. Bounded by
-    /// `UNREAD_BUDGET` bytes and by what is readable without waiting.
-    fn count_unread(&mut self) {
-        if self.stream.set_nonblocking(true).is_err() {
-            return;
-        }
+    /// Before closing with input left: frames what the peer already sent
+    /// and the kernel holds for us (a frame it never finished included),
+    /// and counts it dropped, so that closing does not make those messages
+    /// vanish uncounted. Bounded by `UNREAD_BUDGET` bytes and by what is
+    /// readable without waiting (the socket is non-blocking).
+    fn count_unread(&mut self, why: Unread) {
         let mut budget = UNREAD_BUDGET;
         let mut dropped = 0u64;
         loop {
@@ -572,13 +668,29 @@ impl Connection<'_> {
                     budget = budget.saturating_sub(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break, // WouldBlock: nothing more is here
+                Err(_) => {
+                    // WouldBlock: nothing more is here. At shutdown the
+                    // connection is closed now, so a frame the client
+                    // began is one more message it will never finish.
+                    if matches!(why, Unread::Shutdown) {
+                        match self.decoder.finish(&self.buf[self.start..self.end]) {
+                            Ok(Some(Frame::Message(_))) | Err(_) => dropped += 1,
+                            Ok(Some(_)) => self.oversize(),
+                            Ok(None) => {}
+                        }
+                    }
+                    break;
+                }
             }
         }
         let stats = &self.ctx.stats;
+        let counter = match why {
+            Unread::SendTimeout => &stats.dropped_send_timeout,
+            Unread::Shutdown => &stats.dropped_shutdown,
+        };
         stats.moving(|| {
             Stats::add(&stats.received, dropped);
-            Stats::add(&stats.dropped_send_timeout, dropped);
+            Stats::add(counter, dropped);
         });
         self.totals.messages += dropped;
     }
@@ -609,34 +721,6 @@ impl Connection<'_> {
         }
         bucket.available()
     }
-
-    /// Shutdown: before closing, frames and enqueues what the peer already
-    /// sent and the kernel holds (without waiting for more, at most
-    /// `UNREAD_BUDGET` bytes), so that messages sent before the signal
-    /// are delivered. A partial last line is dropped: the peer may not
-    /// have finished it.
-    fn drain_at_shutdown(&mut self) -> Close {
-        if self.stream.set_nonblocking(true).is_err() {
-            return Close::Shutdown;
-        }
-        let mut budget = SHUTDOWN_DRAIN_BUDGET;
-        while budget > 0 {
-            match self.read() {
-                Ok(0) => break,
-                Ok(n) => {
-                    self.end += n;
-                    self.totals.bytes += n as u64;
-                    budget = budget.saturating_sub(n);
-                    if let Err(close) = self.decode(usize::MAX) {
-                        return self.closing(close);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break, // WouldBlock: all that was sent is read
-            }
-        }
-        Close::Shutdown
-    }
 }
 
 /// Copies a run of clean lines (`buf[run]`, message ends in `ends`,
@@ -647,81 +731,4 @@ fn flush_run(batch: &mut Batch, buf: &[u8], run: &mut Range<usize>, ends: &mut V
         ends.clear();
     }
     *run = run.end..run.end;
-}
-
-/// A token bucket of `rate` messages per second holding at most one
-/// second's worth (at least one token).
-#[derive(Debug)]
-struct Bucket {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(rate: u64) -> Bucket {
-        Bucket {
-            rate: rate as f64,
-            tokens: Bucket::burst(rate as f64),
-            last: Instant::now(),
-        }
-    }
-
-    fn burst(rate: f64) -> f64 {
-        rate.max(1.0)
-    }
-
-    fn refill(&mut self) {
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(Bucket::burst(self.rate));
-        self.last = now;
-    }
-
-    /// Whole tokens available now.
-    fn available(&mut self) -> usize {
-        self.refill();
-        self.tokens.max(0.0) as usize
-    }
-
-    /// Tokens worth waiting for: 10 ms of them, at least one, at most
-    /// the burst.
-    fn slice(&self) -> f64 {
-        (self.rate * QUOTA_SLICE)
-            .max(1.0)
-            .min(Bucket::burst(self.rate))
-    }
-
-    /// How long until at least `n` tokens are available.
-    fn wait_for(&mut self, n: f64) -> Duration {
-        self.refill();
-        if self.tokens >= n {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64((n - self.tokens) / self.rate)
-        }
-    }
-
-    fn spend(&mut self, messages: u64) {
-        self.tokens -= messages as f64;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bucket_allows_a_burst_then_paces() {
-        let mut b = Bucket::new(100);
-        assert_eq!(b.available(), 100);
-        assert_eq!(b.wait_for(1.0), Duration::ZERO);
-        b.spend(100);
-        assert_eq!(b.available(), 0);
-        let wait = b.wait_for(b.slice());
-        assert!(
-            wait > Duration::from_millis(5) && wait <= Duration::from_millis(10),
-            "{wait:?}"
-        );
-    }
 }

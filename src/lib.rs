@@ -23,8 +23,10 @@
 //!
 //! [`start`] brings a daemon up (bind, open sinks, spawn threads) and
 //! returns a [`Daemon`]; [`Daemon::wait`] blocks until the [`Shutdown`]
-//! handle fires, then drains the queue within `shutdown.timeout` and
-//! returns a [`Report`]. main turns that into an exit code.
+//! handle fires, then drains (connections read to their clients' EOF,
+//! then the queue) within `shutdown.timeout` and returns a [`Report`].
+//! main turns that into an exit code. A panic in any floodwall thread
+//! fires the shutdown too ([`threads`]) and makes the exit code 1.
 
 #![forbid(unsafe_code)]
 
@@ -34,16 +36,19 @@ pub mod conn;
 pub mod framing;
 pub mod limiter;
 pub mod queue;
+pub mod rate;
 pub mod server;
 pub mod shutdown;
 pub mod sink;
 pub mod spool;
 pub mod stats;
+pub mod threads;
+pub mod wake;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use log::{error, info};
@@ -59,6 +64,8 @@ use queue::QueueDepth;
 use server::Acceptor;
 use sink::SinkContext;
 use stats::Stats;
+use threads::Panics;
+use wake::Wake;
 
 /// Why the daemon could not start. Each variant has a fixed exit code.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +86,8 @@ pub enum Error {
         name: &'static str,
         source: std::io::Error,
     },
+    #[error("cannot create the shutdown wake-up socket pair: {0}")]
+    Wake(std::io::Error),
 }
 
 impl Error {
@@ -86,26 +95,36 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) => 2,
-            Error::Bind { .. } | Error::Sink(_) | Error::Spool(_) | Error::Thread { .. } => 3,
+            Error::Bind { .. }
+            | Error::Sink(_)
+            | Error::Spool(_)
+            | Error::Thread { .. }
+            | Error::Wake(_) => 3,
         }
     }
 }
 
 /// How a shutdown ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
-    /// The queue was empty and every sink finished before the deadline.
+    /// Nothing was lost: `lost` is 0.
     pub drained: bool,
-    /// Messages still queued when the deadline passed.
+    /// `dropped_shutdown` + messages still queued at the deadline.
     pub lost: u64,
+    /// Threads that panicked (their panic started the shutdown).
+    pub panicked: Vec<String>,
     /// The final counters.
     pub stats: Snapshot,
 }
 
 impl Report {
-    /// 0 when drained, 1 when messages were lost.
+    /// 0 when drained and no thread panicked, else 1.
     pub fn exit_code(&self) -> u8 {
-        if self.drained { 0 } else { 1 }
+        if self.drained && self.panicked.is_empty() {
+            0
+        } else {
+            1
+        }
     }
 }
 
@@ -124,6 +143,10 @@ pub struct Daemon {
     shutdown: Shutdown,
     /// Set at the drain deadline: sinks stop retrying.
     abandon: Arc<AtomicBool>,
+    /// Fired as the shutdown starts: wakes every sleeping worker.
+    wake: Arc<Wake>,
+    /// Threads that panicked; shared with every spawned thread.
+    panics: Panics,
     accept: JoinHandle<()>,
     stats_thread: Option<JoinHandle<()>>,
     /// Every sink thread holds a sender; all dropped = all sinks done.
@@ -188,7 +211,16 @@ pub fn start_with_sinks(
     };
     let reopen = Reopen::default();
     let abandon = Arc::new(AtomicBool::new(false));
+    let wake = Arc::new(Wake::new().map_err(Error::Wake)?);
+    let panics = Panics::new(shutdown.clone());
+    let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+        threads::spawn(name, None, &panics, f).map_err(|source| Error::Thread {
+            name: "fw-*",
+            source,
+        })
+    };
 
+    // Sinks: each thread holds a `done` sender; all dropped = all done.
     let (done_tx, sinks_done) = crossbeam_channel::bounded::<()>(0);
     let tick = config
         .sink
@@ -204,77 +236,61 @@ pub fn start_with_sinks(
             reopen: reopen.clone(),
             tick,
             abandon: abandon.clone(),
+            shutdown: shutdown.clone(),
             spool: spool.as_ref().map(|(s, _)| s.clone()),
         };
         let done = done_tx.clone();
-        let handle = thread::Builder::new()
-            .name(format!("fw-sink-{n}"))
-            .spawn(move || {
+        sink_threads.push(spawn(
+            format!("fw-sink-{n}"),
+            Box::new(move || {
                 let _done = done;
                 sink::run(sink, ctx);
-            })
-            .map_err(|source| Error::Thread {
-                name: "fw-sink",
-                source,
-            })?;
-        sink_threads.push(handle);
+            }),
+        )?);
     }
     drop(done_tx);
+    // The spool writer: the memory queue's only reader when spooling.
     let spool_stop = Arc::new(AtomicBool::new(false));
     let spool_thread = match spool {
         Some((_, writer)) => {
-            let (abandon, stop) = (abandon.clone(), spool_stop.clone());
-            let rx = rx.clone();
-            Some(
-                thread::Builder::new()
-                    .name("fw-spool".to_string())
-                    .spawn(move || writer.run(rx, abandon, stop))
-                    .map_err(|source| Error::Thread {
-                        name: "fw-spool",
-                        source,
-                    })?,
-            )
+            let (abandon, stop, rx) = (abandon.clone(), spool_stop.clone(), rx.clone());
+            Some(spawn(
+                "fw-spool".to_string(),
+                Box::new(move || writer.run(rx, abandon, stop)),
+            )?)
         }
         None => None,
     };
     drop(rx);
 
+    // The accept loop, which spawns one worker per connection.
     let ctx = Arc::new(ConnContext::new(
         &config,
         tx,
         stats.clone(),
         alerts.clone(),
         shutdown.clone(),
+        wake.clone(),
     ));
     // The accept loop watches the memory queue only: an outage that the
     // spool absorbs must not pause accepting.
-    let acceptor = Acceptor::new(&config, listener, memory.clone(), ctx);
-    let accept = thread::Builder::new()
-        .name("fw-accept".to_string())
-        .spawn(move || acceptor.run())
-        .map_err(|source| Error::Thread {
-            name: "fw-accept",
-            source,
-        })?;
+    let acceptor = Acceptor::new(&config, listener, memory.clone(), ctx, panics.clone());
+    let accept = spawn("fw-accept".to_string(), Box::new(move || acceptor.run()))?;
 
+    // The periodic stats line.
     let stats_thread = if config.log.stats_interval.is_zero() {
         None
     } else {
         let (stats, depth, shutdown) = (stats.clone(), depth.clone(), shutdown.clone());
         let interval = config.log.stats_interval;
-        Some(
-            thread::Builder::new()
-                .name("fw-stats".to_string())
-                .spawn(move || {
-                    while !shutdown.wait_timeout(interval) {
-                        info!("{}", stats.snapshot(&depth));
-                    }
-                })
-                .map_err(|source| Error::Thread {
-                    name: "fw-stats",
-                    source,
-                })?,
-        )
+        Some(spawn(
+            "fw-stats".to_string(),
+            Box::new(move || {
+                while !shutdown.wait_timeout(interval) {
+                    info!("{}", stats.snapshot(&depth));
+                }
+            }),
+        )?)
     };
 
     info!("listening addr={local_addr}");
@@ -287,6 +303,8 @@ pub fn start_with_sinks(
         reopen,
         shutdown,
         abandon,
+        wake,
+        panics,
         accept,
         stats_thread,
         sinks_done,
@@ -315,29 +333,40 @@ impl Daemon {
         self.reopen.clone()
     }
 
-    /// Blocks until shutdown is triggered, then drains: stop accepting,
-    /// stop reading, let the sinks write what is queued until
-    /// `shutdown.timeout`, and log the final stats and shutdown lines.
+    /// What a panicking thread reports to: for threads spawned outside
+    /// the library (main's signal thread) with [`threads::spawn`].
+    pub fn panics(&self) -> Panics {
+        self.panics.clone()
+    }
+
+    /// Blocks until shutdown is triggered, then drains (SPEC.md
+    /// "Shutdown"): stop accepting; each connection reads on until its
+    /// client's EOF, a short quiet grace or the deadline (the accept loop
+    /// joins them); the sinks write what is queued until the deadline.
+    /// Logs the final stats and shutdown lines.
     pub fn wait(self) -> Report {
         self.shutdown.wait();
-        let deadline = Instant::now() + self.shutdown_timeout;
+        self.wake.fire();
+        let deadline = self
+            .shutdown
+            .deadline(self.shutdown_timeout)
+            .unwrap_or_else(|| Instant::now() + self.shutdown_timeout);
         info!(
-            "shutting down, draining the queue timeout={:?}",
+            "shutting down, draining connections and the queue timeout={:?}",
             self.shutdown_timeout
         );
+        // Returns once every worker has ended (or shortly after the
+        // deadline, when the queue is aborted).
         if self.accept.join().is_err() {
             error!("accept thread panicked");
         }
-        // The accept loop has woken every blocked read as it stopped.
-        let drained = matches!(
+        let sinks_finished = matches!(
             self.sinks_done.recv_deadline(deadline),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected)
         );
-        if drained {
+        if sinks_finished {
             for t in self.sink_threads {
-                if t.join().is_err() {
-                    error!("sink thread panicked");
-                }
+                let _ = t.join(); // a panic was reported by its guard
             }
         } else {
             // Sinks stuck in a write stay behind; the process is exiting.
@@ -346,12 +375,9 @@ impl Daemon {
         // The spool writer has appended what the queue held (or the
         // deadline abandoned it); its last commit makes what the sinks
         // delivered durable.
-        let spooled = self.spool_thread.is_some();
         if let Some(t) = self.spool_thread {
             self.spool_stop.store(true, Ordering::SeqCst);
-            if t.join().is_err() {
-                error!("spool thread panicked");
-            }
+            let _ = t.join(); // a panic was reported by its guard
         }
         if let Some(t) = self.stats_thread {
             let _ = t.join();
@@ -359,17 +385,18 @@ impl Daemon {
         let stats = self.stats.snapshot(&self.depth);
         // With a spool, what stays on disk is kept for the next start,
         // not lost: only the memory queue can lose messages.
-        let (drained, lost) = if spooled {
-            let lost = self.memory.in_memory() as u64;
-            (lost == 0, lost)
-        } else {
-            (drained, if drained { 0 } else { stats.queue_depth })
-        };
+        let lost = stats.dropped_shutdown + self.memory.in_memory() as u64;
+        let drained = lost == 0;
+        let panicked = self.panics.names();
         info!("{stats}");
+        if !panicked.is_empty() {
+            error!("exiting 1: thread(s) panicked: {}", panicked.join(", "));
+        }
         info!("shutdown drained={drained} lost={lost}");
         Report {
             drained,
             lost,
+            panicked,
             stats,
         }
     }

@@ -5,14 +5,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::thread;
 
 use clap::Parser;
 use log::{info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use floodwall::{Config, Shutdown};
+use floodwall::{Config, Shutdown, threads};
 
 /// A TCP message-ingest daemon: bounded threads, bounded memory, every
 /// undelivered message counted.
@@ -64,23 +63,23 @@ fn main() -> ExitCode {
         }
     };
     let reopen = daemon.reopen_handle();
-    let spawned = thread::Builder::new()
-        .name("fw-signal".to_string())
-        .spawn(move || {
-            for signal in signals.forever() {
-                match signal {
-                    SIGHUP => {
-                        info!("SIGHUP: reopening the sink");
-                        reopen.request();
-                    }
-                    _ if shutdown.trigger() => info!("signal {signal}: graceful shutdown"),
-                    _ => {
-                        warn!("second signal {signal}: exiting now, queued messages are lost");
-                        std::process::exit(1);
-                    }
+    // A panic here would leave SIGTERM ignored: threads::spawn makes it
+    // start the shutdown instead (exit 1).
+    let spawned = threads::spawn("fw-signal".to_string(), None, &daemon.panics(), move || {
+        for signal in signals.forever() {
+            match signal {
+                SIGHUP => {
+                    info!("SIGHUP: reopening the sink");
+                    reopen.request();
+                }
+                _ if shutdown.trigger() => info!("signal {signal}: graceful shutdown"),
+                _ => {
+                    warn!("second signal {signal}: exiting now, queued messages are lost");
+                    std::process::exit(1);
                 }
             }
-        });
+        }
+    });
     if let Err(e) = spawned {
         eprintln!("floodwall: cannot start the signal thread: {e}");
         return ExitCode::from(3);

@@ -169,6 +169,8 @@ pub enum SendError {
     Timeout(Batch),
     /// Every sink is gone.
     Disconnected(Batch),
+    /// The shutdown deadline passed: nothing enters the queue any more.
+    Shutdown(Batch),
 }
 
 /// The message-credit gate shared by both ends.
@@ -181,6 +183,8 @@ struct Gate {
     depth: AtomicUsize,
     /// Senders waiting for credits; a sink wakes them only if non-zero.
     waiters: AtomicUsize,
+    /// Set at the shutdown deadline: waiting senders give up at once.
+    aborted: std::sync::atomic::AtomicBool,
     lock: Mutex<()>,
     space: Condvar,
 }
@@ -204,6 +208,16 @@ impl Gate {
         }
     }
 
+    fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::SeqCst)
+    }
+
+    fn abort(&self) {
+        let _guard = self.lock.lock();
+        self.aborted.store(true, Ordering::SeqCst);
+        self.space.notify_all();
+    }
+
     fn reserve_until(&self, n: usize, deadline: Instant) -> bool {
         // Fast path only while nobody waits: a sender that arrives while
         // others sleep must not take the room they are waiting for. With
@@ -225,6 +239,9 @@ impl Gate {
             let roomy = self.depth.load(Ordering::SeqCst) <= self.wake_below;
             if (alone || roomy) && self.try_reserve(n) {
                 break true;
+            }
+            if self.is_aborted() {
+                break false;
             }
             if self.space.wait_until(&mut guard, deadline).timed_out() {
                 break self.try_reserve(n);
@@ -254,6 +271,7 @@ pub fn queue(capacity: usize) -> (QueueSender, QueueReceiver) {
         wake_below: capacity - capacity / 4,
         depth: AtomicUsize::new(0),
         waiters: AtomicUsize::new(0),
+        aborted: std::sync::atomic::AtomicBool::new(false),
         lock: Mutex::new(()),
         space: Condvar::new(),
     });
@@ -320,7 +338,13 @@ impl QueueSender {
         let deadline = now
             .checked_add(timeout)
             .unwrap_or_else(|| now + Duration::from_secs(365 * 86400));
+        if self.gate.is_aborted() {
+            return Err(SendError::Shutdown(batch));
+        }
         if !self.gate.reserve_until(n, deadline) {
+            if self.gate.is_aborted() {
+                return Err(SendError::Shutdown(batch));
+            }
             return Err(SendError::Timeout(batch));
         }
         batch.fit();
@@ -336,6 +360,13 @@ impl QueueSender {
 
     pub fn depth(&self) -> QueueDepth {
         QueueDepth(self.gate.clone(), None)
+    }
+
+    /// The shutdown deadline passed: every waiting and later send fails
+    /// with [`SendError::Shutdown`] at once, so no worker stays blocked
+    /// on a queue nobody will drain (and its batch is counted, not lost).
+    pub fn abort(&self) {
+        self.gate.abort();
     }
 }
 
@@ -469,6 +500,27 @@ mod tests {
         let e = tx.send_timeout(batch(&["a"]), Duration::ZERO);
         assert!(matches!(e, Err(SendError::Disconnected(_))));
         assert_eq!(tx.depth().get(), 0);
+    }
+
+    #[test]
+    fn abort_wakes_a_waiting_sender_and_hands_its_batch_back() {
+        let (tx, _rx) = queue(1);
+        tx.send_timeout(batch(&["a"]), Duration::ZERO).unwrap();
+        let waiting = tx.clone();
+        let t = std::thread::spawn(move || {
+            let start = Instant::now();
+            let r = waiting.send_timeout(batch(&["b"]), Duration::from_secs(60));
+            (r, start.elapsed())
+        });
+        while tx.gate.waiters.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        tx.abort();
+        let (r, waited) = t.join().unwrap();
+        assert!(matches!(r, Err(SendError::Shutdown(b)) if b.len() == 1));
+        assert!(waited < Duration::from_secs(10), "{waited:?}");
+        let later = tx.send_timeout(batch(&["c"]), Duration::from_secs(60));
+        assert!(matches!(later, Err(SendError::Shutdown(_))));
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //! socket timeout (SO_RCVTIMEO applies to accept on Linux), permit and
 //! pause waits are short slices. Accept errors such as EMFILE back off
 //! instead of spinning.
+//!
+//! At shutdown the loop closes the listener (new clients are refused at
+//! once, so a balancer sends them elsewhere), wakes every worker, and
+//! stays to join them until they have drained; at the drain deadline it
+//! aborts the queue so that no worker waits on it any longer.
 
 use std::collections::HashMap;
 use std::io;
@@ -27,6 +32,7 @@ use crate::conn::{self, ConnContext};
 use crate::limiter::{Limiter, Permit};
 use crate::queue::QueueDepth;
 use crate::stats::Stats;
+use crate::threads::{self, Panics};
 
 /// How long one blocking accept or permit wait lasts before the loop
 /// looks at shutdown and the watermarks again.
@@ -37,6 +43,10 @@ const PAUSE_POLL: Duration = Duration::from_millis(10);
 const TASK_GONE_WAIT: Duration = Duration::from_millis(20);
 /// Back-off after an accept error (EMFILE, ENOBUFS, ...).
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// After the drain deadline, how long workers get to count what is
+/// unread (non-blocking reads, at most `UNREAD_BUDGET` bytes each) before
+/// the accept loop stops waiting for them.
+const WORKER_EXIT_MARGIN: Duration = Duration::from_millis(300);
 /// Worker stack reservation. A worker touches 8 KiB of it (two pages,
 /// measured in /proc/PID/smaps with trace logging and hostile input), so
 /// 128 KiB is a wide margin that costs only address space: resident
@@ -56,7 +66,8 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
 
 /// Everything the accept loop needs.
 pub struct Acceptor {
-    listener: Socket,
+    /// Dropped (closed) as the shutdown starts.
+    listener: Option<Socket>,
     on_connection_limit: OnConnectionLimit,
     max_connections: usize,
     tcp_keepalive: Duration,
@@ -73,6 +84,8 @@ pub struct Acceptor {
     /// Workers send their id here as they end.
     ended_tx: Sender<Ended>,
     ended: Receiver<Ended>,
+    /// Where a panicking worker reports (it starts the shutdown).
+    panics: Panics,
 }
 
 /// A worker thread the accept loop has not joined yet.
@@ -80,8 +93,6 @@ struct Worker {
     handle: JoinHandle<()>,
     /// Returned only after the thread is joined and gone.
     permit: Permit,
-    /// Kept so that shutdown can wake the worker's blocked read.
-    stream: Arc<TcpStream>,
 }
 
 impl Acceptor {
@@ -90,6 +101,7 @@ impl Acceptor {
         listener: Socket,
         depth: QueueDepth,
         ctx: Arc<ConnContext>,
+        panics: Panics,
     ) -> Acceptor {
         let capacity = config.queue.capacity as f64;
         let (ended_tx, ended) = crossbeam_channel::unbounded();
@@ -97,7 +109,7 @@ impl Acceptor {
             live: HashMap::new(),
             ended_tx,
             ended,
-            listener,
+            listener: Some(listener),
             on_connection_limit: config.limits.on_connection_limit,
             max_connections: config.limits.max_connections,
             tcp_keepalive: config.server.tcp_keepalive,
@@ -106,6 +118,7 @@ impl Acceptor {
             limiter: Limiter::new(config.limits.max_connections),
             depth,
             ctx,
+            panics,
         }
     }
 
@@ -124,7 +137,10 @@ impl Acceptor {
                 },
                 OnConnectionLimit::Reject => None,
             };
-            let (socket, peer) = match self.listener.accept() {
+            let Some(listener) = &self.listener else {
+                break;
+            };
+            let (socket, peer) = match listener.accept() {
                 Ok((socket, addr)) => match addr.as_socket() {
                     Some(peer) => (socket, peer),
                     None => continue,
@@ -147,12 +163,49 @@ impl Acceptor {
             next_id += 1;
             self.spawn(next_id, socket, peer, permit);
         }
-        // No new connections now; wake every blocked read so that the
-        // workers drain what their peers sent and end.
-        for w in self.live.values() {
-            let _ = w.stream.shutdown(SocketShutdown::Read);
-        }
+        // No new connections now: refuse them at once.
+        self.listener = None;
+        self.ctx.wake.fire();
+        self.drain_workers();
         debug!("accept loop stopped");
+    }
+
+    /// Shutdown: joins the workers as they finish their drain. At the
+    /// deadline the queue is aborted (a worker waiting for room gives up
+    /// and counts its batch); workers then get `WORKER_EXIT_MARGIN` to
+    /// count what is unread before the loop stops waiting for them.
+    fn drain_workers(&mut self) {
+        let timeout = self.ctx.shutdown_timeout;
+        let deadline = self
+            .ctx
+            .shutdown
+            .deadline(timeout)
+            .unwrap_or_else(Instant::now);
+        let give_up = deadline + WORKER_EXIT_MARGIN;
+        let mut aborted = false;
+        while !self.live.is_empty() {
+            let now = Instant::now();
+            if now >= deadline && !aborted {
+                self.ctx.queue.abort();
+                aborted = true;
+            }
+            if now >= give_up {
+                error!(
+                    "{} connections still open {:?} after the drain deadline; exiting without them",
+                    self.live.len(),
+                    WORKER_EXIT_MARGIN
+                );
+                return;
+            }
+            let until = if aborted { give_up } else { deadline };
+            if let Ok(ended) = self.ended.recv_deadline(until) {
+                self.reap_one(ended);
+            }
+        }
+        if !aborted {
+            // Nothing may enter the queue once every worker is gone.
+            self.ctx.queue.abort();
+        }
     }
 
     /// Joins the worker threads that have ended and only then returns
@@ -206,16 +259,25 @@ impl Acceptor {
         }
         self.ctx.stats.accept_paused.store(true, Ordering::Relaxed);
         let since = Instant::now();
-        if let Some(n) = self.ctx.alerts.accept_paused.allow() {
-            warn!(
-                "accept paused queue_depth={depth} queue_capacity={} pause_accept_above={}{}",
-                self.depth.capacity(),
-                self.pause_above,
-                suppressed(n)
-            );
-        }
-        while self.depth.get() >= self.resume_below.max(1) {
+        // Every pause shows: one that starts within a second of the last
+        // line gets its line as soon as the throttle allows.
+        let mut warned = false;
+        loop {
+            if !warned && let Some(n) = self.ctx.alerts.accept_paused.ready() {
+                warned = true;
+                warn!(
+                    "accept paused queue_depth={} queue_capacity={} pause_accept_above={}{}",
+                    self.depth.get().max(depth),
+                    self.depth.capacity(),
+                    self.pause_above,
+                    suppressed(n)
+                );
+            }
+            if self.depth.get() < self.resume_below.max(1) {
+                break;
+            }
             if self.ctx.shutdown.wait_timeout(PAUSE_POLL) {
+                self.ctx.stats.accept_paused.store(false, Ordering::Relaxed);
                 return false;
             }
             self.reap();
@@ -262,24 +324,21 @@ impl Acceptor {
         if let Err(e) = self.prepare(&socket) {
             debug!("conn setup failed id={id} peer={peer} error=\"{e}\"");
         }
-        let stream = Arc::new(TcpStream::from(socket));
+        let stream = TcpStream::from(socket);
         Stats::add(&self.ctx.stats.conns_total, 1);
         Stats::add(&self.ctx.stats.conns_active, 1);
         debug!("conn open id={id} peer={peer}");
         let ctx = self.ctx.clone();
         let ended = self.ended_tx.clone();
-        let theirs = stream.clone();
-        let spawned = thread::Builder::new()
-            .name(format!("fw-conn-{id}"))
-            .stack_size(WORKER_STACK)
-            .spawn(move || worker(id, peer, theirs, ctx, ended));
+        let spawned = threads::spawn(
+            format!("fw-conn-{id}"),
+            Some(WORKER_STACK),
+            &self.panics,
+            move || worker(id, peer, stream, ctx, ended),
+        );
         match spawned {
             Ok(handle) => {
-                let w = Worker {
-                    handle,
-                    permit,
-                    stream,
-                };
+                let w = Worker { handle, permit };
                 self.live.insert(id, w);
             }
             Err(e) => self.spawn_failed(peer, e),
@@ -328,7 +387,7 @@ struct Ended {
 fn worker(
     id: u64,
     peer: SocketAddr,
-    stream: Arc<TcpStream>,
+    stream: TcpStream,
     ctx: Arc<ConnContext>,
     ended: Sender<Ended>,
 ) {
@@ -342,9 +401,9 @@ fn worker(
         totals.bytes,
         started.elapsed()
     );
-    // Let the peer see the close now; the accept loop holds a reference
-    // to the socket until it has joined this thread.
-    let _ = SockRef::from(&*stream).shutdown(SocketShutdown::Both);
+    // Let the peer see the close now, before the guard reports the end.
+    let _ = SockRef::from(&stream).shutdown(SocketShutdown::Both);
+    drop(stream);
 }
 
 /// Counts the thread as live and undoes everything on the way out.

@@ -1,16 +1,19 @@
 //! The shutdown handle: one flag, set once, that every thread can poll or
-//! wait on with a timeout. main wires SIGTERM/SIGINT to [`Shutdown::trigger`];
-//! tests call it directly.
+//! wait on with a timeout, and the instant it was set, from which every
+//! thread derives the same drain deadline. main wires SIGTERM/SIGINT to
+//! [`Shutdown::trigger`]; tests call it directly.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
 #[derive(Debug, Default)]
 struct Inner {
     triggered: AtomicBool,
+    /// When `trigger` first ran; guarded by `lock`.
+    at: Mutex<Option<Instant>>,
     lock: Mutex<()>,
     changed: Condvar,
 }
@@ -29,9 +32,16 @@ impl Shutdown {
     /// Starts the graceful shutdown; idempotent. Returns true the first time.
     pub fn trigger(&self) -> bool {
         let _guard = self.inner.lock.lock();
+        self.inner.at.lock().get_or_insert_with(Instant::now);
         let first = !self.inner.triggered.swap(true, Ordering::SeqCst);
         self.inner.changed.notify_all();
         first
+    }
+
+    /// The drain deadline: `timeout` after the trigger; `None` before it.
+    pub fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        let at = (*self.inner.at.lock())?;
+        Some(at.checked_add(timeout).unwrap_or(at))
     }
 
     pub fn is_triggered(&self) -> bool {

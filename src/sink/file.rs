@@ -2,15 +2,16 @@
 //! creating it with mode 0640, and reopens the path on SIGHUP so that
 //! logrotate can move the file away.
 //!
-//! Data is written (to the kernel) as soon as the sink thread has no more
-//! queued batches to gather, so `flush_interval` is an upper bound that
-//! is always met; nothing is held in user space between calls. A failed
-//! write resumes where it stopped, so no byte is written twice.
+//! Buffered: the sink thread holds batches until 1 MiB is gathered or the
+//! oldest has waited `flush_interval` ([`Sink::linger`]), then writes them
+//! with one vectored write; at shutdown it writes at once. A failed write
+//! resumes where it stopped, so no byte is written twice.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use log::info;
 
@@ -23,14 +24,17 @@ pub struct FileSink {
     file: File,
     /// Bytes of the current (failed) batch list already written.
     done: usize,
+    /// `flush_interval`: the longest a message waits in floodwall.
+    flush_interval: Duration,
 }
 
 impl FileSink {
-    pub fn open(path: &Path) -> io::Result<FileSink> {
+    pub fn open(path: &Path, flush_interval: Duration) -> io::Result<FileSink> {
         Ok(FileSink {
             path: path.to_path_buf(),
             file: open_append(path)?,
             done: 0,
+            flush_interval,
         })
     }
 }
@@ -58,5 +62,9 @@ impl Sink for FileSink {
         self.done = 0;
         info!("file sink reopened path={}", self.path.display());
         Ok(())
+    }
+
+    fn linger(&self) -> Option<Duration> {
+        Some(self.flush_interval)
     }
 }

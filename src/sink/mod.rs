@@ -6,6 +6,12 @@
 //! the queue's credits only once messages are written, which keeps
 //! `queue_depth` honest.
 //!
+//! Buffering: a sink that asks for it ([`Sink::linger`], the file sink
+//! with `flush_interval`) has batches held until 1 MiB is gathered or the
+//! oldest has waited `linger`, then written in one call. Held batches are
+//! not yet written, so they stay in `queue_depth`; at shutdown nothing
+//! lingers.
+//!
 //! The thread ends when the queue disconnects (every sender gone) and all
 //! it holds is written, or when the shutdown deadline abandons it.
 
@@ -24,7 +30,7 @@ use log::{debug, info, warn};
 use crate::alerts::{Alerts, suppressed};
 use crate::config::{SinkConfig, SinkType};
 use crate::queue::{Batch, QueueReceiver};
-use crate::shutdown::Reopen;
+use crate::shutdown::{Reopen, Shutdown};
 use crate::spool::{Spool, Taken};
 use crate::stats::Stats;
 
@@ -44,6 +50,12 @@ pub trait Sink: Send {
     /// Default: nothing (stdout, tcp, null have nothing to reopen).
     fn reopen(&mut self) -> io::Result<()> {
         Ok(())
+    }
+
+    /// How long batches may wait to be gathered into one larger write;
+    /// `None` (default): write what is queued at once.
+    fn linger(&self) -> Option<Duration> {
+        None
     }
 }
 
@@ -71,8 +83,11 @@ pub fn open(config: &SinkConfig) -> io::Result<Vec<Box<dyn Sink>>> {
                         .path
                         .as_deref()
                         .expect("validate() requires sink.path for file"),
+                    config
+                        .flush_interval
+                        .expect("validate() fills sink.flush_interval for file"),
                 )?),
-                SinkType::Tcp => Box::new(TcpSink::new(config)),
+                SinkType::Tcp => Box::new(TcpSink::new(config)?),
             })
         })
         .collect()
@@ -99,6 +114,8 @@ pub struct SinkContext {
     pub tick: Duration,
     /// Set when the shutdown deadline has passed: stop retrying, give up.
     pub abandon: Arc<AtomicBool>,
+    /// Once triggered, nothing lingers: every batch is written at once.
+    pub shutdown: Shutdown,
     /// With `[spool]`: read from it instead of the queue (the spool
     /// writer is then the queue's only reader).
     pub spool: Option<Arc<Spool>>,
@@ -109,20 +126,32 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
     if let Some(spool) = ctx.spool.clone() {
         return run_spooled(sink, &ctx, &spool);
     }
-    let ticker = crossbeam_channel::tick(ctx.tick);
+    let linger = sink.linger();
     let mut seen_reopen = ctx.reopen.generation();
     let mut pending: Vec<Batch> = Vec::new();
+    let mut bytes = 0usize;
+    // When the oldest pending batch arrived (lingering sinks only).
+    let mut oldest: Option<Instant> = None;
     let mut disconnected = false;
-    while !disconnected {
-        select! {
-            recv(ctx.queue.channel()) -> msg => match msg {
-                Ok(batch) => pending.push(batch),
-                Err(_) => disconnected = true,
-            },
-            recv(ticker) -> _ => {}
+    loop {
+        if !disconnected {
+            let wait = match (oldest, linger) {
+                (Some(t), Some(l)) => (t + l).saturating_duration_since(Instant::now()),
+                _ => ctx.tick,
+            }
+            .min(ctx.tick);
+            select! {
+                recv(ctx.queue.channel()) -> msg => match msg {
+                    Ok(batch) => {
+                        bytes += batch.byte_len();
+                        pending.push(batch);
+                    }
+                    Err(_) => disconnected = true,
+                },
+                default(wait) => {}
+            }
         }
         // Gather what else is already queued into one write.
-        let mut bytes: usize = pending.iter().map(Batch::byte_len).sum();
         while !disconnected && bytes < GATHER_BYTES && pending.len() < GATHER_BATCHES {
             match ctx.queue.try_recv() {
                 Ok(batch) => {
@@ -134,26 +163,49 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
             }
         }
         reopen_if_asked(&mut *sink, &ctx, &mut seen_reopen);
-        if !pending.is_empty() {
-            if !write_all(&mut *sink, &pending, &ctx, &mut seen_reopen) {
+        if pending.is_empty() {
+            if disconnected {
                 return;
             }
-            let n: usize = pending.iter().map(Batch::len).sum();
-            ctx.stats.moving(|| {
-                Stats::add(&ctx.stats.delivered, n as u64);
-                ctx.queue.written(n);
-            });
+            continue;
         }
+        let since = *oldest.get_or_insert_with(Instant::now);
+        let due = match linger {
+            None => true,
+            Some(l) => {
+                disconnected
+                    || bytes >= GATHER_BYTES
+                    || pending.len() >= GATHER_BATCHES
+                    || since.elapsed() >= l
+                    || ctx.shutdown.is_triggered()
+            }
+        };
+        if !due {
+            continue;
+        }
+        if !write_all(&mut *sink, &pending, &ctx, &mut seen_reopen) {
+            return;
+        }
+        let n: usize = pending.iter().map(Batch::len).sum();
+        ctx.stats.moving(|| {
+            Stats::add(&ctx.stats.delivered, n as u64);
+            ctx.queue.written(n);
+        });
         for batch in pending.drain(..) {
             ctx.queue.recycle(batch);
         }
+        bytes = 0;
+        oldest = None;
     }
 }
 
 /// The sink thread body with a spool: records come back from disk in
-/// order; each written gather advances the delivered position. Ends when
-/// the spool writer is done and everything was delivered, or when the
-/// shutdown deadline abandons the sink (what it held stays spooled).
+/// order, and each successful write advances the delivered position
+/// (the caller of [`write_all`] counts the delivery: queue credits here,
+/// the spool's position there). No lingering: a take already gathers up
+/// to 1 MiB of records. Ends when the spool writer is done and everything
+/// was delivered, or when the shutdown deadline abandons the sink (what
+/// it held stays spooled).
 fn run_spooled(mut sink: Box<dyn Sink>, ctx: &SinkContext, spool: &Spool) {
     let mut seen_reopen = ctx.reopen.generation();
     loop {
@@ -177,7 +229,8 @@ fn run_spooled(mut sink: Box<dyn Sink>, ctx: &SinkContext, spool: &Spool) {
 
 /// Writes `batches`, retrying with back-off (100 ms doubling to 5 s) until
 /// it works or the shutdown deadline abandons the sink (returns false
-/// then). One warning per outage, one info line on recovery.
+/// then). Every outage gets one warning (deferred while the throttle is
+/// closed, never dropped) and one line on recovery.
 fn write_all(
     sink: &mut dyn Sink,
     batches: &[Batch],
@@ -186,24 +239,30 @@ fn write_all(
 ) -> bool {
     let mut backoff = RETRY_MIN;
     let mut outage: Option<Instant> = None;
+    let mut warned = false;
     loop {
         match sink.write(batches) {
             Ok(()) => {
-                if let Some(since) = outage {
-                    info!("sink recovered outage={:?}", since.elapsed());
+                if let Some(since) = outage
+                    && let Some(s) = ctx.alerts.sink_recovered.allow()
+                {
+                    info!(
+                        "sink recovered outage={:?}{}",
+                        since.elapsed(),
+                        suppressed(s)
+                    );
                 }
                 return true;
             }
             Err(e) => {
                 Stats::add(&ctx.stats.sink_errors, 1);
-                if outage.is_none() {
-                    outage = Some(Instant::now());
-                    if let Some(n) = ctx.alerts.sink_error.allow() {
-                        warn!(
-                            "sink write failed, retrying with back-off error=\"{e}\"{}",
-                            suppressed(n)
-                        );
-                    }
+                outage.get_or_insert_with(Instant::now);
+                if !warned && let Some(n) = ctx.alerts.sink_error.ready() {
+                    warned = true;
+                    warn!(
+                        "sink write failed, retrying with back-off error=\"{e}\"{}",
+                        suppressed(n)
+                    );
                 } else {
                     debug!("sink write failed again, retry in {backoff:?} error=\"{e}\"");
                 }
@@ -235,7 +294,12 @@ fn reopen_if_asked(sink: &mut dyn Sink, ctx: &SinkContext, seen: &mut u64) {
     *seen = generation;
     if let Err(e) = sink.reopen() {
         Stats::add(&ctx.stats.sink_errors, 1);
-        warn!("sink reopen failed, still writing to the old file error=\"{e}\"");
+        if let Some(n) = ctx.alerts.sink_reopen.allow() {
+            warn!(
+                "sink reopen failed, still writing to the old file error=\"{e}\"{}",
+                suppressed(n)
+            );
+        }
     }
 }
 

@@ -20,7 +20,7 @@
 //! write must go to a new connection instead.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use log::{debug, info};
@@ -32,6 +32,9 @@ use crate::queue::Batch;
 #[derive(Debug)]
 pub struct TcpSink {
     address: String,
+    /// `address` resolved once at start: a reconnect never waits on DNS
+    /// (a name lookup has no timeout of its own).
+    addrs: Vec<SocketAddr>,
     framing: SinkFraming,
     connect_timeout: Duration,
     write_timeout: Duration,
@@ -45,9 +48,23 @@ pub struct TcpSink {
 }
 
 impl TcpSink {
-    pub fn new(config: &SinkConfig) -> TcpSink {
-        TcpSink {
-            address: config.address.clone().unwrap_or_default(),
+    /// Resolves the address once; fails only if it does not resolve
+    /// (validation has already resolved it once).
+    pub fn new(config: &SinkConfig) -> io::Result<TcpSink> {
+        let address = config.address.clone().unwrap_or_default();
+        let addrs: Vec<SocketAddr> = address
+            .to_socket_addrs()
+            .map_err(|e| io::Error::new(e.kind(), format!("sink.address {address:?}: {e}")))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("sink.address {address:?} resolves to no address"),
+            ));
+        }
+        Ok(TcpSink {
+            addrs,
+            address,
             framing: config.framing.unwrap_or(SinkFraming::Lines),
             connect_timeout: config.connect_timeout.unwrap_or(Duration::from_secs(2)),
             write_timeout: config.write_timeout.unwrap_or(Duration::from_secs(5)),
@@ -55,7 +72,7 @@ impl TcpSink {
             done: 0,
             scratch: Vec::new(),
             connected_once: false,
-        }
+        })
     }
 
     fn connect(&mut self) -> io::Result<TcpStream> {
@@ -63,7 +80,7 @@ impl TcpSink {
             io::ErrorKind::NotFound,
             format!("{}: resolves to no address", self.address),
         );
-        for addr in self.address.to_socket_addrs()? {
+        for &addr in &self.addrs {
             match TcpStream::connect_timeout(&addr, self.connect_timeout) {
                 Ok(stream) => {
                     stream.set_write_timeout(Some(self.write_timeout))?;

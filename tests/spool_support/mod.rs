@@ -48,7 +48,8 @@ impl Collector {
         let thread = thread::spawn(move || {
             let mut readers: Vec<(TcpStream, Arc<Mutex<Vec<u8>>>)> = Vec::new();
             let mut buf = vec![0u8; 4096];
-            let started = Instant::now();
+            // Pacing in 50 ms windows: no credit piles up while idle.
+            let mut window = Instant::now();
             let mut total = 0usize;
             while !s.load(Ordering::SeqCst) {
                 if p.load(Ordering::SeqCst) {
@@ -73,9 +74,11 @@ impl Collector {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
                     Err(_) => false,
                 });
-                // Pacing: stay under read_rate on average.
-                let ahead = read_rate > 0
-                    && total as f64 > read_rate as f64 * started.elapsed().as_secs_f64();
+                if window.elapsed() >= Duration::from_millis(50) {
+                    window = Instant::now();
+                    total = 0;
+                }
+                let ahead = read_rate > 0 && total >= read_rate / 20;
                 if idle || ahead {
                     thread::sleep(Duration::from_millis(2));
                 }
