@@ -97,6 +97,11 @@ pub fn open(config: &SinkConfig) -> io::Result<Vec<Box<dyn Sink>>> {
 /// syscall, small enough that credits return steadily.
 const GATHER_BYTES: usize = 1 << 20;
 const GATHER_BATCHES: usize = 256;
+/// Writes gathered from the spool per call, at most: a write is the unit
+/// the delivered position advances by, so a crash during one replays all
+/// of it. Smaller than GATHER_BYTES to bound those duplicates for a slow
+/// sink; still large enough to amortise the syscall.
+const SPOOL_GATHER_BYTES: usize = 256 << 10;
 /// Back-off between retries of a failed write.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -203,13 +208,13 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
 /// order, and each successful write advances the delivered position
 /// (the caller of [`write_all`] counts the delivery: queue credits here,
 /// the spool's position there). No lingering: a take already gathers up
-/// to 1 MiB of records. Ends when the spool writer is done and everything
+/// to [`SPOOL_GATHER_BYTES`] of records. Ends when the spool writer is done and everything
 /// was delivered, or when the shutdown deadline abandons the sink (what
 /// it held stays spooled).
 fn run_spooled(mut sink: Box<dyn Sink>, ctx: &SinkContext, spool: &Spool) {
     let mut seen_reopen = ctx.reopen.generation();
     loop {
-        let taken = spool.take(GATHER_BYTES, GATHER_BATCHES, ctx.tick);
+        let taken = spool.take(SPOOL_GATHER_BYTES, GATHER_BATCHES, ctx.tick);
         reopen_if_asked(&mut *sink, ctx, &mut seen_reopen);
         match taken {
             Taken::Batches(batches) => {
