@@ -663,7 +663,7 @@ mod byte_size {
 
     pub fn serialize<S: Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
         for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
-            if *n != 0 && n % (1u64 << shift) == 0 {
+            if *n != 0 && n.is_multiple_of(1u64 << shift) {
                 return s.serialize_str(&format!("{}{unit}", n >> shift));
             }
         }

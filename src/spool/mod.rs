@@ -113,13 +113,15 @@ impl Shared {
         }
         let mut pos = self.cursor;
         for (i, s) in self.segments.iter().enumerate() {
-            if s.seq == pos.segment && s.sealed && pos.offset >= s.len {
-                if let Some(next) = self.segments.get(i + 1) {
-                    pos = SpoolPos {
-                        segment: next.seq,
-                        offset: next.start,
-                    };
-                }
+            if s.seq == pos.segment
+                && s.sealed
+                && pos.offset >= s.len
+                && let Some(next) = self.segments.get(i + 1)
+            {
+                pos = SpoolPos {
+                    segment: next.seq,
+                    offset: next.start,
+                };
             }
         }
         pos

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 
+/// What one downstream connection delivered, shared with the reader.
+type ConnBytes = Arc<Mutex<Vec<u8>>>;
+
 /// A downstream collector on 127.0.0.1:0 that keeps every byte it read,
 /// across connections, in arrival order per connection.
 pub struct Collector {
@@ -22,7 +25,7 @@ pub struct Collector {
     paused: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     /// Each connection's bytes, in accept order.
-    conns: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    conns: Arc<Mutex<Vec<ConnBytes>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -43,10 +46,10 @@ impl Collector {
         let addr = listener.local_addr().unwrap();
         let paused = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let conns: Arc<Mutex<Vec<ConnBytes>>> = Arc::default();
         let (p, s, c) = (paused.clone(), stop.clone(), conns.clone());
         let thread = thread::spawn(move || {
-            let mut readers: Vec<(TcpStream, Arc<Mutex<Vec<u8>>>)> = Vec::new();
+            let mut readers: Vec<(TcpStream, ConnBytes)> = Vec::new();
             let mut buf = vec![0u8; 4096];
             // Pacing in 50 ms windows: no credit piles up while idle.
             let mut window = Instant::now();
