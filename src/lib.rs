@@ -67,6 +67,10 @@ use stats::Stats;
 use threads::Panics;
 use wake::Wake;
 
+/// After the drain deadline, how long a sink thread gets to finish the
+/// write it is in (see [`Daemon::wait`]).
+const SINK_EXIT_MARGIN: Duration = Duration::from_millis(100);
+
 /// Why the daemon could not start. Each variant has a fixed exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -369,8 +373,12 @@ impl Daemon {
                 let _ = t.join(); // a panic was reported by its guard
             }
         } else {
-            // Sinks stuck in a write stay behind; the process is exiting.
+            // Past the deadline: sinks take nothing more. One still
+            // finishing a write gets a moment, so that what it wrote is
+            // counted delivered, not lost; one stuck in a write stays
+            // behind (the process is exiting).
             self.abandon.store(true, Ordering::SeqCst);
+            let _ = self.sinks_done.recv_timeout(SINK_EXIT_MARGIN);
         }
         // The spool writer has appended what the queue held (or the
         // deadline abandoned it); its last commit makes what the sinks

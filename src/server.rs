@@ -46,7 +46,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// After the drain deadline, how long workers get to count what is
 /// unread (non-blocking reads, at most `UNREAD_BUDGET` bytes each) before
 /// the accept loop stops waiting for them.
-const WORKER_EXIT_MARGIN: Duration = Duration::from_millis(300);
+const WORKER_EXIT_MARGIN: Duration = Duration::from_millis(200);
 /// Worker stack reservation. A worker touches 8 KiB of it (two pages,
 /// measured in /proc/PID/smaps with trace logging and hostile input), so
 /// 128 KiB is a wide margin that costs only address space: resident
@@ -86,6 +86,10 @@ pub struct Acceptor {
     ended: Receiver<Ended>,
     /// Where a panicking worker reports (it starts the shutdown).
     panics: Panics,
+    /// The last connection id handed out.
+    next_id: u64,
+    /// The listen backlog: bounds the accepts of the shutdown drain.
+    backlog: usize,
 }
 
 /// A worker thread the accept loop has not joined yet.
@@ -119,12 +123,13 @@ impl Acceptor {
             depth,
             ctx,
             panics,
+            next_id: 0,
+            backlog: config.server.backlog as usize,
         }
     }
 
     /// The accept loop; returns at shutdown.
     pub fn run(mut self) {
-        let mut next_id: u64 = 0;
         while !self.ctx.shutdown.is_triggered() {
             self.reap();
             if !self.wait_below_watermark() {
@@ -160,14 +165,68 @@ impl Acceptor {
                     continue;
                 }
             };
-            next_id += 1;
-            self.spawn(next_id, socket, peer, permit);
+            self.spawn(socket, peer, permit);
         }
+        self.ctx.wake.fire();
+        self.drain_backlog();
         // No new connections now: refuse them at once.
         self.listener = None;
-        self.ctx.wake.fire();
         self.drain_workers();
         debug!("accept loop stopped");
+    }
+
+    /// Shutdown: connections the kernel completed but this loop had not
+    /// accepted yet (accept paused, or at the connection limit) may hold a
+    /// client's whole output: it wrote and closed while it waited. Closing
+    /// the listener would reset them and lose that uncounted, so they are
+    /// accepted and drained like the others, within the deadline and the
+    /// thread bound. Meanwhile the accept queue is shrunk to its minimum
+    /// (listen(0)), so new clients are turned away, not queued.
+    fn drain_backlog(&mut self) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        let _ = listener.listen(0);
+        if listener.set_nonblocking(true).is_err() {
+            return;
+        }
+        let deadline = self
+            .ctx
+            .shutdown
+            .deadline(self.ctx.shutdown_timeout)
+            .unwrap_or_else(Instant::now);
+        // Bounded even if clients keep arriving: what the queue can have
+        // held at the signal, plus slack for those that raced in.
+        for _ in 0..self.backlog + self.max_connections {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            let (socket, peer) = match listener.accept() {
+                Ok((socket, addr)) => match addr.as_socket() {
+                    Some(peer) => (socket, peer),
+                    None => continue,
+                },
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return, // WouldBlock: the queue is empty
+            };
+            // A permit as workers finish their drain; none by the
+            // deadline: the connection is refused like any other.
+            let permit = loop {
+                if let Some(p) = self.acquire(POLL) {
+                    break Some(p);
+                }
+                if Instant::now() >= deadline {
+                    break None;
+                }
+            };
+            match permit {
+                Some(permit) => self.spawn(socket, peer, permit),
+                None => {
+                    self.reject(socket, peer);
+                    return;
+                }
+            }
+        }
     }
 
     /// Shutdown: joins the workers as they finish their drain. At the
@@ -228,8 +287,9 @@ impl Acceptor {
         }
         // join() returns once the thread has stopped running; the kernel
         // may take a few more microseconds to remove it. Wait for that
-        // (bounded), so that live threads never exceed the permits.
-        if let Some(task) = &ended.task {
+        // (bounded), so that live threads never exceed the permits. Not
+        // at shutdown: no thread is started any more.
+        if let Some(task) = ended.task.as_ref().filter(|_| self.listener.is_some()) {
             let deadline = Instant::now() + TASK_GONE_WAIT;
             while task.exists() && Instant::now() < deadline {
                 thread::yield_now();
@@ -320,7 +380,9 @@ impl Acceptor {
         }
     }
 
-    fn spawn(&mut self, id: u64, socket: Socket, peer: SocketAddr, permit: Permit) {
+    fn spawn(&mut self, socket: Socket, peer: SocketAddr, permit: Permit) {
+        self.next_id += 1;
+        let id = self.next_id;
         if let Err(e) = self.prepare(&socket) {
             debug!("conn setup failed id={id} peer={peer} error=\"{e}\"");
         }

@@ -139,6 +139,11 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
     let mut oldest: Option<Instant> = None;
     let mut disconnected = false;
     loop {
+        if ctx.abandon.load(Ordering::SeqCst) {
+            // Past the drain deadline: what is still queued is lost (and
+            // counted in queue_depth); take nothing more.
+            return;
+        }
         if !disconnected {
             let wait = match (oldest, linger) {
                 (Some(t), Some(l)) => (t + l).saturating_duration_since(Instant::now()),

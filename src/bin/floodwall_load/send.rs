@@ -168,19 +168,24 @@ fn sender(conn: usize, plan: &Plan, counters: &Counters, stop: &AtomicBool, star
             payload::write_frame(&mut buf, plan.framing, stamp, plan.size);
             seq += 1;
         }
-        match write_fully(&mut stream, &buf, &done) {
-            Ok(written) => {
-                // Frames all have the same length: count the whole ones
-                // that got out (a stop can cut the last one short).
-                counters
-                    .sent
-                    .fetch_add((written / frame) as u64, Ordering::Relaxed);
-                counters.bytes.fetch_add(written as u64, Ordering::Relaxed);
+        let (written, error) = write_fully(&mut stream, &buf, &done);
+        // Frames all have the same length: count the whole ones the
+        // kernel accepted, and a cut-short last one too when frames are
+        // lines (a receiver delivers an unterminated last line at EOF as
+        // a message; an octet-counted one it refuses, so it is not sent).
+        let mut frames = (written / frame) as u64;
+        if written % frame != 0 && plan.framing == Framing::Lines {
+            frames += 1;
+        }
+        counters.sent.fetch_add(frames, Ordering::Relaxed);
+        counters.bytes.fetch_add(written as u64, Ordering::Relaxed);
+        match error {
+            None => {
                 if written < buf.len() {
                     break;
                 }
             }
-            Err(e) => {
+            Some(e) => {
                 if counters.write_errors.fetch_add(1, Ordering::Relaxed) == 0 {
                     eprintln!("floodwall-load: conn {conn}: write: {e}");
                 }
@@ -201,16 +206,17 @@ fn sender(conn: usize, plan: &Plan, counters: &Counters, stop: &AtomicBool, star
 
 /// Writes `buf` until done or until `done` turns true (checked after
 /// every partial write and every write timeout, so a stop is not held up
-/// by a slow receiver). Returns the bytes written.
+/// by a slow receiver). Returns the bytes the kernel accepted, also when
+/// a write failed after some of them (then with the error).
 fn write_fully(
     stream: &mut TcpStream,
     buf: &[u8],
     done: &dyn Fn(Instant) -> bool,
-) -> io::Result<usize> {
+) -> (usize, Option<io::Error>) {
     let mut off = 0;
     while off < buf.len() {
         match stream.write(&buf[off..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(0) => return (off, Some(io::ErrorKind::WriteZero.into())),
             Ok(n) => off += n,
             Err(e)
                 if matches!(
@@ -218,13 +224,13 @@ fn write_fully(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e) => return (off, Some(e)),
         }
         if off < buf.len() && done(Instant::now()) {
             break;
         }
     }
-    Ok(off)
+    (off, None)
 }
 
 fn reconnect(addr: SocketAddr, done: &dyn Fn(Instant) -> bool) -> Option<TcpStream> {
