@@ -411,13 +411,7 @@ impl SpoolWriter {
                 // Waiting for room: the spool frees it as sinks deliver.
                 std::thread::sleep(TICK);
             }
-            if !self.pending.is_empty() && self.append() {
-                let n: usize = self.pending.iter().map(Batch::len).sum();
-                let spooled = &self.spool.spooled;
-                self.spool.stats.moving(|| {
-                    spooled.fetch_add(n, Ordering::SeqCst);
-                    queue.written(n);
-                });
+            if !self.pending.is_empty() && self.append(&queue) {
                 for b in self.pending.drain(..) {
                     queue.recycle(b);
                 }
@@ -440,9 +434,10 @@ impl SpoolWriter {
         self.maintain(true);
     }
 
-    /// Appends every pending batch as one write; false when there is no
-    /// room (max_bytes) or the write failed (the disk is full).
-    fn append(&mut self) -> bool {
+    /// Appends every pending batch as one write and returns their queue
+    /// credits; false when there is no room (max_bytes) or the write
+    /// failed (the disk is full).
+    fn append(&mut self, queue: &QueueReceiver) -> bool {
         self.buf.clear();
         let mut record = Vec::new();
         for b in &self.pending {
@@ -476,6 +471,18 @@ impl SpoolWriter {
             info!("spool writing again outage={:?}", since.elapsed());
         }
         self.dirty = true;
+        if self.settings.sync.is_zero() {
+            // Durable before the credits return.
+            self.sync_data();
+        }
+        // Counted spooled before readers can see (and deliver) them, so
+        // the count never dips below zero; one move with the credits.
+        let n: usize = self.pending.iter().map(Batch::len).sum();
+        let spooled = &self.spool.spooled;
+        self.spool.stats.moving(|| {
+            spooled.fetch_add(n, Ordering::SeqCst);
+            queue.written(n);
+        });
         {
             let mut shared = self.spool.shared.lock();
             shared.bytes += size;
@@ -484,15 +491,11 @@ impl SpoolWriter {
                 .spool_bytes
                 .store(shared.bytes, Ordering::Relaxed);
             let seq = self.active.seq;
-            let n: u64 = self.pending.iter().map(|b| b.len() as u64).sum();
             let seg = shared.seg(seq).expect("the active segment is listed");
             seg.len = self.active.len;
-            seg.messages += n;
+            seg.messages += n as u64;
         }
         self.spool.appended.notify_all();
-        if self.settings.sync.is_zero() {
-            self.sync_data();
-        }
         true
     }
 
