@@ -91,6 +91,10 @@ stats_interval = "200ms"
         d.stats_lines().last()
     );
 
+    // Delivered = written into the socket; the collector reads on.
+    assert!(support::wait_until(Duration::from_secs(20), || {
+        collector.lines().len() as u64 >= total
+    }));
     let lines = collector.lines();
     let per = per_client(&lines);
     assert_eq!(per.len(), CLIENTS);

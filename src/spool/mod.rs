@@ -512,8 +512,10 @@ impl SpoolWriter {
     /// Seals the active segment (synced first: a sealed segment is whole
     /// on disk) and starts the next one.
     fn roll(&mut self) -> io::Result<()> {
-        let next = SegmentWriter::create(&self.settings.dir, self.active.seq + 1)?;
+        // Synced before the next one exists: a failed sync leaves no
+        // half-made roll behind to trip over on the retry.
         self.active.sync()?;
+        let next = SegmentWriter::create(&self.settings.dir, self.active.seq + 1)?;
         let old = std::mem::replace(&mut self.active, next);
         self.dir_dirty = true;
         let mut shared = self.spool.shared.lock();
