@@ -48,43 +48,64 @@ impl Collector {
         let stop = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<ConnBytes>>> = Arc::default();
         let (p, s, c) = (paused.clone(), stop.clone(), conns.clone());
+        // One accept loop, one blocking reader thread per connection.
         let thread = thread::spawn(move || {
-            let mut readers: Vec<(TcpStream, ConnBytes)> = Vec::new();
-            let mut buf = vec![0u8; 4096];
-            // Pacing in 50 ms windows: no credit piles up while idle.
-            let mut window = Instant::now();
-            let mut total = 0usize;
+            let mut readers = Vec::new();
             while !s.load(Ordering::SeqCst) {
                 if p.load(Ordering::SeqCst) {
                     thread::sleep(Duration::from_millis(5));
                     continue;
                 }
-                if let Ok((stream, _)) = listener.accept() {
-                    stream.set_nonblocking(true).expect("nonblocking");
-                    let bytes = Arc::new(Mutex::new(Vec::new()));
-                    c.lock().unwrap().push(bytes.clone());
-                    readers.push((stream, bytes));
-                }
-                let mut idle = true;
-                readers.retain_mut(|(stream, bytes)| match stream.read(&mut buf) {
-                    Ok(0) => false,
-                    Ok(n) => {
-                        bytes.lock().unwrap().extend_from_slice(&buf[..n]);
-                        total += n;
-                        idle = false;
-                        true
+                let Ok((mut stream, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                stream.set_nonblocking(false).expect("blocking");
+                // Bounded reads, so that pause and stop are seen.
+                stream
+                    .set_read_timeout(Some(Duration::from_millis(20)))
+                    .expect("read timeout");
+                let bytes: ConnBytes = Arc::default();
+                c.lock().unwrap().push(bytes.clone());
+                let (p, s) = (p.clone(), s.clone());
+                readers.push(thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    let mut window = Instant::now();
+                    let mut total = 0usize;
+                    while !s.load(Ordering::SeqCst) {
+                        if p.load(Ordering::SeqCst) {
+                            thread::sleep(Duration::from_millis(5));
+                            continue;
+                        }
+                        // Pacing in 50 ms windows: no credit piles up.
+                        if window.elapsed() >= Duration::from_millis(50) {
+                            window = Instant::now();
+                            total = 0;
+                        }
+                        if read_rate > 0 && total >= read_rate / 20 {
+                            thread::sleep(Duration::from_millis(2));
+                            continue;
+                        }
+                        match stream.read(&mut buf) {
+                            Ok(0) => return,
+                            Ok(n) => {
+                                bytes.lock().unwrap().extend_from_slice(&buf[..n]);
+                                total += n;
+                            }
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock
+                                        | std::io::ErrorKind::TimedOut
+                                        | std::io::ErrorKind::Interrupted
+                                ) => {}
+                            Err(_) => return,
+                        }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
-                    Err(_) => false,
-                });
-                if window.elapsed() >= Duration::from_millis(50) {
-                    window = Instant::now();
-                    total = 0;
-                }
-                let ahead = read_rate > 0 && total >= read_rate / 20;
-                if idle || ahead {
-                    thread::sleep(Duration::from_millis(2));
-                }
+                }));
+            }
+            for r in readers {
+                let _ = r.join();
             }
         });
         Collector {
