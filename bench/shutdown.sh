@@ -74,4 +74,4 @@ stop_timed
 wait "$LPID" || true
 lost=$(grep -o 'lost=[0-9]*' "$OUT/log" | cut -d= -f2)
 sent=$(grep '^fwl_result' "$OUT/load-b" | grep -o ' sent=[0-9]*' | cut -d= -f2 || echo "?")
-echo "100 clients flat out, shutdown.timeout 2s: stop ${TOOK}s, exit $RC, lost=$lost (dropped_shutdown=$(field dropped_shutdown) queued=$(field queue_depth)), received=$(field received) delivered=$(field delivered), client sent=$sent (conns accepted $(field conns_total)/100), file lines $(wc -l <"$OUT/b.log")"
+echo "100 clients flat out, shutdown.timeout 2s: stop ${TOOK}s, exit $RC, lost=$lost (dropped_shutdown=$(field dropped_shutdown) queued=$(field queue_depth)), received=$(field received) delivered=$(field delivered) dropped_send_timeout=$(field dropped_send_timeout), client sent=$sent (conns accepted $(field conns_total)/100), file lines $(wc -l <"$OUT/b.log")"

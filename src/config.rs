@@ -47,6 +47,7 @@ pub struct Config {
     /// Present = a disk spool between the queue and the sink.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spool: Option<SpoolConfig>,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -276,6 +277,14 @@ impl SpoolConfig {
     }
 }
 
+/// `[metrics]`: the Prometheus endpoint (SPEC.md "Metrics endpoint").
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// "host:port" serving GET /metrics and GET /healthz; "" = off.
+    pub listen: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -462,7 +471,16 @@ impl Config {
         if let Some(spool) = &self.spool {
             spool.validate()?;
         }
+        self.metrics_addr()?;
         Ok(self)
+    }
+
+    /// The metrics endpoint's address, resolved; None when it is off.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.metrics.listen.as_str() {
+            "" => Ok(None),
+            listen => resolve("metrics.listen", listen).map(Some),
+        }
     }
 
     /// The listen address, resolved ("localhost:5140" is accepted).
@@ -896,6 +914,22 @@ mod tests {
     fn syntax_errors_name_the_line() {
         let e = err("[limits]\nmax_connections =\n");
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_validated() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.metrics_addr().unwrap(), None);
+        let c = Config::parse("[metrics]\nlisten = \"127.0.0.1:9140\"\n").unwrap();
+        assert_eq!(
+            c.metrics_addr().unwrap(),
+            Some("127.0.0.1:9140".parse().unwrap())
+        );
+        let e = err("[metrics]\nlisten = \"9140\"\n");
+        assert!(e.starts_with("metrics.listen:"), "{e}");
+        assert!(e.contains("9140") && e.contains("host:port"), "{e}");
+        let e = err("[metrics]\nport = 9140\n");
+        assert!(e.contains("port"), "{e}");
     }
 
     #[test]

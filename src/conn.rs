@@ -332,7 +332,10 @@ impl Connection<'_> {
     fn fill(&mut self, timeout: Option<Duration>, watch: bool) -> io::Result<Input> {
         loop {
             self.release_if_quiet();
-            if !self.buf.is_empty() || self.readable {
+            // After a short read the socket was empty a moment ago: wait
+            // first (poll, read) instead of reading into EAGAIN first
+            // (read, poll, read). A full read may have left more behind.
+            if self.readable || (!self.buf.is_empty() && self.grow) {
                 self.readable = false;
                 match self.read() {
                     Ok(0) => return Ok(Input::Eof),
@@ -550,6 +553,12 @@ impl Connection<'_> {
         self.last_message = Instant::now();
         self.totals.messages += n;
         let stats = &self.ctx.stats;
+        // Counted received below whatever the send's outcome: message
+        // bytes, without the LF the batch stores after each.
+        Stats::add(
+            &stats.bytes_received,
+            (batch.byte_len() - batch.len()) as u64,
+        );
         // Shedding (policy "drop" after a timeout): while the queue stays
         // full, later batches are dropped at once instead of each waiting
         // send_timeout again, so a reader in "drop" mode keeps pace with
@@ -630,11 +639,13 @@ impl Connection<'_> {
     fn count_unread(&mut self, why: Unread) {
         let mut budget = UNREAD_BUDGET;
         let mut dropped = 0u64;
+        let mut dropped_bytes = 0u64;
         loop {
             loop {
                 match self.decoder.decode(&self.buf[self.start..self.end]) {
-                    Ok((Frame::Message(_), used)) => {
+                    Ok((Frame::Message(range), used)) => {
                         dropped += 1;
+                        dropped_bytes += range.len() as u64;
                         self.start += used;
                     }
                     Ok((Frame::Oversize, used)) => {
@@ -657,7 +668,10 @@ impl Connection<'_> {
             match self.read() {
                 Ok(0) => {
                     match self.decoder.finish(&self.buf[self.start..self.end]) {
-                        Ok(Some(Frame::Message(_))) => dropped += 1,
+                        Ok(Some(Frame::Message(range))) => {
+                            dropped += 1;
+                            dropped_bytes += range.len() as u64;
+                        }
                         Ok(Some(_)) => self.oversize(),
                         Ok(None) | Err(_) => {}
                     }
@@ -692,6 +706,7 @@ impl Connection<'_> {
             Stats::add(&stats.received, dropped);
             Stats::add(counter, dropped);
         });
+        Stats::add(&stats.bytes_received, dropped_bytes);
         self.totals.messages += dropped;
     }
 

@@ -530,6 +530,145 @@ mod tests {
         }
     }
 
+    /// The reference framer: SPEC.md "Framing" read literally, on the whole
+    /// input at once, sharing no code with [`Decoder`]. Messages in order
+    /// (an oversize one as "OVERSIZE"), then whether a framing error ended
+    /// the input. Where SPEC is silent: an octet-counted frame cut short at
+    /// EOF is an error (a length promised more than came), not a message.
+    fn reference(framing: Framing, max: usize, data: &[u8]) -> (Vec<Vec<u8>>, bool) {
+        let mut out = Vec::new();
+        let mut rest = data;
+        while let Some(&first) = rest.first() {
+            let octet = match framing {
+                Framing::Lines => false,
+                Framing::OctetCounted => true,
+                // RFC 5425 lengths have no leading zero: 1-9 starts a count.
+                Framing::Auto => (b'1'..=b'9').contains(&first),
+            };
+            if octet {
+                // MSG-LEN SP MSG: digits with no leading zero, at most max.
+                let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+                let len = rest[..digits].iter().fold(0usize, |n, d| {
+                    n.saturating_mul(10).saturating_add(usize::from(d - b'0'))
+                });
+                let body = digits + 1;
+                if digits == 0
+                    || first == b'0'
+                    || len > max
+                    || rest.get(digits) != Some(&b' ')
+                    || rest.len() < body + len
+                {
+                    return (out, true);
+                }
+                out.push(rest[body..body + len].to_vec());
+                rest = &rest[body + len..];
+            } else {
+                // A line ends at LF, or at EOF (the final unterminated line).
+                let (line, next) = match rest.iter().position(|&b| b == b'\n') {
+                    Some(lf) => (&rest[..lf], &rest[lf + 1..]),
+                    None => (rest, &rest[rest.len()..]),
+                };
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.len() > max {
+                    out.push(b"OVERSIZE".to_vec());
+                } else if !line.is_empty() {
+                    out.push(line.to_vec());
+                }
+                rest = next;
+            }
+        }
+        (out, false)
+    }
+
+    /// The decoder's result in the reference's terms.
+    fn judged(result: (Vec<Vec<u8>>, Option<FrameError>)) -> (Vec<Vec<u8>>, bool) {
+        (result.0, result.1.is_some())
+    }
+
+    /// Well-formed traffic for `framing` with faults mixed in: lines with LF
+    /// or CRLF, empty lines, octet frames whose bodies hold LF and CR,
+    /// oversize lines, and (rarely) raw bytes, so both the happy path and
+    /// every error path are reached often.
+    fn wire() -> impl Strategy<Value = Vec<u8>> {
+        let body = proptest::collection::vec(any::<u8>(), 1..24);
+        let piece = prop_oneof![
+            4 => body.clone().prop_map(|mut m| {
+                m.retain(|&b| b != b'\n');
+                m.push(b'\n');
+                m
+            }),
+            2 => body.clone().prop_map(|mut m| {
+                m.retain(|&b| b != b'\n');
+                m.extend_from_slice(b"\r\n");
+                m
+            }),
+            3 => body.prop_map(|m| [format!("{} ", m.len()).into_bytes(), m].concat()),
+            1 => prop_oneof![Just(b"\n".to_vec()), Just(b"\r\n".to_vec())],
+            1 => (40usize..90).prop_map(|n| [vec![b'o'; n], b"\n".to_vec()].concat()),
+            1 => proptest::collection::vec(any::<u8>(), 0..6),
+        ];
+        proptest::collection::vec(piece, 0..24).prop_map(|v| v.concat())
+    }
+
+    /// Splits `data` at the given cut points (any order, any repeats).
+    fn split<'a>(data: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
+        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(data.len() + 1)).collect();
+        points.sort_unstable();
+        let mut chunks = Vec::new();
+        let mut last = 0;
+        for p in points {
+            chunks.push(&data[last..p]);
+            last = p;
+        }
+        chunks.push(&data[last..]);
+        chunks
+    }
+
+    #[test]
+    fn reference_framer_reads_spec_examples() {
+        let r = |f, max, d: &[u8]| reference(f, max, d);
+        assert_eq!(
+            r(Framing::Lines, 100, b"a\r\nb\n\n\r\nc\r\r\nlast\r"),
+            (msgs(&["a", "b", "c\r", "last"]), false)
+        );
+        assert_eq!(
+            r(Framing::Lines, 4, b"1234\n12345\nab"),
+            (msgs(&["1234", "OVERSIZE", "ab"]), false)
+        );
+        assert_eq!(
+            r(Framing::OctetCounted, 100, b"3 a\nb1 x"),
+            (msgs(&["a\nb", "x"]), false)
+        );
+        assert_eq!(
+            r(Framing::OctetCounted, 100, b"1 x05 hello"),
+            (msgs(&["x"]), true)
+        );
+        assert_eq!(r(Framing::OctetCounted, 100, b"10 short"), (vec![], true));
+        assert_eq!(
+            r(Framing::Auto, 100, b"0 line\n2 ab<1>x\n7x"),
+            (msgs(&["0 line", "ab", "<1>x"]), true)
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// The decoder, fed any split of the input into reads (the way a
+        /// connection feeds it, with the fast path where it applies), frames
+        /// exactly what the reference framer reads in SPEC.md.
+        #[test]
+        fn decoder_matches_the_reference_framer_on_any_read_split(
+            framing in framing(),
+            max in 1usize..64,
+            data in prop_oneof![wire(), input(), proptest::collection::vec(any::<u8>(), 0..300)],
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let expected = reference(framing, max, &data);
+            prop_assert_eq!(&judged(run(framing, max, &split(&data, &cuts))), &expected);
+            prop_assert_eq!(&judged(run_fast(framing, max, &data)), &expected);
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 

@@ -34,7 +34,9 @@ pub mod alerts;
 pub mod config;
 pub mod conn;
 pub mod framing;
+pub mod histogram;
 pub mod limiter;
+pub mod metrics;
 pub mod queue;
 pub mod rate;
 pub mod server;
@@ -160,6 +162,10 @@ pub struct Daemon {
     spool_thread: Option<JoinHandle<()>>,
     /// Tells the spool writer to make its last commit and end.
     spool_stop: Arc<AtomicBool>,
+    metrics_addr: Option<SocketAddr>,
+    /// Set after the drain (the endpoint serves through it): fw-metrics ends.
+    metrics_stop: Arc<AtomicBool>,
+    metrics_thread: Option<JoinHandle<()>>,
 }
 
 /// Runs a daemon until `shutdown` fires; returns how the drain went.
@@ -189,6 +195,15 @@ pub fn start_with_sinks(
         .ok()
         .and_then(|a| a.as_socket())
         .unwrap_or(addr);
+    // Bound before any thread starts: a taken metrics port is exit 3.
+    let metrics_listener = match config.metrics_addr()? {
+        Some(addr) => Some(metrics::bind(addr).map_err(|source| Error::Bind { addr, source })?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .and_then(|a| a.as_socket());
 
     let stats = Arc::new(Stats::default());
     let alerts = Arc::new(Alerts::default());
@@ -298,7 +313,28 @@ pub fn start_with_sinks(
     };
 
     info!("listening addr={local_addr}");
+    let metrics_stop = Arc::new(AtomicBool::new(false));
+    let metrics_thread = match metrics_listener {
+        Some(listener) => Some(
+            metrics::Endpoint::new(
+                listener,
+                stats.clone(),
+                depth.clone(),
+                shutdown.clone(),
+                metrics_stop.clone(),
+            )
+            .spawn(&panics)
+            .map_err(|source| Error::Thread {
+                name: "fw-metrics",
+                source,
+            })?,
+        ),
+        None => None,
+    };
     Ok(Daemon {
+        metrics_addr,
+        metrics_stop,
+        metrics_thread,
         local_addr,
         shutdown_timeout: config.shutdown.timeout,
         stats,
@@ -322,6 +358,11 @@ impl Daemon {
     /// The address actually bound (the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The metrics endpoint's bound address, when `metrics.listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn stats(&self) -> Snapshot {
@@ -401,6 +442,12 @@ impl Daemon {
             error!("exiting 1: thread(s) panicked: {}", panicked.join(", "));
         }
         info!("shutdown drained={drained} lost={lost}");
+        self.metrics_stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.metrics_thread
+            && t.join().is_err()
+        {
+            error!("metrics thread panicked");
+        }
         Report {
             drained,
             lost,

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
+use crate::histogram::Histogram;
 use crate::queue::QueueDepth;
 
 #[derive(Debug, Default)]
@@ -61,6 +62,13 @@ pub struct Stats {
     pub bytes_delivered: AtomicU64,
     /// Set while the accept loop is paused at the high watermark.
     pub accept_paused: AtomicBool,
+    /// Sink workers whose last write (or connect, or probe) failed and
+    /// has not since succeeded: `floodwall_sink_up` is 1 while it is 0.
+    /// A count, not a flag, so that with several sink workers one that
+    /// recovers cannot hide another that is still down.
+    pub sinks_down: AtomicU64,
+    /// Duration of every sink write attempt (failed ones too).
+    pub sink_write: Histogram,
     /// Makes multi-counter moves atomic for snapshots: a move (a sink's
     /// "delivered += n, queue_depth -= n") holds it shared, a snapshot
     /// holds it exclusively, so a stats line never sees half a move.
@@ -83,6 +91,11 @@ impl Stats {
     pub fn moving<T>(&self, f: impl FnOnce() -> T) -> T {
         let _shared = self.ledger.read();
         f()
+    }
+
+    /// No sink worker is down (SPEC: `floodwall_sink_up`).
+    pub fn sink_up(&self) -> bool {
+        self.sinks_down.load(Ordering::Relaxed) == 0
     }
 
     pub fn snapshot(&self, depth: &QueueDepth) -> Snapshot {

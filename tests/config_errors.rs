@@ -83,12 +83,14 @@ fn pause_not_above_resume_exits_2_naming_the_key() {
 
 #[test]
 fn a_bad_duration_exits_2_naming_the_key() {
+    // The full key: "timeout" alone would also match "limits.send_timeout"
+    // or an unrelated word, and would not tell the operator which table.
     assert_rejected(
         "[limits]\nsend_timeout = \"soon\"\n",
-        "send_timeout",
+        "limits.send_timeout",
         "soon",
     );
-    assert_rejected("[shutdown]\ntimeout = 10\n", "timeout", "");
+    assert_rejected("[shutdown]\ntimeout = 10\n", "shutdown.timeout", "10");
 }
 
 #[test]

@@ -21,6 +21,13 @@ use support::{Daemon, assert_balanced, assert_bytes, num, read};
 const SILENT: usize = 150;
 const TRICKLE: usize = 150;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Exactly one permit per connection (the good client and every slowloris
+/// one): all are admitted, and SPEC.md's thread bound is as tight as this
+/// load allows.
+const MAX_CONNECTIONS: usize = 1 + SILENT + TRICKLE;
+/// Threads of an idle daemon: main, fw-accept, fw-stats, fw-signal and one
+/// sink thread.
+const IDLE_THREADS: u64 = 5;
 
 #[test]
 fn slowloris_connections_are_closed_idle_and_a_good_client_is_served() {
@@ -30,7 +37,7 @@ fn slowloris_connections_are_closed_idle_and_a_good_client_is_served() {
 [server]
 listen = "127.0.0.1:0"
 [limits]
-max_connections = 1000
+max_connections = {MAX_CONNECTIONS}
 idle_timeout = "{}ms"
 [sink]
 type = "file"
@@ -167,5 +174,19 @@ stats_interval = "100ms"
         latencies[latencies.len() - 1] < Duration::from_secs(1),
         "good client latency too high: {:?}",
         latencies[latencies.len() - 1]
+    );
+    // SPEC.md invariant 1 at every sample: max_connections + sink.workers + 8.
+    let bound = MAX_CONNECTIONS as u64 + 1 + 8;
+    assert!(
+        max_threads <= bound,
+        "thread bound broken: {max_threads} > {bound}; samples: {:?}",
+        samples.iter().map(|s| s.threads).collect::<Vec<_>>()
+    );
+    // The samples saw the load: every connection held its worker thread
+    // for idle_timeout (2 s, a hundred samples), so a sampler that missed
+    // them looked at the wrong process or not at all.
+    assert!(
+        max_threads >= IDLE_THREADS + MAX_CONNECTIONS as u64,
+        "the sampler never saw the {MAX_CONNECTIONS} workers: at most {max_threads} threads"
     );
 }

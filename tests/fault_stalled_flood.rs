@@ -9,6 +9,7 @@
 mod fault_support;
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fault_support::{
@@ -80,32 +81,88 @@ stats_interval = "200ms"
 
     let sampler = ThreadSampler::start(daemon.pid());
     let started = Instant::now();
-    let (sent, connects) = flood(daemon.addr, CLIENTS, Duration::from_secs(3), "flood");
+    // Meanwhile, note each stats line's queue depth and when it was seen.
+    let flooding = AtomicBool::new(true);
+    let (depths, (sent, connects)) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let mut depths: Vec<(Instant, u64)> = Vec::new();
+            // Bounded: the flood lasts 3 s, a stats line comes every 200 ms.
+            for _ in 0..1000 {
+                if !flooding.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Some(s) = daemon.wait_stats(Duration::from_millis(300), |_| true) {
+                    depths.push((Instant::now(), num(&s, "queue_depth")));
+                }
+            }
+            depths
+        });
+        let flooded = flood(daemon.addr, CLIENTS, Duration::from_secs(3), "flood");
+        flooding.store(false, Ordering::SeqCst);
+        (watcher.join().expect("depth watcher"), flooded)
+    });
     let stopped = Instant::now();
     let threads_at_stop = daemon.threads();
     let close = on_send_timeout == "close";
     // With "close" every worker gives up within send_timeout of its last
-    // enqueue, so the threads are back to idle within send_timeout + 1 s
-    // of the clients stopping (+ margin for a loaded machine). With
-    // "drop" a worker keeps reading what its gone client left in the
-    // kernel buffers, one send_timeout per read; it is checked after the
-    // release below.
+    // enqueue, frames what its socket still holds without waiting
+    // (count_unread) and exits; its OS thread is gone when it returns,
+    // whenever the accept loop joins it. The accept loop admits nobody new
+    // meanwhile (accept is paused: the queue is full and the downstream
+    // frozen). So: send_timeout plus a scheduling margin for a loaded
+    // machine. With "drop" a worker keeps reading what its gone client
+    // left in the kernel buffers, one send_timeout per read; it is
+    // checked after the release below.
     let back_to_idle = close
-        && support::wait_until(
-            SEND_TIMEOUT + Duration::from_secs(1) + Duration::from_secs(5),
-            || daemon.threads() == idle,
-        );
+        && support::wait_until(SEND_TIMEOUT + support::SCHED_MARGIN, || {
+            daemon.threads() == idle
+        });
     let release = stopped.elapsed();
     let samples = sampler.finish();
+    // With "close", once the queue is as full as it gets (the frozen
+    // downstream takes nothing; accept is paused, so nobody new comes in),
+    // every worker's next enqueue blocks and gives up after send_timeout,
+    // and the worker exits. So while the flood goes on, the last worker
+    // thread is gone by then plus send_timeout plus a scheduling margin.
+    // "Then" is the first stats line showing the final depth, which is at
+    // most one stats_interval late: that only loosens the bound.
+    let full_depth = depths.iter().map(|&(_, d)| d).max().unwrap_or(0);
+    let full_seen = depths
+        .iter()
+        .find(|&&(_, d)| d == full_depth)
+        .map(|&(at, _)| at)
+        .unwrap_or_else(|| {
+            panic!(
+                "no stats line during the flood; log:\n{}",
+                daemon.log_text()
+            )
+        });
+    let workers_gone_by = full_seen + SEND_TIMEOUT + support::SCHED_MARGIN;
+    let last_worker = samples
+        .iter()
+        .filter(|s| s.threads > idle && s.at <= stopped)
+        .map(|s| s.at)
+        .max();
+    if close {
+        let late = last_worker.filter(|&at| at > workers_gone_by);
+        assert!(
+            late.is_none(),
+            "worker threads alive {:?} after the queue was full (allowed {:?}) while the flood went on",
+            late.map(|at| at - full_seen),
+            workers_gone_by - full_seen
+        );
+    }
     let max_threads = samples.iter().map(|s| s.threads).max().unwrap_or(0);
     let max_rss = samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
     eprintln!(
         "FIGURES stalled_flood {on_send_timeout}: clients={CLIENTS} flood={:?} lines_written={sent} \
          connects={connects} samples={} threads_max={max_threads} bound={bound} idle={idle} \
          threads_at_stop={threads_at_stop} idle_after_stop={back_to_idle} release_after_stop={release:?} \
-         rss_max_kib={max_rss}",
+         queue_full_seen_after={:?} last_worker_after_full={:?} rss_max_kib={max_rss}",
         stopped - started,
-        samples.len()
+        samples.len(),
+        full_seen - started,
+        last_worker.map(|at| at.saturating_duration_since(full_seen)),
     );
     assert!(
         samples.len() > 50,

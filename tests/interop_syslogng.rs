@@ -15,7 +15,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use support::peers::{self, Peer, line_count, payloads, tcp_sink_config};
-use support::{Daemon, assert_bytes, read, wait_until};
+use support::{Daemon, assert_bytes, num, read, wait_until};
 
 // ---- helpers -----------------------------------------------------------
 
@@ -49,7 +49,8 @@ fn floodwall_forwards_into_syslog_ng(framing: &str, source: &str) {
         sng.internal_log(),
         d.log_text()
     );
-    assert!(d.stop(Duration::from_secs(10)).success());
+    let fin = d.stop_balanced(Duration::from_secs(10));
+    assert_eq!(num(&fin, "delivered"), msgs.len() as u64);
     assert_bytes(expected.as_bytes(), &read(&out));
     assert_eq!(sng.internal_log(), "", "syslog-ng warned");
 }

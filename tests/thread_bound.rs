@@ -18,14 +18,28 @@ use std::time::Duration;
 use support::{Daemon, assert_balanced};
 
 /// Worker threads (`fw-conn-<id>`) and all threads of process `pid`.
+/// Panics if /proc cannot be read: the daemon must be running while it is
+/// sampled, and a failed read must not pass as "no threads".
 fn count_threads(pid: u32) -> (usize, usize) {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return (0, 0);
-    };
+    let path = format!("/proc/{pid}/task");
+    let dir = std::fs::read_dir(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
     let (mut workers, mut all) = (0, 0);
-    for entry in dir.flatten() {
+    for entry in dir {
+        let entry = entry.unwrap_or_else(|e| panic!("cannot list {path}: {e}"));
+        let comm_path = entry.path().join("comm");
+        let comm = match std::fs::read_to_string(&comm_path) {
+            Ok(comm) => comm,
+            // The thread ended between the listing and this read: it is
+            // not alive, so it does not count.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ESRCH) =>
+            {
+                continue;
+            }
+            Err(e) => panic!("cannot read {}: {e}", comm_path.display()),
+        };
         all += 1;
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
         if comm.starts_with("fw-conn-") {
             workers += 1;
         }
@@ -108,6 +122,13 @@ stats_interval = "100ms"
     assert!(
         samples > 100,
         "too few samples ({samples}) to mean anything"
+    );
+    // 1,200 connections were served: a sampler that never saw one worker
+    // thread did not look at the right threads (renamed, not named, wrong
+    // pid) and proves nothing about the bound below.
+    assert!(
+        workers >= 1,
+        "no fw-conn- worker thread seen in {samples} samples of {all} threads at most"
     );
     assert!(
         workers <= MAX,

@@ -57,6 +57,15 @@ pub trait Sink: Send {
     fn linger(&self) -> Option<Duration> {
         None
     }
+
+    /// Called on the idle tick (nothing to write): a cheap look at
+    /// whether the destination is still there, so that `floodwall_sink_up`
+    /// and /healthz notice a downstream that went away while nothing was
+    /// being written. `None`: nothing to look at (stdout, file, null: only
+    /// a write can tell); `Some(Err)`: down; `Some(Ok)`: up.
+    fn check(&mut self) -> Option<io::Result<()>> {
+        None
+    }
 }
 
 /// Discards everything (for benchmarks).
@@ -133,6 +142,7 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
     }
     let linger = sink.linger();
     let mut seen_reopen = ctx.reopen.generation();
+    let mut health = Health::new(ctx.stats.clone());
     let mut pending: Vec<Batch> = Vec::new();
     let mut bytes = 0usize;
     // When the oldest pending batch arrived (lingering sinks only).
@@ -177,6 +187,7 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
             if disconnected {
                 return;
             }
+            probe(&mut *sink, &mut health);
             continue;
         }
         let since = *oldest.get_or_insert_with(Instant::now);
@@ -193,7 +204,7 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
         if !due {
             continue;
         }
-        if !write_all(&mut *sink, &pending, &ctx, &mut seen_reopen) {
+        if !write_all(&mut *sink, &pending, &ctx, &mut seen_reopen, &mut health) {
             return;
         }
         let n: usize = pending.iter().map(Batch::len).sum();
@@ -218,12 +229,13 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
 /// it held stays spooled).
 fn run_spooled(mut sink: Box<dyn Sink>, ctx: &SinkContext, spool: &Spool) {
     let mut seen_reopen = ctx.reopen.generation();
+    let mut health = Health::new(ctx.stats.clone());
     loop {
         let taken = spool.take(SPOOL_GATHER_BYTES, GATHER_BATCHES, ctx.tick);
         reopen_if_asked(&mut *sink, ctx, &mut seen_reopen);
         match taken {
             Taken::Batches(batches) => {
-                if !write_all(&mut *sink, &batches, ctx, &mut seen_reopen) {
+                if !write_all(&mut *sink, &batches, ctx, &mut seen_reopen, &mut health) {
                     return;
                 }
                 spool.delivered(&batches);
@@ -246,13 +258,22 @@ fn write_all(
     batches: &[Batch],
     ctx: &SinkContext,
     seen_reopen: &mut u64,
+    health: &mut Health,
 ) -> bool {
     let mut backoff = RETRY_MIN;
     let mut outage: Option<Instant> = None;
     let mut warned = false;
     loop {
-        match sink.write(batches) {
+        let started = Instant::now();
+        let result = sink.write(batches);
+        ctx.stats.sink_write.observe(started.elapsed());
+        health.set(result.is_ok());
+        match result {
             Ok(()) => {
+                // Message bytes: each message is followed by one LF. (The
+                // caller counts the messages: queue credits or spool.)
+                let bytes: usize = batches.iter().map(|b| b.byte_len() - b.len()).sum();
+                Stats::add(&ctx.stats.bytes_delivered, bytes as u64);
                 if let Some(since) = outage
                     && let Some(s) = ctx.alerts.sink_recovered.allow()
                 {
@@ -292,6 +313,60 @@ fn write_all(
                 reopen_if_asked(sink, ctx, seen_reopen);
             }
         }
+    }
+}
+
+/// The idle tick's look at the destination (`Sink::check`): it moves
+/// `floodwall_sink_up` only. Its findings are debug lines: the outage
+/// warning ("sink write failed") belongs to the first write that fails,
+/// so an outage still gets exactly one warning, and an outage while idle
+/// loses nothing that a warning would have to report.
+fn probe(sink: &mut dyn Sink, health: &mut Health) {
+    match sink.check() {
+        None => {}
+        Some(Ok(())) => {
+            if !health.up {
+                debug!("sink up again (idle probe)");
+            }
+            health.set(true);
+        }
+        Some(Err(e)) => {
+            if health.up {
+                debug!("sink down (idle probe) error=\"{e}\"");
+            }
+            health.set(false);
+        }
+    }
+}
+
+/// One sink worker's share of `Stats::sinks_down`: whether its last
+/// write, connect or probe failed. Leaving the thread (shutdown, abandon)
+/// takes its "down" back, so a finished sink counts as not down.
+struct Health {
+    stats: Arc<Stats>,
+    up: bool,
+}
+
+impl Health {
+    fn new(stats: Arc<Stats>) -> Health {
+        Health { stats, up: true }
+    }
+
+    fn set(&mut self, up: bool) {
+        if up != self.up {
+            self.up = up;
+            if up {
+                Stats::sub(&self.stats.sinks_down, 1);
+            } else {
+                Stats::add(&self.stats.sinks_down, 1);
+            }
+        }
+    }
+}
+
+impl Drop for Health {
+    fn drop(&mut self) {
+        self.set(true);
     }
 }
 

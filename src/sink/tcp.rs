@@ -1,7 +1,7 @@
 //! The tcp sink: forwards messages to a downstream collector over one TCP
 //! connection per sink worker, LF-terminated or octet-counted (RFC 6587).
 //!
-//! It connects lazily and reconnects on the next write after any failure;
+//! It connects on the first idle tick or write and reconnects after any failure;
 //! the sink thread ([`super::run`]) paces the retries (100 ms doubling to
 //! 5 s) and logs one warning per outage.
 //!
@@ -14,6 +14,15 @@
 //!   where the write stopped, so a downstream that wakes up later reads
 //!   every message once, none cut in half.
 //!
+//! Health: on the sink thread's idle tick (nothing to write) [`Sink::check`]
+//! does the same non-blocking look, and, if the connection is gone or was
+//! never made, one connect attempt (at most every [`PROBE_RETRY`]). So
+//! `floodwall_sink_up` and /healthz follow a downstream that closes or
+//! refuses within a tick (250 ms), not only at the next write, and the
+//! first write after an outage finds a connection ready. It cannot see a
+//! downstream that vanished without a FIN or RST (a partition): TCP
+//! keepalive is not worth it here, the next write's timeout tells.
+//!
 //! Before each write on an open connection the sink looks (without
 //! blocking) whether the downstream has closed it: a write into a socket
 //! whose peer is gone succeeds once and loses its data, so that first
@@ -21,13 +30,18 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, info};
 
 use super::{Sink, write_vectored_all};
 use crate::config::{SinkConfig, SinkFraming};
 use crate::queue::Batch;
+
+/// Least time between two idle connect attempts while the downstream is
+/// down: a refused connect is cheap, one to a black hole costs up to
+/// `connect_timeout` of the sink thread.
+pub const PROBE_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct TcpSink {
@@ -45,6 +59,8 @@ pub struct TcpSink {
     /// Octet-counted output is built here; reused between writes.
     scratch: Vec<u8>,
     connected_once: bool,
+    /// Earliest next idle connect attempt (after a failed one).
+    next_probe: Instant,
 }
 
 impl TcpSink {
@@ -72,6 +88,7 @@ impl TcpSink {
             done: 0,
             scratch: Vec::new(),
             connected_once: false,
+            next_probe: Instant::now(),
         })
     }
 
@@ -159,6 +176,33 @@ fn is_timeout(e: &io::Error) -> bool {
 }
 
 impl Sink for TcpSink {
+    fn check(&mut self) -> Option<io::Result<()>> {
+        match &self.conn {
+            Some(s) if !peer_closed(s) => return Some(Ok(())),
+            Some(_) => {
+                debug!("tcp sink: downstream closed the connection while idle");
+                self.conn = None;
+                self.done = 0;
+            }
+            None => {}
+        }
+        let now = Instant::now();
+        if now < self.next_probe {
+            return None; // still down as far as we know: keep the state
+        }
+        match self.connect() {
+            Ok(stream) => {
+                self.conn = Some(stream);
+                self.done = 0;
+                Some(Ok(()))
+            }
+            Err(e) => {
+                self.next_probe = now + PROBE_RETRY;
+                Some(Err(e))
+            }
+        }
+    }
+
     fn write(&mut self, batches: &[Batch]) -> io::Result<()> {
         let mut stream = match self.conn.take() {
             Some(s) if !peer_closed(&s) => s,

@@ -169,6 +169,8 @@ impl Drop for Downstream {
 pub struct Sample {
     pub threads: u64,
     pub rss_kib: u64,
+    /// When it was taken.
+    pub at: Instant,
 }
 
 /// Samples a process's live OS threads (and RSS) every ~20 ms until stopped.
@@ -188,11 +190,15 @@ impl ThreadSampler {
                 if flag.load(Ordering::SeqCst) {
                     break;
                 }
+                // Panics (failing `finish`) if the daemon is gone: every
+                // sample is a real reading.
                 let threads = proc_status(pid, "Threads:");
-                if threads > 0 {
-                    let rss_kib = proc_status(pid, "VmRSS:");
-                    samples.push(Sample { threads, rss_kib });
-                }
+                let rss_kib = proc_status(pid, "VmRSS:");
+                samples.push(Sample {
+                    threads,
+                    rss_kib,
+                    at: Instant::now(),
+                });
                 thread::sleep(Duration::from_millis(20));
             }
             samples
@@ -203,13 +209,20 @@ impl ThreadSampler {
         }
     }
 
-    /// Stops sampling; returns every sample taken.
+    /// Stops sampling; returns every sample taken (at least one). Call it
+    /// while the daemon still runs.
     pub fn finish(mut self) -> Vec<Sample> {
         self.stop.store(true, Ordering::SeqCst);
-        self.handle
+        let samples = self
+            .handle
             .take()
-            .map(|h| h.join().expect("sampler"))
-            .unwrap_or_default()
+            .map(|h| {
+                h.join()
+                    .expect("sampler thread panicked: see its message above")
+            })
+            .unwrap_or_default();
+        assert!(!samples.is_empty(), "the sampler took no sample");
+        samples
     }
 }
 

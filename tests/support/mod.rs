@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod metrics;
 pub mod peers;
 
 use std::collections::HashMap;
@@ -18,6 +19,17 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// How late a thread may run after its deadline, or finish a few
+/// milliseconds of work, on a loaded 2-core CI machine: the slack added to
+/// a bound derived from the code's own timeouts. Measured on the build
+/// machine at load average 7.5 (six agents building on 2 cores): a 5 ms
+/// sleep overran by 7 ms at the median and 35 ms at worst (718 samples).
+/// 500 ms is over ten times that worst case, for bursts when rustc or the
+/// linker hold both cores, yet below the timeouts it pads in these tests
+/// (send_timeout 300-500 ms, idle_timeout 1 s), so a timeout that took
+/// several times as long as configured still fails.
+pub const SCHED_MARGIN: Duration = Duration::from_millis(500);
 
 /// Polls `pred` until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
@@ -268,9 +280,47 @@ impl Daemon {
         }
     }
 
-    /// The final stats line (after shutdown).
+    /// The final stats line: SPEC.md logs it at shutdown, right before
+    /// `shutdown drained=`. Panics if the daemon has not logged that line
+    /// (it has not shut down cleanly), so a periodic line is never taken
+    /// for the final one.
     pub fn final_stats(&self) -> StatsLine {
-        self.stats_lines().pop().expect("a final stats line")
+        let lines = self.log_lines();
+        let end = lines
+            .iter()
+            .rposition(|l| l.contains("shutdown drained="))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no `shutdown drained=` line, so no final stats line; log:\n{}",
+                    lines.join("\n")
+                )
+            });
+        lines[..end]
+            .iter()
+            .rev()
+            .find_map(|l| parse_stats(l))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no stats line before `shutdown drained=`; log:\n{}",
+                    lines.join("\n")
+                )
+            })
+    }
+
+    /// SIGTERM, a clean exit (0) within `timeout`, and the accounting
+    /// identity on the final stats line, which it returns: how every
+    /// traffic test ends.
+    pub fn stop_balanced(&mut self, timeout: Duration) -> StatsLine {
+        let status = self.stop(timeout);
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "exit {status:?}; log:\n{}",
+            self.log_text()
+        );
+        let last = self.final_stats();
+        assert_balanced(&last);
+        last
     }
 
     /// Live OS threads of the daemon (/proc/PID/status).
@@ -282,10 +332,12 @@ impl Daemon {
         proc_status(self.pid(), "VmRSS:")
     }
 
+    /// Open file descriptors of the daemon (/proc/PID/fd).
     pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        let path = format!("/proc/{}/fd", self.pid());
+        std::fs::read_dir(&path)
+            .unwrap_or_else(|e| panic!("cannot read {path}: {e} (has the daemon exited?)"))
+            .count()
     }
 }
 
@@ -298,13 +350,67 @@ impl Drop for Daemon {
     }
 }
 
+/// The number after `key` (e.g. "Threads:", "VmRSS:") in
+/// /proc/PID/status. Panics, naming the path and the error, when it cannot
+/// be read: a sample that silently reads 0 would let a bound pass with no
+/// data (and a process that is gone is a failure of the test, not a 0).
 pub fn proc_status(pid: u32, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    text.lines()
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {path}: {e} (has the process exited?)"));
+    let line = text
+        .lines()
         .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("{path} has no {key} line:\n{text}"));
+    line.split_whitespace()
+        .nth(1)
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("{path}: no number in {line:?}"))
+}
+
+// ---- bounds derived from the code ---------------------------------------
+
+/// Mirrors `GATHER_BYTES` in src/sink/mod.rs: a sink thread gathers
+/// queued batches into one write while it holds fewer bytes than this.
+pub const SINK_GATHER_BYTES: usize = 1 << 20;
+/// Mirrors `READ_BUFFER` in src/conn.rs. A connection's read buffer is at
+/// most `READ_BUFFER.max(max_message_bytes + 17)` (65,553 bytes with the
+/// default `max_message_bytes`), and one batch never carries more than
+/// one buffer's bytes.
+pub const CONN_READ_BUFFER: usize = 64 << 10;
+/// The most bytes of one batch with the default `max_message_bytes`.
+pub const CONN_MAX_BATCH_BYTES: usize = if CONN_READ_BUFFER > 65536 + 17 {
+    CONN_READ_BUFFER
+} else {
+    65536 + 17
+};
+
+/// Panics unless `file` (relative to the crate) still holds `line`
+/// verbatim: a mirrored constant that went stale must fail loudly, not
+/// quietly turn a derived bound into a wrong one.
+pub fn assert_source_has(file: &str, line: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    assert!(
+        text.lines().any(|l| l.trim() == line),
+        "{file} no longer has `{line}`: update the mirror in tests/support/mod.rs"
+    );
+}
+
+/// The most messages of `message_bytes` bytes each (LF included) that the
+/// tcp sink can deliver twice per downstream outage, from the code:
+/// src/sink/tcp.rs re-sends the whole gathered write whose connection
+/// broke (at-least-once), and only that one, since every later attempt
+/// starts on a new connection. src/sink/mod.rs `run` gathers batches while
+/// it holds under `GATHER_BYTES`, so the last one added crosses it by at
+/// most one batch, and a batch is at most one read buffer
+/// ([`CONN_MAX_BATCH_BYTES`], default `max_message_bytes`). The cap of
+/// `GATHER_BATCHES` (256) batches only lowers this, so it is left out.
+pub fn max_resent_per_outage(message_bytes: usize) -> usize {
+    assert_source_has("src/sink/mod.rs", "const GATHER_BYTES: usize = 1 << 20;");
+    assert_source_has("src/conn.rs", "const READ_BUFFER: usize = 64 << 10;");
+    (SINK_GATHER_BYTES + CONN_MAX_BATCH_BYTES).div_ceil(message_bytes)
 }
 
 /// How many threads of `pid` have a name starting with `prefix`
