@@ -240,7 +240,7 @@ fn run_spooled(mut sink: Box<dyn Sink>, ctx: &SinkContext, spool: &Spool) {
                 }
                 spool.delivered(&batches);
             }
-            Taken::Empty => {}
+            Taken::Empty => probe(&mut *sink, &mut health),
             Taken::Closed => return,
         }
         if ctx.abandon.load(Ordering::SeqCst) {
