@@ -44,6 +44,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub queue: QueueConfig,
     pub sink: SinkConfig,
+    /// Present = a disk spool between the queue and the sink.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spool: Option<SpoolConfig>,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
@@ -264,6 +267,76 @@ impl Default for SinkConfig {
     }
 }
 
+/// `[spool]`: a table present only when the spool is wanted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    #[serde(with = "byte_size")]
+    pub max_bytes: u64,
+    #[serde(with = "byte_size")]
+    pub segment_bytes: u64,
+    /// fsync interval (group commit); "0s" = every batch.
+    #[serde(with = "duration")]
+    pub sync: Duration,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: PathBuf::from("/var/lib/floodwall/spool"),
+            max_bytes: 1 << 30,
+            segment_bytes: 64 << 20,
+            sync: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Smallest segment: a few records of the largest batch still fit in
+/// bigger ones; below this the file churn is all overhead.
+const MIN_SEGMENT_BYTES: u64 = 4 << 10;
+const MAX_SEGMENT_BYTES: u64 = 1 << 30;
+
+impl SpoolConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "spool.dir",
+                "\"\" is not a directory; allowed: a directory path such as \"/var/lib/floodwall/spool\"",
+            ));
+        }
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
+            return Err(invalid(
+                "spool.segment_bytes",
+                format!(
+                    "{} is out of range; allowed: \"4KiB\" ..= \"1GiB\"",
+                    self.segment_bytes
+                ),
+            ));
+        }
+        if self.max_bytes < self.segment_bytes {
+            return Err(invalid(
+                "spool.max_bytes",
+                format!(
+                    "{} is out of range; allowed: at least spool.segment_bytes ({})",
+                    self.max_bytes, self.segment_bytes
+                ),
+            ));
+        }
+        if self.sync > MAX_DURATION {
+            return Err(invalid(
+                "spool.sync",
+                format!(
+                    "{:?} is out of range; allowed: at most {:?}",
+                    format_duration(&self.sync),
+                    format_duration(&MAX_DURATION)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `[metrics]`: the Prometheus endpoint (SPEC.md "Metrics endpoint").
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -459,6 +532,9 @@ impl Config {
             tls.validate()?;
         }
         self.sink = self.sink.validate()?;
+        if let Some(spool) = &self.spool {
+            spool.validate()?;
+        }
         self.metrics_addr()?;
         Ok(self)
     }
@@ -747,6 +823,59 @@ mod duration {
     }
 }
 
+/// Parses a byte size: digits, optionally followed by a binary unit
+/// (B, KiB, MiB, GiB, TiB; a space between is allowed).
+fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let allowed = "allowed: an integer (bytes) or a string with a binary unit such as \"512KiB\", \"64MiB\", \"1GiB\"";
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        "TiB" => 40,
+        _ => return Err(format!("invalid byte size {text:?}; {allowed}")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("invalid byte size {text:?}; {allowed}"))
+}
+
+/// Byte sizes: an integer or a string with a binary unit; written back
+/// with the largest unit that divides them.
+mod byte_size {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+        for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+            if *n != 0 && n.is_multiple_of(1u64 << shift) {
+                return s.serialize_str(&format!("{}{unit}", n >> shift));
+            }
+        }
+        s.serialize_u64(*n)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Size {
+            Int(u64),
+            Text(String),
+        }
+        match Size::deserialize(d) {
+            Ok(Size::Int(n)) => Ok(n),
+            Ok(Size::Text(t)) => parse_byte_size(&t).map_err(serde::de::Error::custom),
+            Err(_) => Err(serde::de::Error::custom(
+                "invalid byte size; allowed: an integer (bytes) or a string with a binary unit such as \"512KiB\", \"64MiB\", \"1GiB\"",
+            )),
+        }
+    }
+}
+
 mod opt_duration {
     use super::*;
 
@@ -773,6 +902,42 @@ mod tests {
         Config::parse(text)
             .expect_err("config should be refused")
             .to_string()
+    }
+
+    #[test]
+    fn spool_table_parses_byte_sizes_and_round_trips() {
+        let c = Config::parse(
+            "[spool]\ndir = \"/tmp/s\"\nmax_bytes = \"1GiB\"\nsegment_bytes = 65536\nsync = \"0s\"",
+        )
+        .unwrap();
+        let s = c.spool.as_ref().unwrap();
+        assert_eq!((s.max_bytes, s.segment_bytes), (1 << 30, 64 << 10));
+        assert_eq!(s.sync, Duration::ZERO);
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+        let d = Config::parse("[spool]\n").unwrap().spool.unwrap();
+        assert_eq!((d.max_bytes, d.segment_bytes), (1 << 30, 64 << 20));
+        assert!(Config::parse("").unwrap().spool.is_none());
+    }
+
+    #[test]
+    fn bad_spool_sizes_name_the_key() {
+        let e = err("[spool]\nmax_bytes = \"12 parsecs\"");
+        assert!(
+            e.contains("spool.max_bytes") && e.contains("12 parsecs") && e.contains("KiB"),
+            "{e}"
+        );
+        let e = err("[spool]\nsegment_bytes = 100");
+        assert!(
+            e.contains("spool.segment_bytes") && e.contains("100"),
+            "{e}"
+        );
+        let e = err("[spool]\nmax_bytes = \"1MiB\"\nsegment_bytes = \"2MiB\"");
+        assert!(
+            e.contains("spool.max_bytes") && e.contains("1048576"),
+            "{e}"
+        );
+        let e = err("[spool]\nsize = 1");
+        assert!(e.contains("size"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,11 @@
 //! fw-stats: logs the counters every stats_interval
 //! ```
 //!
+//! With `[spool]`, one more step sits between the queue and the sinks:
+//! `fw-spool` appends batches to segment files on disk (returning their
+//! queue credits once appended) and the sinks read them back from the
+//! [`spool`]; the overload layers then act only once the spool is full.
+//!
 //! Each layer bounds one resource: the [`limiter`] bounds threads, the
 //! [`queue`] bounds memory, `send_timeout` bounds how long a worker can be
 //! stuck, the accept loop pauses above the queue's high watermark, and
@@ -38,6 +43,7 @@ pub mod rate;
 pub mod server;
 pub mod shutdown;
 pub mod sink;
+pub mod spool;
 pub mod stats;
 pub mod stream;
 pub mod threads;
@@ -85,6 +91,8 @@ pub enum Error {
     },
     #[error("cannot open sink: {0}")]
     Sink(std::io::Error),
+    #[error("cannot use the spool directory: {0}")]
+    Spool(std::io::Error),
     #[error("cannot start thread {name}: {source}")]
     Thread {
         name: &'static str,
@@ -99,7 +107,11 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) | Error::Tls(_) => 2,
-            Error::Bind { .. } | Error::Sink(_) | Error::Thread { .. } | Error::Wake(_) => 3,
+            Error::Bind { .. }
+            | Error::Sink(_)
+            | Error::Spool(_)
+            | Error::Thread { .. }
+            | Error::Wake(_) => 3,
         }
     }
 }
@@ -133,7 +145,11 @@ pub struct Daemon {
     local_addr: SocketAddr,
     shutdown_timeout: Duration,
     stats: Arc<Stats>,
+    /// The depth stats report: the memory queue plus, with a spool, what
+    /// is spooled and not yet delivered.
     depth: QueueDepth,
+    /// The memory queue alone: what a shutdown loses if it is not empty.
+    memory: QueueDepth,
     reopen: Reopen,
     /// The listener's TLS, reloaded on SIGHUP.
     tls: Option<Arc<ServerTls>>,
@@ -150,6 +166,10 @@ pub struct Daemon {
     /// Every sink thread holds a sender; all dropped = all sinks done.
     sinks_done: crossbeam_channel::Receiver<()>,
     sink_threads: Vec<JoinHandle<()>>,
+    /// The spool writer (with `[spool]`), stopped after the sinks.
+    spool_thread: Option<JoinHandle<()>>,
+    /// Tells the spool writer to make its last commit and end.
+    spool_stop: Arc<AtomicBool>,
     metrics_addr: Option<SocketAddr>,
     /// Set after the drain (the endpoint serves through it): fw-metrics ends.
     metrics_stop: Arc<AtomicBool>,
@@ -202,8 +222,27 @@ pub fn start_with_sinks(
 
     let stats = Arc::new(Stats::default());
     let alerts = Arc::new(Alerts::default());
+    let spool = match &config.spool {
+        Some(c) => Some(
+            spool::open(
+                spool::Settings {
+                    dir: c.dir.clone(),
+                    max_bytes: c.max_bytes,
+                    segment_bytes: c.segment_bytes,
+                    sync: c.sync,
+                },
+                stats.clone(),
+            )
+            .map_err(Error::Spool)?,
+        ),
+        None => None,
+    };
     let (tx, rx) = queue::queue(config.queue.capacity);
-    let depth = tx.depth();
+    let memory = tx.depth();
+    let depth = match &spool {
+        Some((s, _)) => memory.with_spooled(s.spooled()),
+        None => memory.clone(),
+    };
     let reopen = Reopen::default();
     let abandon = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(Wake::new().map_err(Error::Wake)?);
@@ -232,6 +271,7 @@ pub fn start_with_sinks(
             tick,
             abandon: abandon.clone(),
             shutdown: shutdown.clone(),
+            spool: spool.as_ref().map(|(s, _)| s.clone()),
         };
         let done = done_tx.clone();
         sink_threads.push(spawn(
@@ -243,6 +283,18 @@ pub fn start_with_sinks(
         )?);
     }
     drop(done_tx);
+    // The spool writer: the memory queue's only reader when spooling.
+    let spool_stop = Arc::new(AtomicBool::new(false));
+    let spool_thread = match spool {
+        Some((_, writer)) => {
+            let (abandon, stop, rx) = (abandon.clone(), spool_stop.clone(), rx.clone());
+            Some(spawn(
+                "fw-spool".to_string(),
+                Box::new(move || writer.run(rx, abandon, stop)),
+            )?)
+        }
+        None => None,
+    };
     drop(rx);
 
     // The accept loop, which spawns one worker per connection.
@@ -254,10 +306,12 @@ pub fn start_with_sinks(
         shutdown.clone(),
         wake.clone(),
     ));
+    // The accept loop watches the memory queue only: an outage that the
+    // spool absorbs must not pause accepting.
     let acceptor = Acceptor::new(
         &config,
         listener,
-        depth.clone(),
+        memory.clone(),
         ctx,
         tls.clone(),
         panics.clone(),
@@ -307,6 +361,7 @@ pub fn start_with_sinks(
         shutdown_timeout: config.shutdown.timeout,
         stats,
         depth,
+        memory,
         reopen,
         tls,
         shutdown,
@@ -317,6 +372,8 @@ pub fn start_with_sinks(
         stats_thread,
         sinks_done,
         sink_threads,
+        spool_thread,
+        spool_stop,
     })
 }
 
@@ -392,11 +449,20 @@ impl Daemon {
             self.abandon.store(true, Ordering::SeqCst);
             let _ = self.sinks_done.recv_timeout(SINK_EXIT_MARGIN);
         }
+        // The spool writer has appended what the queue held (or the
+        // deadline abandoned it); its last commit makes what the sinks
+        // delivered durable.
+        if let Some(t) = self.spool_thread {
+            self.spool_stop.store(true, Ordering::SeqCst);
+            let _ = t.join(); // a panic was reported by its guard
+        }
         if let Some(t) = self.stats_thread {
             let _ = t.join();
         }
         let stats = self.stats.snapshot(&self.depth);
-        let lost = stats.dropped_shutdown + stats.queue_depth;
+        // With a spool, what stays on disk is kept for the next start,
+        // not lost: only the memory queue can lose messages.
+        let lost = stats.dropped_shutdown + self.memory.in_memory() as u64;
         let drained = lost == 0;
         let panicked = self.panics.names();
         info!("{stats}");
