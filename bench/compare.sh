@@ -14,10 +14,13 @@
 #   SERVERS     subset of "discard fw-null fw-file rsyslog syslog-ng"
 #   CLIENTS     subset of "fwl loggen"
 #   IDLE_N      idle connections for the connection-scale test (default 10000, QUICK 1000)
-#   SKIP        any of "matrix idle latency timeline plots" to skip those parts
+#   SKIP        any of "matrix idle latency timeline tls plots" to skip those parts
+#   TLS_CONNS   connection counts of the TLS rows (default "10 100", QUICK "10");
+#               TLS_IDLE_N idle TLS connections per server (default 1000)
 #   CARGO_TARGET_DIR  where cargo builds (default <repo>/target)
 #
-# Output: bench/out/results.csv, idle.csv, latency.txt, timeline/, results.md
+# Output: bench/out/results.csv, idle.csv, latency.txt, timeline/, tls.csv,
+# tls_idle.csv, tls_handshakes.csv, results.md
 # (bench/out is gitignored), and bench/throughput.svg + bench/timeline.svg.
 set -uo pipefail
 
@@ -33,10 +36,13 @@ else
     RUN_SECS="${RUN_SECS:-5}"; CONNS="${CONNS:-1 10 100}"; SIZES="${SIZES:-100 1024}"; IDLE_N="${IDLE_N:-10000}"
 fi
 SERVERS="${SERVERS:-discard fw-null fw-file rsyslog syslog-ng}"
+if [[ $QUICK == 1 ]]; then TLS_CONNS="${TLS_CONNS:-10}"; else TLS_CONNS="${TLS_CONNS:-10 100}"; fi
+TLS_IDLE_N="${TLS_IDLE_N:-1000}"
 CLIENTS="${CLIENTS:-fwl loggen}"
 SKIP="${SKIP:-}"
 OUT="$REPO/bench/out"
 WORK="$OUT/work"
+TLS_DIR="$WORK/tls-certs"
 TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
 FW="$TARGET/release/floodwall"
 LOAD="$TARGET/release/floodwall-load"
@@ -122,6 +128,24 @@ path = \"$SRV_OUT\"" >"$dir/fw.toml"
         syslog-ng)
             SRV_OUT="$dir/messages.log"
             SRV_PID=$(peers_start_syslogng_file "$port" "$SRV_OUT" "$dir") || return 1 ;;
+        # TLS (server certificate only: loggen -U presents none).
+        fw-tls)
+            SRV_OUT="$dir/messages.log"
+            fw_config "$port" "type = \"file\"
+path = \"$SRV_OUT\"" "[server.tls]
+cert = \"$TLS_DIR/server.crt\"
+key = \"$TLS_DIR/server.key\"" >"$dir/fw.toml"
+            "$FW" --config "$dir/fw.toml" 2>"$dir/fw.log" &
+            SRV_PID=$!
+            peers_wait_port "$port" 10 || { cat "$dir/fw.log" >&2; kill "$SRV_PID"; return 1; } ;;
+        rsyslog-tls)
+            SRV_OUT="$dir/messages.log"
+            SRV_PID=$(peers_start_rsyslog_tls_file "$port" "$SRV_OUT" "$dir" \
+                "$TLS_DIR/ca.crt" "$TLS_DIR/server.crt" "$TLS_DIR/server.key" anon) || return 1 ;;
+        syslog-ng-tls)
+            SRV_OUT="$dir/messages.log"
+            SRV_PID=$(peers_start_syslogng_tls_file "$port" "$SRV_OUT" "$dir" \
+                "$TLS_DIR/ca.crt" "$TLS_DIR/server.crt" "$TLS_DIR/server.key") || return 1 ;;
         *) die "unknown server $kind" ;;
     esac
     PIDS+=("$SRV_PID")
@@ -130,7 +154,9 @@ path = \"$SRV_OUT\"" >"$dir/fw.toml"
 file_size() { [[ -f $1 ]] && stat -c %s "$1" || echo 0; }
 
 # ------------------------------------------------------------ one run
-# run_one SERVER CLIENT CONNS SIZE -> appends a CSV row
+# run_one SERVER CLIENT CONNS SIZE -> appends a CSV row to $CSV
+CSV="$OUT/results.csv"
+is_tls() { [[ $1 == *-tls ]]; }
 run_one() {
     local server="$1" client="$2" conns="$3" size="$4"
     local port dir; port=$(peers_free_port) || die "no free port"
@@ -143,10 +169,13 @@ run_one() {
     local tfile="$dir/client.time" cout="$dir/client.out"
     (
         TIMEFORMAT='%U %S'
+        # loggen: -i -S is plain TCP, -U alone TLS (one transport plugin).
+        local fwl_tls=() transport=(-i -S)
+        if is_tls "$server"; then fwl_tls=(--tls-ca "$TLS_DIR/ca.crt"); transport=(-U); fi
         if [[ $client == fwl ]]; then
-            { time "$LOAD" "127.0.0.1:$port" -c "$conns" -s "$msize" -d "${RUN_SECS}s" -q >"$cout" 2>&1; } 2>"$tfile"
+            { time "$LOAD" "127.0.0.1:$port" -c "$conns" -s "$msize" -d "${RUN_SECS}s" -q "${fwl_tls[@]}" >"$cout" 2>&1; } 2>"$tfile"
         else
-            { time peers_loggen -i -S -s "$msize" -I "$RUN_SECS" -r 100000000 \
+            { time peers_loggen "${transport[@]}" -s "$msize" -I "$RUN_SECS" -r 100000000 \
                 --active-connections="$conns" 127.0.0.1 "$port" >"$cout" 2>&1; } 2>"$tfile"
         fi
     ) &
@@ -208,8 +237,8 @@ run_one() {
         printf "%s,%s,%d,%d,%d,%.3f,%d,%d,%d,%.0f,%.1f,%.2f,%.2f,%.2f,%d,%d\n",
             s, c, n, z, mz, secs, sent, w, sent - w, rate, (secs > 0 ? b / secs / 1e6 : 0),
             cpu, (w > 0 ? cpu / (w / 1e6) : 0), cc, hwm, thr
-    }' >>"$OUT/results.csv"
-    log "$(tail -n1 "$OUT/results.csv")"
+    }' >>"$CSV"
+    log "$(tail -n1 "$CSV")"
     rm -f "$out"
 }
 
@@ -230,15 +259,17 @@ fi
 
 # ------------------------------------------------ 10,000 idle connections
 # RSS and threads before and while IDLE_N idle connections are held.
+IDLE_CSV="$OUT/idle.csv"
 idle_one() {
     local server="$1" hello="${2:-}" port dir label="$1${2:+ (1 msg each)}"
+    local tls=(); is_tls "$server" && tls=(--tls-ca "$TLS_DIR/ca.crt")
     port=$(peers_free_port) || die "no free port"
     dir="$WORK/idle-$server${hello:+-hello}"
     FLOODWALL_PEER_MAX_CONN=$((IDLE_N + 100)) start_server "$server" "$port" "$dir" || { log "SKIP idle $server"; return 0; }
     local pid="$SRV_PID" rss0 thr0 rss1 thr1 i est=0
     sleep 0.5  # let a peer finish its start-up allocations
     rss0=$(status_kib "$pid" VmRSS); thr0=$(threads_of "$pid")
-    "$LOAD" "127.0.0.1:$port" --idle "$IDLE_N" ${hello:+--hello} -d 300s >"$dir/idle.out" 2>&1 &
+    "$LOAD" "127.0.0.1:$port" --idle "$IDLE_N" ${hello:+--hello} "${tls[@]}" -d 300s >"$dir/idle.out" 2>&1 &
     local cpid=$!; PIDS+=("$cpid")
     for ((i = 0; i < 1200; i++)); do  # <= 60 s
         grep -q 'fwl idle connected=' "$dir/idle.out" && break
@@ -260,8 +291,8 @@ idle_one() {
     awk -v s="$label" -v n="$IDLE_N" -v c="${connected:-0}" -v e="$est" -v r0="$rss0" -v r1="$rss1" \
         -v t0="$thr0" -v t1="$thr1" 'BEGIN {
         printf "%s,%d,%d,%d,%d,%d,%d,%d,%.2f\n", s, n, c, e, r0, r1, t0, t1, (c > 0 ? (r1 - r0) / c : 0)
-    }' >>"$OUT/idle.csv"
-    log "idle: $(tail -n1 "$OUT/idle.csv")"
+    }' >>"$IDLE_CSV"
+    log "idle: $(tail -n1 "$IDLE_CSV")"
 }
 if ! skipping idle; then
     echo "server,asked,connected,established,rss_before_kib,rss_after_kib,threads_before,threads_after,kib_per_conn" >"$OUT/idle.csv"
@@ -356,6 +387,57 @@ EOF
     wait "$lpid"
     peers_stop "$fpid"; peers_stop "$COL_PID"
     log "timeline: $(grep fwl_result "$tdir/collector.out")"
+fi
+
+# ------------------------------------------------------------------- TLS
+# The same client and machine against each server's TLS listener (server
+# certificate only: loggen -U presents no client certificate), 100 B
+# messages; then TLS_IDLE_N idle TLS connections per server (RSS each,
+# after the handshake); then full handshakes per second (one openssl
+# s_time client, new session every time, 5 s).
+if ! skipping tls; then
+    mkdir -p "$TLS_DIR"
+    (
+        cd "$TLS_DIR" || exit 1
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -keyout ca.key -out ca.crt -days 30 -subj "/CN=bench CA" &&
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -keyout server.key -out server.csr -subj "/CN=localhost" &&
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \
+            -out server.crt -extfile <(printf 'subjectAltName=DNS:localhost,IP:127.0.0.1')
+    ) >/dev/null 2>&1 || die "cannot make the TLS certificates"
+    CSV="$OUT/tls.csv"
+    echo "server,client,conns,size,msg_bytes,secs,sent,written,lost,msgs_per_s,mb_per_s,server_cpu_s,cpu_s_per_m,client_cpu_s,peak_rss_kib,threads_peak" >"$CSV"
+    for server in fw-tls rsyslog-tls syslog-ng-tls; do
+        for conns in $TLS_CONNS; do
+            for client in $CLIENTS; do
+                run_one "$server" "$client" "$conns" 100
+            done
+        done
+    done
+    IDLE_CSV="$OUT/tls_idle.csv"
+    echo "server,asked,connected,established,rss_before_kib,rss_after_kib,threads_before,threads_after,kib_per_conn" >"$IDLE_CSV"
+    for server in fw-tls rsyslog-tls syslog-ng-tls; do
+        IDLE_N=$TLS_IDLE_N idle_one "$server"
+    done
+    echo "server,handshakes,secs,per_s,server_cpu_s,server_ms_per_handshake" >"$OUT/tls_handshakes.csv"
+    for server in fw-tls rsyslog-tls syslog-ng-tls; do
+        port=$(peers_free_port); dir="$WORK/handshakes-$server"
+        start_server "$server" "$port" "$dir" || continue
+        c0=$(cpu_ticks "$SRV_PID")
+        openssl s_time -connect "127.0.0.1:$port" -new -time 5 -CAfile "$TLS_DIR/ca.crt" >"$dir/s_time.out" 2>&1
+        c1=$(cpu_ticks "$SRV_PID")
+        peers_stop "$SRV_PID"
+        # "N connections in S real seconds"; if s_time gave up with an
+        # error first, its progress stars (one per connection) over 5 s.
+        n=$(grep -o '^[0-9]* connections in [0-9]* real seconds' "$dir/s_time.out" | head -n1)
+        [[ -n $n ]] || n="$(tr -cd '*' <"$dir/s_time.out" | wc -c) connections in 5 real"
+        awk -v s="$server" -v line="$n" -v c0="$c0" -v c1="$c1" -v tck="$TCK" 'BEGIN {
+            split(line, f, " "); secs = f[4]; cpu = (c1 - c0) / tck
+            printf "%s,%d,%.2f,%.0f,%.2f,%.3f\n", s, f[1], secs, (secs > 0 ? f[1] / secs : 0), cpu, (f[1] > 0 ? cpu * 1000 / f[1] : 0)
+        }' >>"$OUT/tls_handshakes.csv"
+        log "handshakes: $(tail -n1 "$OUT/tls_handshakes.csv")"
+    done
 fi
 
 # ---------------------------------------------------------------- report

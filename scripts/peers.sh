@@ -8,6 +8,10 @@
 #   scripts/peers.sh start-rsyslog-file     PORT OUT WORKDIR
 #   scripts/peers.sh start-rsyslog-forward  PORT TARGET_PORT FRAMING WORKDIR [FORMAT]
 #   scripts/peers.sh start-syslogng-file    PORT OUT WORKDIR [FRAMING]
+#   scripts/peers.sh start-rsyslog-tls-forward  PORT TARGET_PORT WORKDIR CA CERT KEY [PEER_NAME]
+#   scripts/peers.sh start-rsyslog-tls-file     PORT OUT WORKDIR CA CERT KEY [AUTHMODE]
+#   scripts/peers.sh start-syslogng-tls-file    PORT OUT WORKDIR CA CERT KEY
+#   scripts/peers.sh start-syslogng-tls-forward PORT TARGET_PORT WORKDIR CA CERT KEY
 #   scripts/peers.sh stop                   PID|PIDFILE|PEERDIR
 #   scripts/peers.sh peer-bin               [rsyslogd|syslog-ng|loggen|syslog-ng-ctl]
 #   scripts/peers.sh loggen                 LOGGEN-ARGS...   (loggen with its env set)
@@ -16,6 +20,16 @@
 #   scripts/peers.sh wait-lines             FILE N [TIMEOUT_S]
 # or `source scripts/peers.sh` and call peers_start_rsyslog_file, peers_stop, ...
 # (every subcommand is a function peers_<name with - replaced by _>).
+#
+# The *-tls-* peers speak TLS with certificates from PEM files (CA, own
+# cert, own key): *-tls-forward read plain TCP on PORT and forward over
+# mutual TLS to 127.0.0.1:TARGET_PORT (rsyslog: omfwd, ossl driver, server
+# name checked against PEER_NAME, default localhost; syslog-ng: network()
+# transport("tls"), peer-verify(required-trusted)); start-rsyslog-tls-file
+# is an imtcp listener that is TLS-only (ossl) and requires a client
+# certificate chaining to CA (AUTHMODE x509/certvalid, the default; "anon"
+# asks for none); start-syslogng-tls-file is syslog-ng's TLS listener
+# (network(), no client certificate asked for).
 #
 # start-* print the daemon's pid on stdout once its port accepts connections
 # (bounded wait, FLOODWALL_PEER_START_TIMEOUT, default 10 s); on failure they
@@ -200,7 +214,7 @@ _peers_mkdir() {
 # (nothing is loaded implicitly in rsyslog v8), big messages, imtcp on loopback
 # bound to ruleset "in"; rsyslog's own messages go to internal.log.
 _peers_rsyslog_head() {
-    local dir="$1" port="$2"
+    local dir="$1" port="$2" global_extra="${3:-}" imtcp_extra="${4:-}"
     local maxmsg="${FLOODWALL_PEER_MAX_MSG:-65536}" maxconn="${FLOODWALL_PEER_MAX_CONN:-10000}"
     local octet="${FLOODWALL_RSYSLOG_OCTET:-on}"
     cat <<EOF
@@ -210,8 +224,9 @@ global(
   maxMessageSize="$maxmsg"
   parser.escapeControlCharactersOnReceive="off"
   processInternalMessages="on"
+  $global_extra
 )
-module(load="imtcp" MaxSessions="$maxconn")
+module(load="imtcp" MaxSessions="$maxconn" $imtcp_extra)
 # rsyslog's own diagnostics (default ruleset) -> internal.log, never OUT
 *.* action(type="omfile" file="$dir/internal.log")
 input(type="imtcp" address="127.0.0.1" port="$port" ruleset="in"
@@ -324,6 +339,140 @@ EOF
         -c "$dir/syslog-ng.ctl" --module-path="$root/usr/lib/syslog-ng/3.38"
 }
 
+# global() lines naming the ossl driver's CA, certificate and key.
+_peers_rsyslog_tls_files() {
+    local ca cert key f
+    ca="$(_peers_abs "$1")"; cert="$(_peers_abs "$2")"; key="$(_peers_abs "$3")"
+    for f in "$ca" "$cert" "$key"; do
+        [[ -r $f ]] || { _peers_err "cannot read $f"; return 1; }
+    done
+    printf 'DefaultNetstreamDriverCAFile="%s"\n  DefaultNetstreamDriverCertFile="%s"\n  DefaultNetstreamDriverKeyFile="%s"' \
+        "$ca" "$cert" "$key"
+}
+
+peers_start_rsyslog_tls_forward() {
+    _peers_check_args start-rsyslog-tls-forward 6 "$@" || return
+    local port="$1" tport="$2" dir files name="${7:-localhost}"
+    [[ $tport =~ ^[0-9]+$ ]] || { _peers_err "start-rsyslog-tls-forward: bad target port '$tport'"; return 2; }
+    files="$(_peers_rsyslog_tls_files "$4" "$5" "$6")" || return 1
+    dir="$(_peers_mkdir rsyslog-tls-forward "$port" "$3")" || return 1
+    local conf="$dir/rsyslog.conf"
+    {
+        _peers_rsyslog_head "$dir" "$port" "$files"
+        cat <<EOF
+template(name="floodwall_fwd_raw" type="string" string="%rawmsg%")
+ruleset(name="in") {
+  action(type="omfwd" target="127.0.0.1" port="$tport" protocol="tcp"
+         StreamDriver="ossl" StreamDriverMode="1"
+         StreamDriverAuthMode="x509/name" StreamDriverPermittedPeers="$name"
+         TCP_Framing="traditional" template="floodwall_fwd_raw"
+         action.resumeRetryCount="-1" action.resumeInterval="1")
+}
+EOF
+    } >"$conf"
+    _peers_launch "$dir" "$port" "$(peers_peer_bin rsyslogd)" -n -f "$conf" -i "$dir/pid"
+}
+
+peers_start_rsyslog_tls_file() {
+    _peers_check_args start-rsyslog-tls-file 6 "$@" || return
+    local port="$1" out dir files auth="${7:-x509/certvalid}"
+    out="$(_peers_abs "$2")"
+    files="$(_peers_rsyslog_tls_files "$4" "$5" "$6")" || return 1
+    dir="$(_peers_mkdir rsyslog-tls-file "$port" "$3")" || return 1
+    mkdir -p "$(dirname "$out")" || return 1
+    local conf="$dir/rsyslog.conf"
+    {
+        _peers_rsyslog_head "$dir" "$port" "$files" \
+            "StreamDriver.Name=\"ossl\" StreamDriver.Mode=\"1\" StreamDriver.AuthMode=\"$auth\""
+        cat <<EOF
+template(name="floodwall_raw" type="string" string="%rawmsg%\n")
+ruleset(name="in") {
+  action(type="omfile" file="$out" template="floodwall_raw"
+         ioBufferSize="256k" flushOnTXEnd="on" asyncWriting="off")
+}
+EOF
+    } >"$conf"
+    _peers_launch "$dir" "$port" "$(peers_peer_bin rsyslogd)" -n -f "$conf" -i "$dir/pid"
+}
+
+peers_start_syslogng_tls_forward() {
+    _peers_check_args start-syslogng-tls-forward 6 "$@" || return
+    local port="$1" tport="$2" dir ca cert key
+    local maxmsg="${FLOODWALL_PEER_MAX_MSG:-65536}"
+    [[ $tport =~ ^[0-9]+$ ]] || { _peers_err "start-syslogng-tls-forward: bad target port '$tport'"; return 2; }
+    ca="$(_peers_abs "$4")"; cert="$(_peers_abs "$5")"; key="$(_peers_abs "$6")"
+    local root; root="$(_peers_sng_root)"
+    local bin="$root/usr/sbin/syslog-ng"
+    [[ -x $bin ]] || { _peers_err "syslog-ng not found at $bin (run scripts/install-peers.sh)"; return 1; }
+    dir="$(_peers_mkdir syslogng-tls-forward "$port" "$3")" || return 1
+    local conf="$dir/syslog-ng.conf"
+    cat >"$conf" <<EOF
+@version: 3.38
+# generated by floodwall scripts/peers.sh -- do not edit
+options {
+  use-dns(no); use-fqdn(no); dns-cache(no); keep-hostname(yes);
+  log-msg-size($maxmsg); stats-freq(0);
+};
+source s_in {
+  network(ip("127.0.0.1") port($port) transport("tcp") flags(no-parse)
+          log-msg-size($maxmsg));
+};
+source s_internal { internal(); };
+destination d_floodwall {
+  network("127.0.0.1" port($tport) transport("tls") template("\${MSG}\n")
+          tls(ca-file("$ca") cert-file("$cert") key-file("$key")
+              peer-verify(required-trusted)));
+};
+destination d_internal { file("$dir/internal.log"); };
+log { source(s_in); destination(d_floodwall); };
+filter f_internal { level(warning..emerg); };
+log { source(s_internal); filter(f_internal); destination(d_internal); };
+EOF
+    _peers_launch "$dir" "$port" env LD_LIBRARY_PATH="$root/usr/lib/syslog-ng" \
+        "$bin" -F --no-caps -f "$conf" -p "$dir/pid" -R "$dir/syslog-ng.persist" \
+        -c "$dir/syslog-ng.ctl" --module-path="$root/usr/lib/syslog-ng/3.38"
+}
+
+# TLS receiver writing each message to OUT (benchmarks): network() source,
+# transport("tls"), no client certificate asked for.
+peers_start_syslogng_tls_file() {
+    _peers_check_args start-syslogng-tls-file 6 "$@" || return
+    local port="$1" out dir ca cert key
+    local maxmsg="${FLOODWALL_PEER_MAX_MSG:-65536}" maxconn="${FLOODWALL_PEER_MAX_CONN:-10000}"
+    ca="$(_peers_abs "$4")"; cert="$(_peers_abs "$5")"; key="$(_peers_abs "$6")"
+    local root; root="$(_peers_sng_root)"
+    local bin="$root/usr/sbin/syslog-ng"
+    [[ -x $bin ]] || { _peers_err "syslog-ng not found at $bin (run scripts/install-peers.sh)"; return 1; }
+    out="$(_peers_abs "$2")"
+    dir="$(_peers_mkdir syslogng-tls-file "$port" "$3")" || return 1
+    mkdir -p "$(dirname "$out")" || return 1
+    local conf="$dir/syslog-ng.conf"
+    cat >"$conf" <<EOF
+@version: 3.38
+# generated by floodwall scripts/peers.sh -- do not edit
+options {
+  use-dns(no); use-fqdn(no); dns-cache(no); keep-hostname(yes);
+  log-msg-size($maxmsg); stats-freq(0); create-dirs(yes);
+};
+source s_in {
+  network(ip("127.0.0.1") port($port) transport("tls")
+          tls(ca-file("$ca") cert-file("$cert") key-file("$key")
+              peer-verify(optional-untrusted))
+          flags(no-parse) max-connections($maxconn) listen-backlog(4096)
+          log-iw-size($(( maxconn * 100 ))) log-msg-size($maxmsg));
+};
+source s_internal { internal(); };
+destination d_out { file("$out" template("\${MSG}\n")); };
+destination d_internal { file("$dir/internal.log"); };
+log { source(s_in); destination(d_out); };
+filter f_internal { level(warning..emerg); };
+log { source(s_internal); filter(f_internal); destination(d_internal); };
+EOF
+    _peers_launch "$dir" "$port" env LD_LIBRARY_PATH="$root/usr/lib/syslog-ng" \
+        "$bin" -F --no-caps -f "$conf" -p "$dir/pid" -R "$dir/syslog-ng.persist" \
+        -c "$dir/syslog-ng.ctl" --module-path="$root/usr/lib/syslog-ng/3.38"
+}
+
 _peers_usage() {
     sed -n '2,/^$/p' "$_PEERS_SELF" | sed 's/^# \{0,1\}//' >&2
 }
@@ -333,7 +482,7 @@ peers() {
     [[ -n $cmd ]] || { _peers_usage; return 2; }
     shift
     case "$cmd" in
-        start-rsyslog-file|start-rsyslog-forward|start-syslogng-file|stop|peer-bin|loggen|free-port|wait-port|wait-lines)
+        start-rsyslog-file|start-rsyslog-forward|start-syslogng-file|start-rsyslog-tls-forward|start-rsyslog-tls-file|start-syslogng-tls-forward|start-syslogng-tls-file|stop|peer-bin|loggen|free-port|wait-port|wait-lines)
             "peers_${cmd//-/_}" "$@" ;;
         -h|--help|help) _peers_usage ;;
         *) _peers_err "unknown command '$cmd'"; _peers_usage; return 2 ;;

@@ -44,6 +44,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub queue: QueueConfig,
     pub sink: SinkConfig,
+    /// Present = a disk spool between the queue and the sink.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spool: Option<SpoolConfig>,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
@@ -70,6 +73,13 @@ pub struct ServerConfig {
     pub proxy_protocol: bool,
     /// CIDRs (or bare addresses) whose PROXY headers are believed.
     pub trusted_proxies: Vec<String>,
+    /// Source CIDRs that may connect; empty = everyone.
+    pub allow: Vec<String>,
+    /// Live connections per source IP; 0 = no cap.
+    pub max_connections_per_ip: usize,
+    /// Present = the listener speaks TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -82,8 +92,58 @@ impl Default for ServerConfig {
             max_message_bytes: 65536,
             proxy_protocol: false,
             trusted_proxies: Vec::new(),
+            allow: Vec::new(),
+            max_connections_per_ip: 0,
+            tls: None,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+/// `[server.tls]`: the files are only named here; src/tls.rs loads them
+/// (at start, for `--check-config`, and on SIGHUP).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Empty = no client certificates asked for.
+    #[serde(default)]
+    pub client_ca: PathBuf,
+    #[serde(default)]
+    pub permitted_peers: Vec<String>,
+    #[serde(with = "duration", default = "default_handshake_timeout")]
+    pub handshake_timeout: Duration,
+    #[serde(default = "default_min_version")]
+    pub min_version: TlsVersion,
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_min_version() -> TlsVersion {
+    TlsVersion::V1_2
+}
+
+/// `[sink.tls]`: how the tcp sink verifies its downstream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SinkTlsConfig {
+    pub ca: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -206,6 +266,8 @@ pub struct SinkConfig {
     pub max_in_flight: Option<usize>,
     #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
     pub ack_timeout: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<SinkTlsConfig>,
 }
 
 impl Default for SinkConfig {
@@ -224,7 +286,78 @@ impl Default for SinkConfig {
             stream: None,
             max_in_flight: None,
             ack_timeout: None,
+            tls: None,
         }
+    }
+}
+
+/// `[spool]`: a table present only when the spool is wanted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    #[serde(with = "byte_size")]
+    pub max_bytes: u64,
+    #[serde(with = "byte_size")]
+    pub segment_bytes: u64,
+    /// fsync interval (group commit); "0s" = every batch.
+    #[serde(with = "duration")]
+    pub sync: Duration,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: PathBuf::from("/var/lib/floodwall/spool"),
+            max_bytes: 1 << 30,
+            segment_bytes: 64 << 20,
+            sync: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Smallest segment: a few records of the largest batch still fit in
+/// bigger ones; below this the file churn is all overhead.
+const MIN_SEGMENT_BYTES: u64 = 4 << 10;
+const MAX_SEGMENT_BYTES: u64 = 1 << 30;
+
+impl SpoolConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "spool.dir",
+                "\"\" is not a directory; allowed: a directory path such as \"/var/lib/floodwall/spool\"",
+            ));
+        }
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
+            return Err(invalid(
+                "spool.segment_bytes",
+                format!(
+                    "{} is out of range; allowed: \"4KiB\" ..= \"1GiB\"",
+                    self.segment_bytes
+                ),
+            ));
+        }
+        if self.max_bytes < self.segment_bytes {
+            return Err(invalid(
+                "spool.max_bytes",
+                format!(
+                    "{} is out of range; allowed: at least spool.segment_bytes ({})",
+                    self.max_bytes, self.segment_bytes
+                ),
+            ));
+        }
+        if self.sync > MAX_DURATION {
+            return Err(invalid(
+                "spool.sync",
+                format!(
+                    "{:?} is out of range; allowed: at most {:?}",
+                    format_duration(&self.sync),
+                    format_duration(&MAX_DURATION)
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -429,7 +562,22 @@ impl Config {
                 "[] is empty but server.proxy_protocol = true; allowed: the CIDRs of the balancers, such as [\"10.0.0.0/8\"]",
             ));
         }
+        validate_access(&self.server)?;
+        if let Some(tls) = &self.server.tls {
+            tls.validate()?;
+        }
         self.sink = self.sink.validate()?;
+        if let Some(spool) = &self.spool {
+            spool.validate()?;
+            // The nats sink reads the memory queue itself; reading spool
+            // records (and taking their stable ids) is not wired yet.
+            if self.sink.kind == SinkType::Nats {
+                return Err(invalid(
+                    "spool",
+                    "[spool] is not supported with sink.type = \"nats\" yet; allowed: no [spool] table with the nats sink",
+                ));
+            }
+        }
         self.metrics_addr()?;
         Ok(self)
     }
@@ -514,6 +662,35 @@ impl SinkConfig {
         only("sink.stream", self.stream.is_some(), &[Nats])?;
         only("sink.max_in_flight", self.max_in_flight.is_some(), &[Nats])?;
         only("sink.ack_timeout", self.ack_timeout.is_some(), &[Nats])?;
+        only("sink.tls", self.tls.is_some(), &[Tcp])?;
+        if let Some(tls) = &mut self.tls {
+            if tls.ca.as_os_str().is_empty() {
+                return Err(invalid(
+                    "sink.tls.ca",
+                    "\"\" is empty; allowed: a PEM file of trust anchors (required)",
+                ));
+            }
+            if tls.cert.is_some() != tls.key.is_some() {
+                return Err(invalid(
+                    "sink.tls.key",
+                    "cert and key go together; allowed: both (mutual TLS) or neither",
+                ));
+            }
+            if tls.server_name.is_none() {
+                let address = self.address.as_deref().unwrap_or_default();
+                tls.server_name = Some(host_of(address).to_string());
+            }
+            if let Some(name) = &tls.server_name
+                && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+            {
+                return Err(invalid(
+                    "sink.tls.server_name",
+                    format!(
+                        "{name:?} is not a DNS name or IP address; allowed: the name in the downstream's certificate"
+                    ),
+                ));
+            }
+        }
         match kind {
             SinkType::File => {
                 match &self.path {
@@ -643,6 +820,84 @@ fn parse_net(text: &str) -> Option<ipnet::IpNet> {
     })
 }
 
+/// The host part of "host:port" ("[::1]:6000" gives "::1").
+pub fn host_of(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// `server.allow` entries are CIDRs (a bare address means just itself).
+pub fn parse_cidr(entry: &str) -> Option<ipnet::IpNet> {
+    entry.parse::<ipnet::IpNet>().ok().or_else(|| {
+        entry
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
+}
+
+fn validate_access(s: &ServerConfig) -> Result<(), ConfigError> {
+    for entry in &s.allow {
+        if parse_cidr(entry).is_none() {
+            return Err(invalid(
+                "server.allow",
+                format!(
+                    "{entry:?} is not a CIDR; allowed: \"10.0.0.0/8\", \"::1/128\", or an address"
+                ),
+            ));
+        }
+    }
+    if s.max_connections_per_ip > MAX_CONNECTIONS_LIMIT {
+        return Err(invalid(
+            "server.max_connections_per_ip",
+            format!(
+                "{} is out of range; allowed: 0 (no cap) ..={MAX_CONNECTIONS_LIMIT}",
+                s.max_connections_per_ip
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl ServerTlsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, path) in [
+            ("server.tls.cert", &self.cert),
+            ("server.tls.key", &self.key),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(invalid(key, "\"\" is empty; allowed: a PEM file path"));
+            }
+        }
+        if !self.permitted_peers.is_empty() && self.client_ca.as_os_str().is_empty() {
+            return Err(invalid(
+                "server.tls.permitted_peers",
+                "set without server.tls.client_ca; allowed: only with client_ca (mutual TLS), since peers are named by their client certificate",
+            ));
+        }
+        for entry in &self.permitted_peers {
+            if let Err(why) = crate::tls::PeerPattern::parse(entry) {
+                return Err(invalid(
+                    "server.tls.permitted_peers",
+                    format!(
+                        "{entry:?} {why}; allowed: a DNS name, \"*.example.net\" (one label) or \"sha256:<64 hex digits>\""
+                    ),
+                ));
+            }
+        }
+        if self.handshake_timeout.is_zero() || self.handshake_timeout > MAX_DURATION {
+            return Err(invalid(
+                "server.tls.handshake_timeout",
+                format!(
+                    "{:?} is out of range; allowed: a positive duration such as \"10s\"",
+                    format_duration(&self.handshake_timeout)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn resolve(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
     let bad = |why: String| {
         invalid(
@@ -715,6 +970,59 @@ mod duration {
     }
 }
 
+/// Parses a byte size: digits, optionally followed by a binary unit
+/// (B, KiB, MiB, GiB, TiB; a space between is allowed).
+fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let allowed = "allowed: an integer (bytes) or a string with a binary unit such as \"512KiB\", \"64MiB\", \"1GiB\"";
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        "TiB" => 40,
+        _ => return Err(format!("invalid byte size {text:?}; {allowed}")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("invalid byte size {text:?}; {allowed}"))
+}
+
+/// Byte sizes: an integer or a string with a binary unit; written back
+/// with the largest unit that divides them.
+mod byte_size {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+        for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+            if *n != 0 && n.is_multiple_of(1u64 << shift) {
+                return s.serialize_str(&format!("{}{unit}", n >> shift));
+            }
+        }
+        s.serialize_u64(*n)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Size {
+            Int(u64),
+            Text(String),
+        }
+        match Size::deserialize(d) {
+            Ok(Size::Int(n)) => Ok(n),
+            Ok(Size::Text(t)) => parse_byte_size(&t).map_err(serde::de::Error::custom),
+            Err(_) => Err(serde::de::Error::custom(
+                "invalid byte size; allowed: an integer (bytes) or a string with a binary unit such as \"512KiB\", \"64MiB\", \"1GiB\"",
+            )),
+        }
+    }
+}
+
 mod opt_duration {
     use super::*;
 
@@ -741,6 +1049,42 @@ mod tests {
         Config::parse(text)
             .expect_err("config should be refused")
             .to_string()
+    }
+
+    #[test]
+    fn spool_table_parses_byte_sizes_and_round_trips() {
+        let c = Config::parse(
+            "[spool]\ndir = \"/tmp/s\"\nmax_bytes = \"1GiB\"\nsegment_bytes = 65536\nsync = \"0s\"",
+        )
+        .unwrap();
+        let s = c.spool.as_ref().unwrap();
+        assert_eq!((s.max_bytes, s.segment_bytes), (1 << 30, 64 << 10));
+        assert_eq!(s.sync, Duration::ZERO);
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+        let d = Config::parse("[spool]\n").unwrap().spool.unwrap();
+        assert_eq!((d.max_bytes, d.segment_bytes), (1 << 30, 64 << 20));
+        assert!(Config::parse("").unwrap().spool.is_none());
+    }
+
+    #[test]
+    fn bad_spool_sizes_name_the_key() {
+        let e = err("[spool]\nmax_bytes = \"12 parsecs\"");
+        assert!(
+            e.contains("spool.max_bytes") && e.contains("12 parsecs") && e.contains("KiB"),
+            "{e}"
+        );
+        let e = err("[spool]\nsegment_bytes = 100");
+        assert!(
+            e.contains("spool.segment_bytes") && e.contains("100"),
+            "{e}"
+        );
+        let e = err("[spool]\nmax_bytes = \"1MiB\"\nsegment_bytes = \"2MiB\"");
+        assert!(
+            e.contains("spool.max_bytes") && e.contains("1048576"),
+            "{e}"
+        );
+        let e = err("[spool]\nsize = 1");
+        assert!(e.contains("size"), "{e}");
     }
 
     #[test]
@@ -935,6 +1279,12 @@ mod tests {
     }
 
     #[test]
+    fn spool_with_the_nats_sink_is_refused_for_now() {
+        let e = err("[sink]\ntype = \"nats\"\n[spool]\ndir = \"/tmp/x\"\n");
+        assert!(e.starts_with("spool:") && e.contains("nats"), "{e}");
+    }
+
+    #[test]
     fn proxy_protocol_needs_trusted_proxies() {
         let e = err("[server]\nproxy_protocol = true\n");
         assert!(e.starts_with("server.trusted_proxies:"), "{e}");
@@ -948,6 +1298,40 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.trusted_proxies().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn access_and_tls_keys_are_validated() {
+        let e = err("[server]\nallow = [\"10.0.0.0/33\"]\n");
+        assert!(e.starts_with("server.allow:"), "{e}");
+        let c = Config::parse("[server]\nallow = [\"10.0.0.0/8\", \"::1\"]\n").unwrap();
+        assert_eq!(c.server.allow.len(), 2);
+        let tls = "[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+        let e = err(&format!("{tls}permitted_peers = [\"a.example\"]\n"));
+        assert!(e.starts_with("server.tls.permitted_peers:"), "{e}");
+        assert!(e.contains("client_ca"), "{e}");
+        let e = err(&format!("{tls}min_version = \"1.1\"\n"));
+        assert!(e.starts_with("server.tls.min_version:"), "{e}");
+        let e = err(&format!("{tls}handshake_timeout = \"0s\"\n"));
+        assert!(e.starts_with("server.tls.handshake_timeout:"), "{e}");
+        let c = Config::parse(tls).unwrap();
+        let t = c.server.tls.unwrap();
+        assert_eq!(t.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(t.min_version, TlsVersion::V1_2);
+    }
+
+    #[test]
+    fn sink_tls_server_name_defaults_to_the_address_host() {
+        let c = Config::parse(
+            "[sink]\ntype = \"tcp\"\naddress = \"localhost:6000\"\n[sink.tls]\nca = \"ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.sink.tls.unwrap().server_name.as_deref(),
+            Some("localhost")
+        );
+        let e = err("[sink]\ntype = \"stdout\"\n[sink.tls]\nca = \"ca.pem\"\n");
+        assert!(e.starts_with("sink.tls:"), "{e}");
     }
 
     #[test]

@@ -13,8 +13,8 @@
 //! from the queue, the thread and its permit belong to the server. A
 //! failure here (reset, garbage, slowloris) ends this connection only.
 
-use std::io::{self, Read};
-use std::net::{SocketAddr, TcpStream};
+use std::io;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -29,6 +29,7 @@ use crate::queue::{Batch, QueueSender, SendError};
 use crate::rate::Bucket;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
+use crate::stream::Stream;
 use crate::wake::{Ready, Wake};
 
 /// First read buffer, allocated only once the peer has sent something, so
@@ -150,9 +151,15 @@ impl ConnContext {
             send_timeout: limits.send_timeout,
             on_send_timeout: limits.on_send_timeout,
             rate_per_connection: limits.rate_per_connection,
-            // TLS (when it lands) starts after the header and shares its
-            // deadline: handshake_timeout instead of 5 s then.
-            proxy_header_timeout: config.server.proxy_protocol.then_some(PROXY_HEADER_TIMEOUT),
+            // TLS starts after the header and shares its deadline:
+            // handshake_timeout instead of 5 s then.
+            proxy_header_timeout: config.server.proxy_protocol.then(|| {
+                config
+                    .server
+                    .tls
+                    .as_ref()
+                    .map_or(PROXY_HEADER_TIMEOUT, |t| t.handshake_timeout)
+            }),
             queue,
             stats,
             alerts,
@@ -171,7 +178,8 @@ pub struct Totals {
 }
 
 /// Serves one connection until it ends; returns why, and its totals.
-pub fn serve(ctx: &ConnContext, stream: &TcpStream, peer: SocketAddr) -> (Close, Totals) {
+/// `stream` is plain TCP or a TLS session whose handshake is done.
+pub fn serve(ctx: &ConnContext, stream: &mut Stream<'_>, peer: SocketAddr) -> (Close, Totals) {
     if let Err(e) = stream.set_nonblocking(true) {
         Stats::add(&ctx.stats.closed_error, 1);
         return (Close::Error(e.kind()), Totals::default());
@@ -219,9 +227,9 @@ enum Unread {
     Shutdown,
 }
 
-struct Connection<'a> {
+struct Connection<'a, 'b> {
     ctx: &'a ConnContext,
-    stream: &'a TcpStream,
+    stream: &'a mut Stream<'b>,
     peer: SocketAddr,
     decoder: Decoder,
     /// Read buffer; unread bytes are `buf[start..end]`. Empty until the
@@ -254,7 +262,7 @@ struct Connection<'a> {
     totals: Totals,
 }
 
-impl Connection<'_> {
+impl Connection<'_, '_> {
     fn run(&mut self) -> Close {
         loop {
             if self.ctx.shutdown.is_triggered() {
@@ -359,7 +367,7 @@ impl Connection<'_> {
                     Err(e) => return Err(e),
                 }
             }
-            match self.ctx.wake.wait(self.stream, timeout, watch)? {
+            match self.stream.wait(&self.ctx.wake, timeout, watch)? {
                 Ready::Socket => self.readable = true,
                 Ready::Woken => return Ok(Input::Woken),
                 Ready::TimedOut => return Ok(Input::TimedOut),
@@ -387,7 +395,7 @@ impl Connection<'_> {
         }
         self.make_room();
         let free = self.buf.len() - self.end;
-        let n = (&*self.stream).read(&mut self.buf[self.end..])?;
+        let n = self.stream.read(&mut self.buf[self.end..])?;
         self.grow = n == free;
         self.quiet = n < free / 4;
         Ok(n)

@@ -11,6 +11,11 @@
 //! fw-stats: logs the counters every stats_interval
 //! ```
 //!
+//! With `[spool]`, one more step sits between the queue and the sinks:
+//! `fw-spool` appends batches to segment files on disk (returning their
+//! queue credits once appended) and the sinks read them back from the
+//! [`spool`]; the overload layers then act only once the spool is full.
+//!
 //! Each layer bounds one resource: the [`limiter`] bounds threads, the
 //! [`queue`] bounds memory, `send_timeout` bounds how long a worker can be
 //! stuck, the accept loop pauses above the queue's high watermark, and
@@ -25,6 +30,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod alerts;
 pub mod config;
 pub mod conn;
@@ -38,8 +44,11 @@ pub mod rate;
 pub mod server;
 pub mod shutdown;
 pub mod sink;
+pub mod spool;
 pub mod stats;
+pub mod stream;
 pub mod threads;
+pub mod tls;
 pub mod wake;
 
 use std::net::SocketAddr;
@@ -62,6 +71,7 @@ use server::Acceptor;
 use sink::SinkContext;
 use stats::Stats;
 use threads::Panics;
+use tls::ServerTls;
 use wake::Wake;
 
 /// After the drain deadline, how long a sink thread gets to finish the
@@ -73,6 +83,8 @@ const SINK_EXIT_MARGIN: Duration = Duration::from_millis(100);
 pub enum Error {
     #[error("{0}")]
     Config(#[from] ConfigError),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -80,6 +92,8 @@ pub enum Error {
     },
     #[error("cannot open sink: {0}")]
     Sink(std::io::Error),
+    #[error("cannot use the spool directory: {0}")]
+    Spool(std::io::Error),
     #[error("cannot start thread {name}: {source}")]
     Thread {
         name: &'static str,
@@ -93,8 +107,12 @@ impl Error {
     /// SPEC.md exit codes: 2 configuration, 3 bind or sink at start-up.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) => 2,
-            Error::Bind { .. } | Error::Sink(_) | Error::Thread { .. } | Error::Wake(_) => 3,
+            Error::Config(_) | Error::Tls(_) => 2,
+            Error::Bind { .. }
+            | Error::Sink(_)
+            | Error::Spool(_)
+            | Error::Thread { .. }
+            | Error::Wake(_) => 3,
         }
     }
 }
@@ -128,8 +146,14 @@ pub struct Daemon {
     local_addr: SocketAddr,
     shutdown_timeout: Duration,
     stats: Arc<Stats>,
+    /// The depth stats report: the memory queue plus, with a spool, what
+    /// is spooled and not yet delivered.
     depth: QueueDepth,
+    /// The memory queue alone: what a shutdown loses if it is not empty.
+    memory: QueueDepth,
     reopen: Reopen,
+    /// The listener's TLS, reloaded on SIGHUP.
+    tls: Option<Arc<ServerTls>>,
     /// Fires the shutdown; everything else watches it.
     shutdown: Shutdown,
     /// Set at the drain deadline: sinks stop retrying.
@@ -143,6 +167,10 @@ pub struct Daemon {
     /// Every sink thread holds a sender; all dropped = all sinks done.
     sinks_done: crossbeam_channel::Receiver<()>,
     sink_threads: Vec<JoinHandle<()>>,
+    /// The spool writer (with `[spool]`), stopped after the sinks.
+    spool_thread: Option<JoinHandle<()>>,
+    /// Tells the spool writer to make its last commit and end.
+    spool_stop: Arc<AtomicBool>,
     metrics_addr: Option<SocketAddr>,
     /// Set after the drain (the endpoint serves through it): fw-metrics ends.
     metrics_stop: Arc<AtomicBool>,
@@ -157,6 +185,9 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<Report, Error> {
 /// Binds, opens the configured sinks and starts every thread.
 pub fn start(config: Config, shutdown: Shutdown) -> Result<Daemon, Error> {
     let config = config.validate()?;
+    // Every TLS file is loaded before anything starts: a bad one is a
+    // configuration error (exit 2), never a half-started daemon.
+    tls::check_files(&config)?;
     let sinks = sink::open(&config.sink).map_err(Error::Sink)?;
     start_workers(config, shutdown, sinks)
 }
@@ -181,6 +212,10 @@ fn start_workers(
     sinks: Vec<sink::SinkWorker>,
 ) -> Result<Daemon, Error> {
     let config = config.validate()?;
+    let tls = match &config.server.tls {
+        Some(t) => Some(Arc::new(ServerTls::new(t)?)),
+        None => None,
+    };
     let addr = config.listen_addr()?;
     let listener =
         server::bind(addr, config.server.backlog).map_err(|source| Error::Bind { addr, source })?;
@@ -201,8 +236,27 @@ fn start_workers(
 
     let stats = Arc::new(Stats::default());
     let alerts = Arc::new(Alerts::default());
+    let spool = match &config.spool {
+        Some(c) => Some(
+            spool::open(
+                spool::Settings {
+                    dir: c.dir.clone(),
+                    max_bytes: c.max_bytes,
+                    segment_bytes: c.segment_bytes,
+                    sync: c.sync,
+                },
+                stats.clone(),
+            )
+            .map_err(Error::Spool)?,
+        ),
+        None => None,
+    };
     let (tx, rx) = queue::queue(config.queue.capacity);
-    let depth = tx.depth();
+    let memory = tx.depth();
+    let depth = match &spool {
+        Some((s, _)) => memory.with_spooled(s.spooled()),
+        None => memory.clone(),
+    };
     let reopen = Reopen::default();
     let abandon = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(Wake::new().map_err(Error::Wake)?);
@@ -231,6 +285,7 @@ fn start_workers(
             tick,
             abandon: abandon.clone(),
             shutdown: shutdown.clone(),
+            spool: spool.as_ref().map(|(s, _)| s.clone()),
         };
         let done = done_tx.clone();
         sink_threads.push(spawn(
@@ -242,6 +297,18 @@ fn start_workers(
         )?);
     }
     drop(done_tx);
+    // The spool writer: the memory queue's only reader when spooling.
+    let spool_stop = Arc::new(AtomicBool::new(false));
+    let spool_thread = match spool {
+        Some((_, writer)) => {
+            let (abandon, stop, rx) = (abandon.clone(), spool_stop.clone(), rx.clone());
+            Some(spawn(
+                "fw-spool".to_string(),
+                Box::new(move || writer.run(rx, abandon, stop)),
+            )?)
+        }
+        None => None,
+    };
     drop(rx);
 
     // The accept loop, which spawns one worker per connection.
@@ -253,7 +320,16 @@ fn start_workers(
         shutdown.clone(),
         wake.clone(),
     ));
-    let acceptor = Acceptor::new(&config, listener, depth.clone(), ctx, panics.clone());
+    // The accept loop watches the memory queue only: an outage that the
+    // spool absorbs must not pause accepting.
+    let acceptor = Acceptor::new(
+        &config,
+        listener,
+        memory.clone(),
+        ctx,
+        tls.clone(),
+        panics.clone(),
+    );
     let accept = spawn("fw-accept".to_string(), Box::new(move || acceptor.run()))?;
 
     // The periodic stats line.
@@ -299,7 +375,9 @@ fn start_workers(
         shutdown_timeout: config.shutdown.timeout,
         stats,
         depth,
+        memory,
         reopen,
+        tls,
         shutdown,
         abandon,
         wake,
@@ -308,6 +386,8 @@ fn start_workers(
         stats_thread,
         sinks_done,
         sink_threads,
+        spool_thread,
+        spool_stop,
     })
 }
 
@@ -333,6 +413,11 @@ impl Daemon {
     /// The handle SIGHUP pokes: sinks reopen their files.
     pub fn reopen_handle(&self) -> Reopen {
         self.reopen.clone()
+    }
+
+    /// The listener's TLS (None for plaintext): SIGHUP reloads its files.
+    pub fn tls_handle(&self) -> Option<Arc<ServerTls>> {
+        self.tls.clone()
     }
 
     /// What a panicking thread reports to: for threads spawned outside
@@ -378,11 +463,20 @@ impl Daemon {
             self.abandon.store(true, Ordering::SeqCst);
             let _ = self.sinks_done.recv_timeout(SINK_EXIT_MARGIN);
         }
+        // The spool writer has appended what the queue held (or the
+        // deadline abandoned it); its last commit makes what the sinks
+        // delivered durable.
+        if let Some(t) = self.spool_thread {
+            self.spool_stop.store(true, Ordering::SeqCst);
+            let _ = t.join(); // a panic was reported by its guard
+        }
         if let Some(t) = self.stats_thread {
             let _ = t.join();
         }
         let stats = self.stats.snapshot(&self.depth);
-        let lost = stats.dropped_shutdown + stats.queue_depth;
+        // With a spool, what stays on disk is kept for the next start,
+        // not lost: only the memory queue can lose messages.
+        let lost = stats.dropped_shutdown + self.memory.in_memory() as u64;
         let drained = lost == 0;
         let panicked = self.panics.names();
         info!("{stats}");

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use log::{info, warn};
+use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -41,6 +41,11 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
+        // The TLS files are part of the configuration: load them too.
+        if let Err(e) = floodwall::tls::check_files(&config) {
+            eprintln!("floodwall: configuration error: {e}");
+            return ExitCode::from(2);
+        }
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
@@ -63,6 +68,8 @@ fn main() -> ExitCode {
         }
     };
     let reopen = daemon.reopen_handle();
+    let tls = daemon.tls_handle();
+    let config_path = args.config.clone();
     // A panic here would leave SIGTERM ignored: threads::spawn makes it
     // start the shutdown instead (exit 1).
     let spawned = threads::spawn("fw-signal".to_string(), None, &daemon.panics(), move || {
@@ -71,6 +78,9 @@ fn main() -> ExitCode {
                 SIGHUP => {
                     info!("SIGHUP: reopening the sink");
                     reopen.request();
+                    if let (Some(tls), Some(path)) = (&tls, &config_path) {
+                        reload_tls(tls, path);
+                    }
                 }
                 _ if shutdown.trigger() => info!("signal {signal}: graceful shutdown"),
                 _ => {
@@ -85,6 +95,28 @@ fn main() -> ExitCode {
         return ExitCode::from(3);
     }
     ExitCode::from(daemon.wait().exit_code())
+}
+
+/// SIGHUP with TLS on: re-reads the config file's `[server.tls]` and its
+/// files for new connections. Anything that does not load leaves the old
+/// ones in place, with one error line naming the key and the file.
+fn reload_tls(tls: &floodwall::tls::ServerTls, path: &std::path::Path) {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("SIGHUP: TLS not reloaded, keeping the old certificates: {e}");
+            return;
+        }
+    };
+    let Some(section) = &config.server.tls else {
+        error!(
+            "SIGHUP: TLS not reloaded, keeping the old certificates: server.tls: missing from {path:?} (TLS cannot be turned off without a restart)"
+        );
+        return;
+    };
+    if let Err(e) = tls.reload(section) {
+        error!("SIGHUP: TLS not reloaded, keeping the old certificates: {e}");
+    }
 }
 
 /// env_logger to stderr at the configured level; RUST_LOG overrides.

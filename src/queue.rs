@@ -39,6 +39,19 @@ pub struct Batch {
     /// balancer: the client the header named), for sinks that say who
     /// sent a message (nats: `Floodwall-Peer`).
     peer: Option<SocketAddr>,
+    /// Where the batch sits in the disk spool, for a batch read back from
+    /// it (None otherwise): a stable name for its messages across restarts.
+    origin: Option<SpoolPos>,
+}
+
+/// A record's place in the spool: segment number and byte offset. With the
+/// index of a message in its batch it names the message uniquely and
+/// stably (a replay after a crash reads the same record at the same
+/// place), which is what a deduplicating sink (nats: `Nats-Msg-Id`) needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SpoolPos {
+    pub segment: u64,
+    pub offset: u64,
 }
 
 impl Batch {
@@ -51,7 +64,41 @@ impl Batch {
             data: Vec::with_capacity(bytes),
             ends: Vec::with_capacity(messages),
             peer: None,
+            origin: None,
         }
+    }
+
+    /// A batch from its raw parts (the spool reading a record back);
+    /// `None` unless every end points at an LF and the last LF ends `data`.
+    pub fn from_parts(data: Vec<u8>, ends: Vec<u32>) -> Option<Batch> {
+        let mut start = 0usize;
+        for &e in &ends {
+            let e = e as usize;
+            if e < start || data.get(e) != Some(&b'\n') {
+                return None;
+            }
+            start = e + 1;
+        }
+        (start == data.len()).then_some(Batch {
+            data,
+            ends,
+            peer: None,
+            origin: None,
+        })
+    }
+
+    /// Each message's end offset in [`Batch::as_lines`] (LF excluded).
+    pub fn ends(&self) -> &[u32] {
+        &self.ends
+    }
+
+    /// The batch's place in the spool, if it was read back from one.
+    pub fn origin(&self) -> Option<SpoolPos> {
+        self.origin
+    }
+
+    pub fn set_origin(&mut self, origin: Option<SpoolPos>) {
+        self.origin = origin;
     }
 
     /// The client that sent these messages, if known.
@@ -120,6 +167,7 @@ impl Batch {
         self.data.clear();
         self.ends.clear();
         self.peer = None;
+        self.origin = None;
     }
 }
 
@@ -326,7 +374,7 @@ impl QueueSender {
     }
 
     pub fn depth(&self) -> QueueDepth {
-        QueueDepth(self.gate.clone())
+        QueueDepth(self.gate.clone(), None)
     }
 
     /// The shutdown deadline passed: every waiting and later send fails
@@ -371,18 +419,33 @@ impl QueueReceiver {
     }
 
     pub fn depth(&self) -> QueueDepth {
-        QueueDepth(self.gate.clone())
+        QueueDepth(self.gate.clone(), None)
     }
 }
 
 /// A read-only view of the queue depth, for stats and the accept loop.
+/// With a spool, the view given to stats also counts the messages
+/// spooled and not yet delivered (SPEC "Disk spool": they are part of
+/// `queue_depth`); the accept loop's view counts the memory queue only,
+/// so that an outage the spool absorbs does not pause accepting.
 #[derive(Debug, Clone)]
-pub struct QueueDepth(Arc<Gate>);
+pub struct QueueDepth(Arc<Gate>, Option<Arc<AtomicUsize>>);
 
 impl QueueDepth {
-    /// Messages queued or held by a sink and not yet written.
+    /// Messages queued or held by a sink and not yet written (plus, for
+    /// a view made by [`QueueDepth::with_spooled`], those spooled).
     pub fn get(&self) -> usize {
+        self.in_memory() + self.1.as_ref().map_or(0, |s| s.load(Ordering::SeqCst))
+    }
+
+    /// Messages in the memory queue only.
+    pub fn in_memory(&self) -> usize {
         self.0.depth.load(Ordering::SeqCst)
+    }
+
+    /// A view that adds `spooled` to the depth.
+    pub fn with_spooled(&self, spooled: Arc<AtomicUsize>) -> QueueDepth {
+        QueueDepth(self.0.clone(), Some(spooled))
     }
 
     pub fn capacity(&self) -> usize {

@@ -8,6 +8,10 @@
 //! thread is started; the worker then reads the PROXY header first
 //! ([`crate::proxy`]) and serves the client it names.
 //!
+//! Access control (`server.allow`, the per-IP cap) is decided here, right
+//! after accept and before a permit or a thread is given; TLS is not: the
+//! handshake runs in the worker thread (src/tls.rs).
+//!
 //! Every wait here is bounded so the loop notices shutdown: accept() has a
 //! socket timeout (SO_RCVTIMEO applies to accept on Linux), permit and
 //! pause waits are short slices. Accept errors such as EMFILE back off
@@ -31,6 +35,7 @@ use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, info, warn};
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
+use crate::access::{Access, IpSlot, Refusal};
 use crate::alerts::suppressed;
 use crate::config::{Config, OnConnectionLimit};
 use crate::conn::{self, ConnContext};
@@ -38,7 +43,9 @@ use crate::limiter::{Limiter, Permit};
 use crate::proxy::{self, Header, ProxyError};
 use crate::queue::QueueDepth;
 use crate::stats::Stats;
+use crate::stream::Stream;
 use crate::threads::{self, Panics};
+use crate::tls::{HandshakeEnd, ServerTls};
 
 /// How long one blocking accept or permit wait lasts before the loop
 /// looks at shutdown and the watermarks again.
@@ -88,6 +95,13 @@ pub struct Acceptor {
     /// sending end); dropped by this loop when it returns, so the queue
     /// disconnects once the last worker is gone too.
     ctx: Arc<ConnContext>,
+    /// The allowlist and per-IP counts, checked before a thread starts.
+    access: Access,
+    /// Present = every worker runs a TLS handshake first.
+    tls: Option<Arc<ServerTls>>,
+    /// A permit taken before an accept whose connection was then refused
+    /// by `access`: kept for the next one.
+    spare: Option<Permit>,
     /// Worker threads not yet joined, with their permits and sockets.
     live: HashMap<u64, Worker>,
     /// Workers send their id here as they end.
@@ -114,6 +128,7 @@ impl Acceptor {
         listener: Socket,
         depth: QueueDepth,
         ctx: Arc<ConnContext>,
+        tls: Option<Arc<ServerTls>>,
         panics: Panics,
     ) -> Acceptor {
         let capacity = config.queue.capacity as f64;
@@ -137,6 +152,9 @@ impl Acceptor {
                 .then(|| config.trusted_proxies().unwrap_or_default()),
             depth,
             ctx,
+            access: Access::new(&config.server),
+            tls,
+            spare: None,
             panics,
             next_id: 0,
             backlog: config.server.backlog as usize,
@@ -150,12 +168,13 @@ impl Acceptor {
             if !self.wait_below_watermark() {
                 break;
             }
-            let permit = match self.on_connection_limit {
-                OnConnectionLimit::Wait => match self.acquire(POLL) {
+            let permit = match (self.spare.take(), self.on_connection_limit) {
+                (Some(p), _) => Some(p),
+                (None, OnConnectionLimit::Wait) => match self.acquire(POLL) {
                     Some(p) => Some(p),
                     None => continue,
                 },
-                OnConnectionLimit::Reject => None,
+                (None, OnConnectionLimit::Reject) => None,
             };
             let Some(listener) = &self.listener else {
                 break;
@@ -171,9 +190,21 @@ impl Acceptor {
                 }
             };
             if !self.trusted(peer) {
+                self.spare = permit;
                 self.refuse_untrusted(socket, peer);
                 continue;
             }
+            // With the PROXY protocol the allow list and the per-IP cap
+            // apply to the client the header names (in the worker), not
+            // to the proxy's own address (SPEC "Access control and TLS").
+            let slot = match self.admit_direct(peer) {
+                Ok(slot) => slot,
+                Err(refusal) => {
+                    self.spare = permit;
+                    self.refuse(socket, peer, refusal);
+                    continue;
+                }
+            };
             let permit = match permit.or_else(|| {
                 self.reap();
                 self.limiter.try_acquire()
@@ -184,7 +215,7 @@ impl Acceptor {
                     continue;
                 }
             };
-            self.spawn(socket, peer, permit);
+            self.spawn(socket, peer, permit, slot);
         }
         self.ctx.wake.fire();
         self.drain_backlog();
@@ -228,6 +259,19 @@ impl Acceptor {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return, // WouldBlock: the queue is empty
             };
+            // The trusted proxies, the allowlist and the per-IP cap hold
+            // here too.
+            if !self.trusted(peer) {
+                self.refuse_untrusted(socket, peer);
+                continue;
+            }
+            let slot = match self.admit_direct(peer) {
+                Ok(slot) => slot,
+                Err(refusal) => {
+                    self.refuse(socket, peer, refusal);
+                    continue;
+                }
+            };
             // A permit as workers finish their drain; none by the
             // deadline: the connection is refused like any other.
             let permit = loop {
@@ -239,7 +283,7 @@ impl Acceptor {
                 }
             };
             match permit {
-                Some(permit) => self.spawn(socket, peer, permit),
+                Some(permit) => self.spawn(socket, peer, permit, slot),
                 None => {
                     self.reject(socket, peer);
                     return;
@@ -396,6 +440,15 @@ impl Acceptor {
             .is_none_or(|nets| nets.iter().any(|n| n.contains(&ip)))
     }
 
+    /// The allow list and the per-IP cap for a direct client; with the
+    /// PROXY protocol the peer is a trusted proxy, admitted as such.
+    fn admit_direct(&self, peer: SocketAddr) -> Result<Option<IpSlot>, Refusal> {
+        if self.trusted_proxies.is_some() {
+            return Ok(None);
+        }
+        self.access.admit(peer.ip())
+    }
+
     fn refuse_untrusted(&self, socket: Socket, peer: SocketAddr) {
         Stats::add(&self.ctx.stats.conns_total, 1);
         Stats::add(&self.ctx.stats.closed_proxy, 1);
@@ -420,7 +473,33 @@ impl Acceptor {
         }
     }
 
-    fn spawn(&mut self, socket: Socket, peer: SocketAddr, permit: Permit) {
+    /// Closes a connection `access` refused: no permit, no thread.
+    fn refuse(&self, socket: Socket, peer: SocketAddr, refusal: Refusal) {
+        let stats = &self.ctx.stats;
+        Stats::add(&stats.conns_total, 1);
+        drop(socket);
+        let (counter, alert, why) = match refusal {
+            Refusal::Denied => (
+                &stats.conns_denied,
+                &self.access.denied_alert,
+                "source not in server.allow",
+            ),
+            Refusal::OverIpLimit => (
+                &stats.conns_over_ip_limit,
+                &self.access.over_ip_limit_alert,
+                "over server.max_connections_per_ip",
+            ),
+        };
+        Stats::add(counter, 1);
+        if let Some(n) = alert.allow() {
+            warn!(
+                "connection refused at accept peer={peer} reason=\"{why}\"{}",
+                suppressed(n)
+            );
+        }
+    }
+
+    fn spawn(&mut self, socket: Socket, peer: SocketAddr, permit: Permit, slot: Option<IpSlot>) {
         self.next_id += 1;
         let id = self.next_id;
         if let Err(e) = self.prepare(&socket) {
@@ -432,11 +511,17 @@ impl Acceptor {
         debug!("conn open id={id} peer={peer}");
         let ctx = self.ctx.clone();
         let ended = self.ended_tx.clone();
+        let tls = self.tls.clone();
         let spawned = threads::spawn(
             format!("fw-conn-{id}"),
             Some(WORKER_STACK),
             &self.panics,
-            move || worker(id, peer, stream, ctx, ended),
+            move || {
+                // The source IP's count is the worker's: released as it
+                // ends, not when the accept loop gets round to joining it.
+                let _slot = slot;
+                worker(id, peer, stream, ctx, tls, ended)
+            },
         );
         match spawned {
             Ok(handle) => {
@@ -491,20 +576,45 @@ fn worker(
     peer: SocketAddr,
     stream: TcpStream,
     ctx: Arc<ConnContext>,
+    tls: Option<Arc<ServerTls>>,
     ended: Sender<Ended>,
 ) {
     let _alive = WorkerGuard::new(&ctx.stats, id, ended);
     let started = Instant::now();
-    let (close, totals, peer) = match client(&ctx, &stream, peer, started) {
+    // The PROXY header comes first, before TLS (SPEC); the client it
+    // names is the peer from here on.
+    let peer = match client(&ctx, &stream, peer, started) {
         Ok(client) => {
             if client != peer {
                 debug!("conn proxied id={id} proxy={peer} peer={client}");
             }
-            let (close, totals) = conn::serve(&ctx, &stream, client);
-            (close, totals, client)
+            client
         }
-        Err(close) => (close, conn::Totals::default(), peer),
+        Err(close) => {
+            debug!("conn closed id={id} peer={peer} reason={}", close.as_str());
+            let _ = SockRef::from(&stream).shutdown(SocketShutdown::Both);
+            return;
+        }
     };
+    let mut reader = match &tls {
+        None => Stream::Plain(&stream),
+        Some(tls) => match tls.accept(&stream, peer, &ctx.stats, &ctx.wake) {
+            Ok(s) => s,
+            Err(end) => {
+                if matches!(end, HandshakeEnd::Shutdown) {
+                    Stats::add(&ctx.stats.closed_shutdown, 1);
+                }
+                debug!("conn closed id={id} peer={peer} reason=tls {end:?}");
+                let _ = SockRef::from(&stream).shutdown(SocketShutdown::Both);
+                return;
+            }
+        },
+    };
+    let (close, totals) = conn::serve(&ctx, &mut reader, peer);
+    if close == conn::Close::Shutdown {
+        reader.close_notify();
+    }
+    drop(reader);
     debug!(
         "conn closed id={id} peer={peer} reason={} messages={} bytes={} duration={:?}",
         close.as_str(),

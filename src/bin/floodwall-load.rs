@@ -11,6 +11,9 @@
 //!   sink) that measures latency from each message's send time to its
 //!   arrival, and checks loss and order.
 //! - `--idle N`: holds N idle connections (RSS and threads per connection).
+//! - `--tls-ca PATH` (send and --idle): speak TLS, trusting PATH, verifying
+//!   `--tls-name`; `--tls-cert`/`--tls-key` add a client certificate. Like
+//!   a syslog sender, it never reads what the server sends.
 //!
 //! A progress line goes to stderr every second; at the end a human
 //! summary and one `fwl_result key=value ...` line go to stdout. MB are
@@ -90,6 +93,65 @@ struct Args {
     /// With --idle: each connection first sends one message of --size.
     #[arg(long, requires = "idle")]
     hello: bool,
+    /// Speak TLS to ADDR, trusting the PEM CA bundle at PATH.
+    #[arg(long, value_name = "PATH")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// The server name to verify with --tls-ca.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "localhost",
+        requires = "tls_ca"
+    )]
+    tls_name: String,
+    /// Client certificate (PEM) for mutual TLS; needs --tls-key.
+    #[arg(long, value_name = "PATH", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Client key (PEM) for --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+}
+
+/// The TLS client settings from --tls-*.
+fn tls_client(args: &Args) -> Result<Option<send::Tls>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let Some(ca) = &args.tls_ca else {
+        return Ok(None);
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| format!("--tls-ca {ca:?}: {e}"))? {
+        let cert = cert.map_err(|e| format!("--tls-ca {ca:?}: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("--tls-ca {ca:?}: {e}"))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots);
+    let config = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let certs = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| format!("--tls-cert {cert:?}: {e}"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("--tls-cert {cert:?}: {e}"))?;
+            let key =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| format!("--tls-key {key:?}: {e}"))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("--tls-key: {e}"))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let name = ServerName::try_from(args.tls_name.clone())
+        .map_err(|e| format!("--tls-name {:?}: {e}", args.tls_name))?;
+    Ok(Some(send::Tls {
+        config: Arc::new(config),
+        name,
+    }))
 }
 
 fn main() -> ExitCode {
@@ -195,6 +257,7 @@ fn send_mode(args: &Args, addr: SocketAddr, stop: &Arc<AtomicBool>) -> Result<Ex
         rate: args.rate,
         buffer: args.buffer,
         reconnect: args.reconnect,
+        tls: tls_client(args)?,
     });
     let counters = Arc::new(Counters::default());
     let barrier = Arc::new(Barrier::new(args.connections + 1));
@@ -401,7 +464,8 @@ fn idle_mode(
         None
     };
     let t0 = Instant::now();
-    let (held, failed) = send::open_idle(addr, n, hello);
+    let tls = tls_client(args)?;
+    let (held, failed) = send::open_idle(addr, n, hello, tls.as_ref());
     println!(
         "fwl idle connected={} failed={failed} in {:.2}s",
         held.len(),

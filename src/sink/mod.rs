@@ -36,6 +36,7 @@ use crate::alerts::{Alerts, suppressed};
 use crate::config::{SinkConfig, SinkType};
 use crate::queue::{Batch, QueueReceiver};
 use crate::shutdown::{Reopen, Shutdown};
+use crate::spool::{Spool, Taken};
 use crate::stats::Stats;
 
 pub use file::FileSink;
@@ -140,6 +141,11 @@ pub fn open(config: &SinkConfig) -> io::Result<Vec<SinkWorker>> {
 /// syscall, small enough that credits return steadily.
 const GATHER_BYTES: usize = 1 << 20;
 const GATHER_BATCHES: usize = 256;
+/// Writes gathered from the spool per call, at most: a write is the unit
+/// the delivered position advances by, so a crash during one replays all
+/// of it. Smaller than GATHER_BYTES to bound those duplicates for a slow
+/// sink; still large enough to amortise the syscall.
+const SPOOL_GATHER_BYTES: usize = 256 << 10;
 /// Back-off between retries of a failed write.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -159,10 +165,16 @@ pub struct SinkContext {
     pub abandon: Arc<AtomicBool>,
     /// Once triggered, nothing lingers: every batch is written at once.
     pub shutdown: Shutdown,
+    /// With `[spool]`: read from it instead of the queue (the spool
+    /// writer is then the queue's only reader).
+    pub spool: Option<Arc<Spool>>,
 }
 
 /// The sink thread body.
 pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
+    if let Some(spool) = ctx.spool.clone() {
+        return run_spooled(sink, &ctx, &spool);
+    }
     let linger = sink.linger();
     let mut seen_reopen = ctx.reopen.generation();
     let mut health = Health::new(ctx.stats.clone());
@@ -230,11 +242,45 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
         if !write_all(&mut *sink, &pending, &ctx, &mut seen_reopen, &mut health) {
             return;
         }
+        let n: usize = pending.iter().map(Batch::len).sum();
+        ctx.stats.moving(|| {
+            Stats::add(&ctx.stats.delivered, n as u64);
+            ctx.queue.written(n);
+        });
         for batch in pending.drain(..) {
             ctx.queue.recycle(batch);
         }
         bytes = 0;
         oldest = None;
+    }
+}
+
+/// The sink thread body with a spool: records come back from disk in
+/// order, and each successful write advances the delivered position
+/// (the caller of [`write_all`] counts the delivery: queue credits here,
+/// the spool's position there). No lingering: a take already gathers up
+/// to [`SPOOL_GATHER_BYTES`] of records. Ends when the spool writer is done and everything
+/// was delivered, or when the shutdown deadline abandons the sink (what
+/// it held stays spooled).
+fn run_spooled(mut sink: Box<dyn Sink>, ctx: &SinkContext, spool: &Spool) {
+    let mut seen_reopen = ctx.reopen.generation();
+    let mut health = Health::new(ctx.stats.clone());
+    loop {
+        let taken = spool.take(SPOOL_GATHER_BYTES, GATHER_BATCHES, ctx.tick);
+        reopen_if_asked(&mut *sink, ctx, &mut seen_reopen);
+        match taken {
+            Taken::Batches(batches) => {
+                if !write_all(&mut *sink, &batches, ctx, &mut seen_reopen, &mut health) {
+                    return;
+                }
+                spool.delivered(&batches);
+            }
+            Taken::Empty => probe(&mut *sink, &mut health),
+            Taken::Closed => return,
+        }
+        if ctx.abandon.load(Ordering::SeqCst) {
+            return;
+        }
     }
 }
 
@@ -259,13 +305,9 @@ fn write_all(
         health.set(result.is_ok());
         match result {
             Ok(()) => {
-                let n: usize = batches.iter().map(Batch::len).sum();
-                // Message bytes: each message is followed by one LF.
+                // Message bytes: each message is followed by one LF. (The
+                // caller counts the messages: queue credits or spool.)
                 let bytes: usize = batches.iter().map(|b| b.byte_len() - b.len()).sum();
-                ctx.stats.moving(|| {
-                    Stats::add(&ctx.stats.delivered, n as u64);
-                    ctx.queue.written(n);
-                });
                 Stats::add(&ctx.stats.bytes_delivered, bytes as u64);
                 if let Some(since) = outage
                     && let Some(s) = ctx.alerts.sink_recovered.allow()

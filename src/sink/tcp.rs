@@ -14,6 +14,11 @@
 //!   where the write stopped, so a downstream that wakes up later reads
 //!   every message once, none cut in half.
 //!
+//! With `[sink.tls]` the connection is TLS, verified against `ca` and
+//! `server_name` during connect: a verification failure is a connect
+//! error like any other (retried with backoff, warned once per outage),
+//! never a reason to send in plaintext.
+//!
 //! Health: on the sink thread's idle tick (nothing to write) [`Sink::check`]
 //! does the same non-blocking look, and, if the connection is gone or was
 //! never made, one connect attempt (at most every [`PROBE_RETRY`]). So
@@ -30,13 +35,69 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
+use rustls_pki_types::ServerName;
 
 use log::{debug, info};
 
 use super::{Sink, write_vectored_all};
 use crate::config::{SinkConfig, SinkFraming};
 use crate::queue::Batch;
+use crate::tls;
+
+/// The downstream connection: plain, or TLS over TCP.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::Plain(_) => "Conn::Plain",
+            Conn::Tls(_) => "Conn::Tls",
+        })
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write_vectored(bufs),
+            Conn::Tls(s) => s.write_vectored(bufs),
+        }
+    }
+
+    /// TLS: pushes out the records rustls still holds.
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// `[sink.tls]` loaded: what to trust and which name to verify.
+struct SinkTls {
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for SinkTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SinkTls({:?})", self.server_name)
+    }
+}
 
 /// Least time between two idle connect attempts while the downstream is
 /// down: a refused connect is cheap, one to a black hole costs up to
@@ -52,7 +113,8 @@ pub struct TcpSink {
     framing: SinkFraming,
     connect_timeout: Duration,
     write_timeout: Duration,
-    conn: Option<TcpStream>,
+    conn: Option<Conn>,
+    tls: Option<SinkTls>,
     /// Bytes of the current batches already written on `conn`: a retry
     /// after a write timeout resumes there. 0 whenever `conn` is new.
     done: usize,
@@ -64,9 +126,23 @@ pub struct TcpSink {
 }
 
 impl TcpSink {
-    /// Resolves the address once; fails only if it does not resolve
-    /// (validation has already resolved it once).
+    /// Resolves the address once and loads `[sink.tls]`; fails only if
+    /// the address does not resolve or the TLS files do not load
+    /// (validation and start-up have checked both once already).
     pub fn new(config: &SinkConfig) -> io::Result<TcpSink> {
+        let tls = match &config.tls {
+            None => None,
+            Some(t) => {
+                let client = tls::client_config(t).map_err(io::Error::other)?;
+                let name = t.server_name.clone().unwrap_or_default();
+                let server_name = ServerName::try_from(name)
+                    .map_err(|e| io::Error::other(format!("sink.tls.server_name: {e}")))?;
+                Some(SinkTls {
+                    config: client,
+                    server_name,
+                })
+            }
+        };
         let address = config.address.clone().unwrap_or_default();
         let addrs: Vec<SocketAddr> = address
             .to_socket_addrs()
@@ -79,6 +155,7 @@ impl TcpSink {
             ));
         }
         Ok(TcpSink {
+            tls,
             addrs,
             address,
             framing: config.framing.unwrap_or(SinkFraming::Lines),
@@ -92,7 +169,7 @@ impl TcpSink {
         })
     }
 
-    fn connect(&mut self) -> io::Result<TcpStream> {
+    fn connect(&mut self) -> io::Result<Conn> {
         let mut last = io::Error::new(
             io::ErrorKind::NotFound,
             format!("{}: resolves to no address", self.address),
@@ -100,15 +177,25 @@ impl TcpSink {
         for &addr in &self.addrs {
             match TcpStream::connect_timeout(&addr, self.connect_timeout) {
                 Ok(stream) => {
-                    stream.set_write_timeout(Some(self.write_timeout))?;
                     stream.set_nodelay(true)?;
+                    let conn = match &self.tls {
+                        None => Conn::Plain(stream),
+                        Some(t) => Conn::Tls(Box::new(
+                            tls::connect(&t.config, &t.server_name, stream, self.connect_timeout)
+                                .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?,
+                        )),
+                    };
+                    match &conn {
+                        Conn::Plain(s) => s.set_write_timeout(Some(self.write_timeout))?,
+                        Conn::Tls(s) => s.sock.set_write_timeout(Some(self.write_timeout))?,
+                    }
                     if self.connected_once {
                         debug!("tcp sink reconnected addr={addr}");
                     } else {
                         info!("tcp sink connected addr={addr}");
                         self.connected_once = true;
                     }
-                    return Ok(stream);
+                    return Ok(conn);
                 }
                 Err(e) => last = io::Error::new(e.kind(), format!("connect {addr}: {e}")),
             }
@@ -118,11 +205,13 @@ impl TcpSink {
 
     /// Writes `batches` from byte `self.done` on; on a timeout `self.done`
     /// says how far it got.
-    fn send(&mut self, stream: &mut TcpStream, batches: &[Batch]) -> io::Result<()> {
+    fn send(&mut self, stream: &mut Conn, batches: &[Batch]) -> io::Result<()> {
         match self.framing {
             SinkFraming::Lines => {
                 let bufs: Vec<&[u8]> = batches.iter().map(Batch::as_lines).collect();
-                write_vectored_all(stream, &bufs, &mut self.done)
+                let total = bufs.iter().map(|b| b.len()).sum();
+                write_vectored_all(stream, &bufs, &mut self.done)?;
+                self.flush_tls(stream, total)
             }
             SinkFraming::OctetCounted => {
                 // Rebuilt on a retry too: the same batches give the same
@@ -132,16 +221,75 @@ impl TcpSink {
                     let _ = write!(self.scratch, "{} ", m.len());
                     self.scratch.extend_from_slice(m);
                 }
-                write_vectored_all(stream, &[&self.scratch], &mut self.done)
+                write_vectored_all(stream, &[&self.scratch], &mut self.done)?;
+                self.flush_tls(stream, self.scratch.len())
             }
         }
+    }
+
+    /// TLS: rustls accepted the bytes; they are sent only once its
+    /// records are flushed. On a flush timeout every byte counts as
+    /// written (`done = total`), so the retry flushes instead of resending.
+    fn flush_tls(&mut self, stream: &mut Conn, total: usize) -> io::Result<()> {
+        if let Conn::Plain(_) = stream {
+            return Ok(());
+        }
+        stream.flush().inspect_err(|e| {
+            if is_timeout(e) {
+                self.done = total;
+            }
+        })
     }
 }
 
 /// Whether the downstream has closed or reset `stream`, looked at without
 /// blocking. A syslog receiver never talks back, so anything readable is
 /// either the end of the stream or bytes we discard.
-fn peer_closed(stream: &TcpStream) -> bool {
+fn peer_closed(conn: &mut Conn) -> bool {
+    match conn {
+        Conn::Plain(s) => tcp_peer_closed(s),
+        Conn::Tls(s) => tls_peer_closed(s),
+    }
+}
+
+/// TLS: reads what the downstream sent (session tickets, close_notify,
+/// alerts) without blocking; closed if the TCP stream ended, the session
+/// failed or the peer sent close_notify.
+fn tls_peer_closed(s: &mut StreamOwned<ClientConnection, TcpStream>) -> bool {
+    if s.sock.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut closed = false;
+    let mut buf = [0u8; 512];
+    for _ in 0..64 {
+        match s.conn.read_tls(&mut s.sock) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => match s.conn.process_new_packets() {
+                Ok(state) if state.peer_has_closed() => {
+                    closed = true;
+                    break;
+                }
+                Ok(_) => while matches!(s.conn.reader().read(&mut buf), Ok(n) if n > 0) {},
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    closed || s.sock.set_nonblocking(false).is_err()
+}
+
+fn tcp_peer_closed(stream: &TcpStream) -> bool {
     if stream.set_nonblocking(true).is_err() {
         return true;
     }
@@ -177,9 +325,9 @@ fn is_timeout(e: &io::Error) -> bool {
 
 impl Sink for TcpSink {
     fn check(&mut self) -> Option<io::Result<()>> {
-        match &self.conn {
-            Some(s) if !peer_closed(s) => return Some(Ok(())),
-            Some(_) => {
+        match self.conn.as_mut().map(peer_closed) {
+            Some(false) => return Some(Ok(())),
+            Some(true) => {
                 debug!("tcp sink: downstream closed the connection while idle");
                 self.conn = None;
                 self.done = 0;
@@ -204,8 +352,12 @@ impl Sink for TcpSink {
     }
 
     fn write(&mut self, batches: &[Batch]) -> io::Result<()> {
-        let mut stream = match self.conn.take() {
-            Some(s) if !peer_closed(&s) => s,
+        let open = self
+            .conn
+            .take()
+            .map(|mut s| (!peer_closed(&mut s)).then_some(s));
+        let mut stream = match open {
+            Some(Some(s)) => s,
             old => {
                 if old.is_some() {
                     debug!("tcp sink: downstream closed the connection, reconnecting");

@@ -12,6 +12,7 @@ pub mod haproxy;
 pub mod metrics;
 pub mod nats;
 pub mod peers;
+pub mod pki;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};

@@ -2,6 +2,8 @@
 //! write buffer each), full speed or paced to a share of an aggregate
 //! rate; and `--idle`, which only holds connections open.
 
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,6 +43,38 @@ pub struct Plan {
     /// Bytes formatted per write at full speed.
     pub buffer: usize,
     pub reconnect: bool,
+    /// Speak TLS.
+    pub tls: Option<Tls>,
+}
+
+/// A TLS client config and the server name to verify.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub config: Arc<ClientConfig>,
+    pub name: ServerName<'static>,
+}
+
+/// A sender's connection, plain or TLS. Held idle connections are these
+/// too, so a TLS session's memory is held as long as its socket.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
 }
 
 impl Plan {
@@ -105,14 +139,25 @@ pub fn spawn_senders(
     handles
 }
 
-fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+fn connect(addr: SocketAddr, tls: Option<&Tls>) -> io::Result<Conn> {
+    let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+    let Some(tls) = tls else {
+        s.set_write_timeout(Some(WRITE_WAKE))?;
+        return Ok(Conn::Plain(s));
+    };
+    s.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    s.set_write_timeout(Some(CONNECT_TIMEOUT))?;
+    let mut conn =
+        ClientConnection::new(tls.config.clone(), tls.name.clone()).map_err(io::Error::other)?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut s)?;
+    }
     s.set_write_timeout(Some(WRITE_WAKE))?;
-    Ok(s)
+    Ok(Conn::Tls(Box::new(StreamOwned::new(conn, s))))
 }
 
 fn sender(conn: usize, plan: &Plan, counters: &Counters, stop: &AtomicBool, start: &Barrier) {
-    let stream = match connect(plan.addr) {
+    let stream = match connect(plan.addr, plan.tls.as_ref()) {
         Ok(s) => {
             counters.connected.fetch_add(1, Ordering::SeqCst);
             Some(s)
@@ -192,7 +237,7 @@ fn sender(conn: usize, plan: &Plan, counters: &Counters, stop: &AtomicBool, star
                 if !plan.reconnect {
                     break;
                 }
-                match reconnect(plan.addr, &done) {
+                match reconnect(plan.addr, plan.tls.as_ref(), &done) {
                     Some(s) => {
                         counters.reconnects.fetch_add(1, Ordering::Relaxed);
                         stream = s;
@@ -209,7 +254,7 @@ fn sender(conn: usize, plan: &Plan, counters: &Counters, stop: &AtomicBool, star
 /// by a slow receiver). Returns the bytes the kernel accepted, also when
 /// a write failed after some of them (then with the error).
 fn write_fully(
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     buf: &[u8],
     done: &dyn Fn(Instant) -> bool,
 ) -> (usize, Option<io::Error>) {
@@ -230,13 +275,27 @@ fn write_fully(
             break;
         }
     }
+    // TLS: rustls took the bytes; push its records out too.
+    if let Conn::Tls(_) = stream {
+        while let Err(e) = stream.flush() {
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+            ) {
+                return (off, Some(e));
+            }
+            if done(Instant::now()) {
+                break;
+            }
+        }
+    }
     (off, None)
 }
 
-fn reconnect(addr: SocketAddr, done: &dyn Fn(Instant) -> bool) -> Option<TcpStream> {
+fn reconnect(addr: SocketAddr, tls: Option<&Tls>, done: &dyn Fn(Instant) -> bool) -> Option<Conn> {
     while !done(Instant::now()) {
         thread::sleep(RECONNECT_BACKOFF);
-        if let Ok(s) = connect(addr) {
+        if let Ok(s) = connect(addr, tls) {
             return Some(s);
         }
     }
@@ -246,13 +305,19 @@ fn reconnect(addr: SocketAddr, done: &dyn Fn(Instant) -> bool) -> Option<TcpStre
 /// Opens `n` connections from a few connector threads and returns them;
 /// holding them needs no thread at all. With `hello`, each sends one
 /// message of `size` bytes first (so a server has read from it once).
-pub fn open_idle(addr: SocketAddr, n: usize, hello: Option<usize>) -> (Vec<TcpStream>, u64) {
+pub fn open_idle(
+    addr: SocketAddr,
+    n: usize,
+    hello: Option<usize>,
+    tls: Option<&Tls>,
+) -> (Vec<Conn>, u64) {
     let connectors = n.clamp(1, 16);
     // Only to print the first error once.
     let failed = Arc::new(AtomicU64::new(0));
     let handles: Vec<_> = (0..connectors)
         .map(|k| {
             let failed = failed.clone();
+            let tls = tls.cloned();
             thread::Builder::new()
                 .name(format!("fwl-idle-{k}"))
                 .stack_size(THREAD_STACK)
@@ -260,7 +325,7 @@ pub fn open_idle(addr: SocketAddr, n: usize, hello: Option<usize>) -> (Vec<TcpSt
                     let mut held = Vec::new();
                     let mut buf = Vec::new();
                     for conn in (k..n).step_by(connectors) {
-                        match connect(addr) {
+                        match connect(addr, tls.as_ref()) {
                             Ok(mut s) => {
                                 if let Some(size) = hello {
                                     buf.clear();
@@ -270,7 +335,7 @@ pub fn open_idle(addr: SocketAddr, n: usize, hello: Option<usize>) -> (Vec<TcpSt
                                         nanos: unix_nanos(),
                                     };
                                     payload::write_frame(&mut buf, Framing::Lines, stamp, size);
-                                    if s.write_all(&buf).is_err() {
+                                    if s.write_all(&buf).and_then(|()| s.flush()).is_err() {
                                         failed.fetch_add(1, Ordering::Relaxed);
                                         continue;
                                     }
