@@ -96,7 +96,9 @@ pub struct Acceptor {
     /// disconnects once the last worker is gone too.
     ctx: Arc<ConnContext>,
     /// The allowlist and per-IP counts, checked before a thread starts.
-    access: Access,
+    /// Shared with the workers: behind a PROXY-protocol balancer they
+    /// apply it to the client the header names.
+    access: Arc<Access>,
     /// Present = every worker runs a TLS handshake first.
     tls: Option<Arc<ServerTls>>,
     /// A permit taken before an accept whose connection was then refused
@@ -152,7 +154,7 @@ impl Acceptor {
                 .then(|| config.trusted_proxies().unwrap_or_default()),
             depth,
             ctx,
-            access: Access::new(&config.server),
+            access: Arc::new(Access::new(&config.server)),
             tls,
             spare: None,
             panics,
@@ -512,6 +514,7 @@ impl Acceptor {
         let ctx = self.ctx.clone();
         let ended = self.ended_tx.clone();
         let tls = self.tls.clone();
+        let access = self.access.clone();
         let spawned = threads::spawn(
             format!("fw-conn-{id}"),
             Some(WORKER_STACK),
@@ -520,7 +523,7 @@ impl Acceptor {
                 // The source IP's count is the worker's: released as it
                 // ends, not when the accept loop gets round to joining it.
                 let _slot = slot;
-                worker(id, peer, stream, ctx, tls, ended)
+                worker(id, peer, stream, ctx, tls, &access, ended)
             },
         );
         match spawned {
@@ -577,18 +580,20 @@ fn worker(
     stream: TcpStream,
     ctx: Arc<ConnContext>,
     tls: Option<Arc<ServerTls>>,
+    access: &Access,
     ended: Sender<Ended>,
 ) {
     let _alive = WorkerGuard::new(&ctx.stats, id, ended);
     let started = Instant::now();
     // The PROXY header comes first, before TLS (SPEC); the client it
-    // names is the peer from here on.
-    let peer = match client(&ctx, &stream, peer, started) {
-        Ok(client) => {
+    // names is the peer from here on, held to the allow list and the
+    // per-IP cap like a direct one (its slot lives as long as this worker).
+    let (peer, _client_slot) = match client(&ctx, access, &stream, peer, started) {
+        Ok((client, slot)) => {
             if client != peer {
                 debug!("conn proxied id={id} proxy={peer} peer={client}");
             }
-            client
+            (client, slot)
         }
         Err(close) => {
             debug!("conn closed id={id} peer={peer} reason={}", close.as_str());
@@ -633,16 +638,19 @@ fn worker(
 /// connection, counted `closed_proxy`.
 fn client(
     ctx: &ConnContext,
+    access: &Access,
     stream: &TcpStream,
     peer: SocketAddr,
     started: Instant,
-) -> Result<SocketAddr, conn::Close> {
+) -> Result<(SocketAddr, Option<IpSlot>), conn::Close> {
     let Some(timeout) = ctx.proxy_header_timeout else {
-        return Ok(peer);
+        return Ok((peer, None));
     };
     let client = match proxy::read_header(stream, started + timeout, &ctx.wake) {
         Ok(Header::Proxied { source }) => source,
-        Ok(Header::Local) => peer,
+        // A balancer's health check: the proxy itself is the peer, and
+        // `allow` does not apply to the proxy's own address (SPEC).
+        Ok(Header::Local) => return Ok((peer, None)),
         Err(ProxyError::Shutdown) => {
             Stats::add(&ctx.stats.closed_shutdown, 1);
             return Err(conn::Close::Shutdown);
@@ -662,11 +670,34 @@ fn client(
             return Err(conn::Close::Proxy);
         }
     };
-    // ACCESS HOOK (proxied clients): the allow list and the per-IP cap of
-    // src/access.rs apply to `client` here, as the accept loop applies
-    // them to direct peers; a refusal returns Err(conn::Close::...) after
-    // counting conns_denied / conns_over_ip_limit. Wired at merge.
-    Ok(client)
+    match access.admit(client.ip()) {
+        Ok(slot) => Ok((client, slot)),
+        Err(refusal) => {
+            let stats = &ctx.stats;
+            let (counter, alert, why) = match refusal {
+                Refusal::Denied => (
+                    &stats.conns_denied,
+                    &access.denied_alert,
+                    "source not in server.allow",
+                ),
+                Refusal::OverIpLimit => (
+                    &stats.conns_over_ip_limit,
+                    &access.over_ip_limit_alert,
+                    "over server.max_connections_per_ip",
+                ),
+            };
+            Stats::add(counter, 1);
+            if let Some(n) = alert.allow() {
+                warn!(
+                    "connection refused after its PROXY header peer={client} proxy={peer} reason=\"{why}\"{}",
+                    suppressed(n)
+                );
+            }
+            // Counted above (not closed_proxy); the label is for the
+            // debug line only.
+            Err(conn::Close::Proxy)
+        }
+    }
 }
 
 /// Counts the thread as live and undoes everything on the way out.

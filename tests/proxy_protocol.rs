@@ -217,3 +217,69 @@ fn hostile_headers_are_closed_and_counted() {
     assert!(log.contains("not a trusted proxy"), "{log}");
     assert!(log.contains("bad header"), "{log}");
 }
+
+#[test]
+fn allow_and_the_per_ip_cap_apply_to_the_client_a_header_names() {
+    // The proxy (127.0.0.1) is trusted and not in `allow`: only the
+    // clients its headers name are checked.
+    let mut d = Daemon::start(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+framing = "lines"
+proxy_protocol = true
+trusted_proxies = ["127.0.0.1/32"]
+allow = ["10.1.0.0/16"]
+max_connections_per_ip = 1
+[sink]
+type = "file"
+path = "{dir}/out.log"
+flush_interval = "20ms"
+[log]
+stats_interval = "50ms"
+"#,
+    );
+    let wait = Duration::from_secs(20);
+    // Allowed, and it holds its IP's only slot while connected.
+    let mut first = TcpStream::connect(d.addr).expect("connect");
+    first
+        .write_all(b"PROXY TCP4 10.1.2.3 127.0.0.1 4444 5140\r\nallowed\n")
+        .expect("send");
+    assert!(support::wait_file_contains(
+        &d.path("out.log"),
+        b"allowed\n",
+        wait
+    ));
+    // Not in allow: closed after its header, nothing delivered.
+    let mut denied = TcpStream::connect(d.addr).expect("connect");
+    let _ = denied.write_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 5140\r\ndenied\n");
+    closed_within(&mut denied, wait);
+    // Same client IP as `first`: over the cap of 1.
+    let mut second = TcpStream::connect(d.addr).expect("connect");
+    let _ = second.write_all(b"PROXY TCP4 10.1.2.3 127.0.0.1 4445 5140\r\nover the cap\n");
+    closed_within(&mut second, wait);
+    // Once `first` is gone its slot is free again.
+    drop(first);
+    assert!(
+        d.wait_stats(wait, |s| num(s, "workers") == 0).is_some(),
+        "the first worker did not end"
+    );
+    let mut again = TcpStream::connect(d.addr).expect("connect");
+    again
+        .write_all(b"PROXY TCP4 10.1.2.3 127.0.0.1 4446 5140\r\nagain\n")
+        .expect("send");
+    drop(again);
+    assert!(support::wait_file_contains(
+        &d.path("out.log"),
+        b"again\n",
+        wait
+    ));
+    let status = d.stop(wait);
+    assert!(status.success(), "log:\n{}", d.log_text());
+    let s = d.final_stats();
+    support::assert_balanced(&s);
+    assert_eq!(num(&s, "conns_denied"), 1, "{s:?}");
+    assert_eq!(num(&s, "conns_over_ip_limit"), 1, "{s:?}");
+    assert_eq!(num(&s, "closed_proxy"), 0, "{s:?}");
+    assert_eq!(out(&d), "allowed\nagain\n");
+}
