@@ -17,6 +17,8 @@
 #   SKIP        any of "matrix idle latency timeline tls plots" to skip those parts
 #   TLS_CONNS   connection counts of the TLS rows (default "10 100", QUICK "10");
 #               TLS_IDLE_N idle TLS connections per server (default 1000)
+#   TLS_PARTS   subset of "rates idle handshakes" of the TLS part (default all)
+#   TLS_SERVERS subset of "fw-tls rsyslog-tls syslog-ng-tls" (default all)
 #   CARGO_TARGET_DIR  where cargo builds (default <repo>/target)
 #
 # Output: bench/out/results.csv, idle.csv, latency.txt, timeline/, tls.csv,
@@ -38,6 +40,8 @@ fi
 SERVERS="${SERVERS:-discard fw-null fw-file rsyslog syslog-ng}"
 if [[ $QUICK == 1 ]]; then TLS_CONNS="${TLS_CONNS:-10}"; else TLS_CONNS="${TLS_CONNS:-10 100}"; fi
 TLS_IDLE_N="${TLS_IDLE_N:-1000}"
+TLS_PARTS="${TLS_PARTS:-rates idle handshakes}"
+TLS_SERVERS="${TLS_SERVERS:-fw-tls rsyslog-tls syslog-ng-tls}"
 CLIENTS="${CLIENTS:-fwl loggen}"
 SKIP="${SKIP:-}"
 OUT="$REPO/bench/out"
@@ -407,37 +411,43 @@ if ! skipping tls; then
             -out server.crt -extfile <(printf 'subjectAltName=DNS:localhost,IP:127.0.0.1')
     ) >/dev/null 2>&1 || die "cannot make the TLS certificates"
     CSV="$OUT/tls.csv"
-    echo "server,client,conns,size,msg_bytes,secs,sent,written,lost,msgs_per_s,mb_per_s,server_cpu_s,cpu_s_per_m,client_cpu_s,peak_rss_kib,threads_peak" >"$CSV"
-    for server in fw-tls rsyslog-tls syslog-ng-tls; do
-        for conns in $TLS_CONNS; do
-            for client in $CLIENTS; do
-                run_one "$server" "$client" "$conns" 100
+    if [[ " $TLS_PARTS " == *" rates "* ]]; then
+        echo "server,client,conns,size,msg_bytes,secs,sent,written,lost,msgs_per_s,mb_per_s,server_cpu_s,cpu_s_per_m,client_cpu_s,peak_rss_kib,threads_peak" >"$CSV"
+        for server in $TLS_SERVERS; do
+            for conns in $TLS_CONNS; do
+                for client in $CLIENTS; do
+                    run_one "$server" "$client" "$conns" 100
+                done
             done
         done
-    done
+    fi
     IDLE_CSV="$OUT/tls_idle.csv"
-    echo "server,asked,connected,established,rss_before_kib,rss_after_kib,threads_before,threads_after,kib_per_conn" >"$IDLE_CSV"
-    for server in fw-tls rsyslog-tls syslog-ng-tls; do
-        IDLE_N=$TLS_IDLE_N idle_one "$server"
-    done
-    echo "server,handshakes,secs,per_s,server_cpu_s,server_ms_per_handshake" >"$OUT/tls_handshakes.csv"
-    for server in fw-tls rsyslog-tls syslog-ng-tls; do
-        port=$(peers_free_port); dir="$WORK/handshakes-$server"
-        start_server "$server" "$port" "$dir" || continue
-        c0=$(cpu_ticks "$SRV_PID")
-        openssl s_time -connect "127.0.0.1:$port" -new -time 5 -CAfile "$TLS_DIR/ca.crt" >"$dir/s_time.out" 2>&1
-        c1=$(cpu_ticks "$SRV_PID")
-        peers_stop "$SRV_PID"
-        # "N connections in S real seconds"; if s_time gave up with an
-        # error first, its progress stars (one per connection) over 5 s.
-        n=$(grep -o '^[0-9]* connections in [0-9]* real seconds' "$dir/s_time.out" | head -n1)
-        [[ -n $n ]] || n="$(tr -cd '*' <"$dir/s_time.out" | wc -c) connections in 5 real"
-        awk -v s="$server" -v line="$n" -v c0="$c0" -v c1="$c1" -v tck="$TCK" 'BEGIN {
-            split(line, f, " "); secs = f[4]; cpu = (c1 - c0) / tck
-            printf "%s,%d,%.2f,%.0f,%.2f,%.3f\n", s, f[1], secs, (secs > 0 ? f[1] / secs : 0), cpu, (f[1] > 0 ? cpu * 1000 / f[1] : 0)
-        }' >>"$OUT/tls_handshakes.csv"
-        log "handshakes: $(tail -n1 "$OUT/tls_handshakes.csv")"
-    done
+    if [[ " $TLS_PARTS " == *" idle "* ]]; then
+        echo "server,asked,connected,established,rss_before_kib,rss_after_kib,threads_before,threads_after,kib_per_conn" >"$IDLE_CSV"
+        for server in $TLS_SERVERS; do
+            IDLE_N=$TLS_IDLE_N idle_one "$server"
+        done
+    fi
+    if [[ " $TLS_PARTS " == *" handshakes "* ]]; then
+        echo "server,handshakes,secs,per_s,server_cpu_s,server_ms_per_handshake" >"$OUT/tls_handshakes.csv"
+        for server in $TLS_SERVERS; do
+            port=$(peers_free_port); dir="$WORK/handshakes-$server"
+            start_server "$server" "$port" "$dir" || continue
+            c0=$(cpu_ticks "$SRV_PID")
+            openssl s_time -connect "127.0.0.1:$port" -new -time 5 -CAfile "$TLS_DIR/ca.crt" >"$dir/s_time.out" 2>&1
+            c1=$(cpu_ticks "$SRV_PID")
+            peers_stop "$SRV_PID"
+            # "N connections in S real seconds"; if s_time gave up with an
+            # error first, its progress stars (one per connection) over 5 s.
+            n=$(grep -o '^[0-9]* connections in [0-9]* real seconds' "$dir/s_time.out" | head -n1)
+            [[ -n $n ]] || n="$(tr -cd '*' <"$dir/s_time.out" | wc -c) connections in 5 real"
+            awk -v s="$server" -v line="$n" -v c0="$c0" -v c1="$c1" -v tck="$TCK" 'BEGIN {
+                split(line, f, " "); secs = f[4]; cpu = (c1 - c0) / tck
+                printf "%s,%d,%.2f,%.0f,%.2f,%.3f\n", s, f[1], secs, (secs > 0 ? f[1] / secs : 0), cpu, (f[1] > 0 ? cpu * 1000 / f[1] : 0)
+            }' >>"$OUT/tls_handshakes.csv"
+            log "handshakes: $(tail -n1 "$OUT/tls_handshakes.csv")"
+        done
+    fi
 fi
 
 # ---------------------------------------------------------------- report
