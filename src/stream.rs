@@ -11,20 +11,27 @@ use std::net::TcpStream;
 
 use std::time::Duration;
 
-use rustls::{ServerConnection, StreamOwned};
+use rustls::ServerConnection;
 
 use crate::wake::{Ready, Wake};
 
 pub enum Stream<'a> {
     Plain(&'a TcpStream),
-    Tls(Box<StreamOwned<ServerConnection, &'a TcpStream>>),
+    /// Boxed from its creation in src/tls.rs (the session is over 1 KiB):
+    /// a by-value session is copied through the handshake's stack frames,
+    /// and every stack page a worker touches stays resident for as long
+    /// as its connection lives.
+    Tls {
+        conn: Box<ServerConnection>,
+        sock: &'a TcpStream,
+    },
 }
 
 impl Stream<'_> {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(s) => s,
-            Stream::Tls(s) => s.sock,
+            Stream::Tls { sock, .. } => sock,
         }
     }
 
@@ -40,8 +47,8 @@ impl Stream<'_> {
         timeout: Option<Duration>,
         watch: bool,
     ) -> io::Result<Ready> {
-        if let Stream::Tls(s) = self {
-            let state = s.conn.process_new_packets().map_err(io::Error::other)?;
+        if let Stream::Tls { conn, .. } = self {
+            let state = conn.process_new_packets().map_err(io::Error::other)?;
             if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
                 return Ok(Ready::Socket);
             }
@@ -52,7 +59,7 @@ impl Stream<'_> {
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.read(buf),
-            Stream::Tls(s) => match s.read(buf) {
+            Stream::Tls { conn, sock } => match rustls::Stream::new(&mut **conn, sock).read(buf) {
                 // After the handshake a close without close_notify is an
                 // ordinary EOF (SPEC "Access control and TLS").
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
@@ -64,11 +71,10 @@ impl Stream<'_> {
     /// At shutdown: the one thing floodwall writes after a handshake.
     /// One non-blocking write: a client whose window is closed misses it.
     pub fn close_notify(&mut self) {
-        if let Stream::Tls(s) = self {
-            let s = &mut **s;
-            s.conn.send_close_notify();
-            let _ = s.sock.set_nonblocking(true);
-            let _ = s.conn.write_tls(&mut s.sock);
+        if let Stream::Tls { conn, sock } = self {
+            conn.send_close_notify();
+            let _ = sock.set_nonblocking(true);
+            let _ = conn.write_tls(sock);
         }
     }
 }

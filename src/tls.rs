@@ -445,19 +445,26 @@ impl ServerTls {
         match handshake(current.config.clone(), tcp, deadline, wake) {
             // conn.rs takes over the socket (non-blocking, polled); the
             // only write left is a close_notify at shutdown.
-            Ok(conn) => Ok(Stream::Tls(Box::new(StreamOwned::new(conn, tcp)))),
-            Err(HandshakeEnd::Refused(reason)) => {
-                Stats::add(&stats.closed_tls, 1);
-                if let Some(n) = self.refused.allow() {
-                    warn!(
-                        "TLS handshake refused, connection closed peer={peer} reason=\"{reason}\"{}",
-                        suppressed(n)
-                    );
-                }
-                Err(HandshakeEnd::Refused(reason))
-            }
+            Ok(conn) => Ok(Stream::Tls { conn, sock: tcp }),
+            Err(HandshakeEnd::Refused(reason)) => Err(self.refused(peer, stats, reason)),
             Err(end) => Err(end),
         }
+    }
+
+    /// Counts and warns a refused handshake. Out of line: its formatting
+    /// would otherwise widen `accept`'s frame, which sits under the whole
+    /// handshake (see `Stream::Tls` on resident stack pages).
+    #[cold]
+    #[inline(never)]
+    fn refused(&self, peer: SocketAddr, stats: &Stats, reason: String) -> HandshakeEnd {
+        Stats::add(&stats.closed_tls, 1);
+        if let Some(n) = self.refused.allow() {
+            warn!(
+                "TLS handshake refused, connection closed peer={peer} reason=\"{reason}\"{}",
+                suppressed(n)
+            );
+        }
+        HandshakeEnd::Refused(reason)
     }
 }
 
@@ -476,10 +483,9 @@ fn handshake(
     tcp: &TcpStream,
     deadline: Instant,
     wake: &Wake,
-) -> Result<ServerConnection, HandshakeEnd> {
+) -> Result<Box<ServerConnection>, HandshakeEnd> {
     let refused = |why: String| HandshakeEnd::Refused(why);
-    let mut conn =
-        ServerConnection::new(config).map_err(|e| refused(format!("cannot start TLS: {e}")))?;
+    let mut conn = new_session(config).map_err(|e| refused(format!("cannot start TLS: {e}")))?;
     let mut sock = tcp;
     let mut first: Option<u8> = None;
     // Blocking, so that a write waits (bounded by its timeout); reads only
@@ -540,7 +546,17 @@ fn handshake(
     Ok(conn)
 }
 
+/// A boxed session, built in its own frame: the session is over 1 KiB,
+/// and the by-value temporary would otherwise widen the frame that sits
+/// under the whole handshake (see `Stream::Tls`).
+#[inline(never)]
+fn new_session(config: Arc<ServerConfig>) -> Result<Box<ServerConnection>, rustls::Error> {
+    Ok(Box::new(ServerConnection::new(config)?))
+}
+
 /// The warning's reason for a failed handshake.
+#[cold]
+#[inline(never)]
 fn reason(e: &rustls::Error, first: Option<u8>) -> String {
     use rustls::Error as E;
     match e {
