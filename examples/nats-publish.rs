@@ -3,8 +3,8 @@
 //! bytes to SUBJECT with at most WINDOW awaiting acks, acks completing out
 //! of order, on one current-thread runtime (as floodwall's sink does), and
 //! prints acknowledged messages per second. With `headers`, each message
-//! also carries a unique Nats-Msg-Id and a Floodwall-Peer header, as the
-//! sink's do (the stream then checks every id for duplicates).
+//! also carries a unique Nats-Msg-Id and a Floodwall-Peer header, shaped
+//! as the sink's are (the stream then checks every id for duplicates).
 //!
 //! cargo run --release --example nats-publish -- URL[,URL...] SUBJECT COUNT SIZE WINDOW [headers]
 
@@ -38,6 +38,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .max_ack_inflight(window + 1)
             .build(client);
         let payload = bytes::Bytes::from(vec![b'x'; size]);
+        // Ids shaped as the sink's ("<pid><start nanos>-<worker>-<seq>",
+        // about 30 bytes): the stream keeps every id of its duplicate
+        // window, so their length is part of the servers' cost.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos();
+        let prefix = format!("{:x}{:x}-0-", std::process::id(), nanos);
         let start = Instant::now();
         let mut in_flight = FuturesUnordered::new();
         let (mut sent, mut acked) = (0usize, 0usize);
@@ -46,7 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let ack = if headers {
                     let m = async_nats::jetstream::message::PublishMessage::build()
                         .payload(payload.clone())
-                        .message_id(format!("bench-{sent}"))
+                        .message_id(format!("{prefix}{sent}"))
                         .header("Floodwall-Peer", "127.0.0.1:40000");
                     js.send_publish(subject.clone(), m).await?
                 } else {

@@ -33,9 +33,11 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
+use async_nats::{HeaderMap, HeaderName, Subject, header::NATS_MESSAGE_ID};
 use bytes::Bytes;
 use crossbeam_channel::{RecvTimeoutError, TryRecvError};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -165,17 +167,25 @@ impl MessageIds {
         }
     }
 
-    fn next_id(&mut self) -> String {
+    /// The next message's sequence number; [`MessageIds::text`] makes
+    /// the id of it (only when it is published, so a message holds no
+    /// string of its own while it waits).
+    fn next_seq(&mut self) -> u64 {
         self.next += 1;
-        format!("{}{}", self.prefix, self.next)
+        self.next
+    }
+
+    fn text(&self, seq: u64) -> String {
+        format!("{}{}", self.prefix, seq)
     }
 }
 
 /// One message taken from the queue and not yet acknowledged.
 #[derive(Debug, Clone)]
 struct Message {
-    /// Kept across retries: the stream deduplicates on it.
-    id: String,
+    /// Its `Nats-Msg-Id` is made of this ([`MessageIds::text`]), the same
+    /// on every retry: the stream deduplicates on it.
+    seq: u64,
     /// "IP:PORT" or "[IPv6]:PORT"; empty when the batch had no peer.
     /// Shared by the messages of one batch.
     peer: Arc<str>,
@@ -183,8 +193,33 @@ struct Message {
 }
 
 type AckResult = Result<jetstream::publish::PublishAck, jetstream::context::PublishError>;
-/// A publish awaiting its ack: the message, when it was sent, the ack.
-type AckFuture = Pin<Box<dyn Future<Output = (Message, Instant, AckResult)> + Send>>;
+/// The client's own (boxed) future of one ack.
+type AckFuture = <jetstream::context::PublishAckFuture as std::future::IntoFuture>::IntoFuture;
+
+/// A publish awaiting its ack: yields the message, when it was sent and
+/// the ack. A plain struct rather than an `async` block: that would be
+/// one more allocation per message around the client's boxed future.
+struct Pending {
+    message: Option<Message>,
+    sent: Instant,
+    ack: AckFuture,
+}
+
+impl Future for Pending {
+    type Output = (Message, Instant, AckResult);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let Poll::Ready(result) = this.ack.as_mut().poll(cx) else {
+            return Poll::Pending;
+        };
+        let message = this
+            .message
+            .take()
+            .expect("FuturesUnordered polls a completed future never again");
+        Poll::Ready((message, this.sent, result))
+    }
+}
 
 /// Connects (the client keeps reconnecting in the background) and makes
 /// sure the stream exists, retrying with back-off until it works or the
@@ -341,8 +376,14 @@ struct Pipeline {
     ctx: SinkContext,
     js: jetstream::Context,
     ids: MessageIds,
+    /// Made once: cloning them shares their bytes (per message they
+    /// would be an allocation each).
+    subject: Subject,
+    peer_header: HeaderName,
     /// Publishes awaiting their acks, completing in any order.
-    in_flight: FuturesUnordered<AckFuture>,
+    in_flight: FuturesUnordered<Pending>,
+    /// Completed publishes to settle; kept to reuse its allocation.
+    acks: Vec<(Message, Instant, AckResult)>,
     /// Messages whose publish failed, sent again (same id) first.
     retries: VecDeque<Message>,
     /// Messages taken from the queue and not yet published.
@@ -367,11 +408,14 @@ impl Pipeline {
         health: Health,
     ) -> Pipeline {
         Pipeline {
+            subject: Subject::from(settings.subject.clone()),
+            peer_header: HeaderName::from_static(PEER_HEADER),
             settings,
             ctx,
             js,
             ids,
             in_flight: FuturesUnordered::new(),
+            acks: Vec::new(),
             retries: VecDeque::new(),
             fresh: VecDeque::new(),
             backoff: Backoff::default(),
@@ -437,7 +481,7 @@ impl Pipeline {
         for m in batch.messages() {
             let end = start + m.len();
             self.fresh.push_back(Message {
-                id: self.ids.next_id(),
+                seq: self.ids.next_seq(),
                 peer: peer.clone(),
                 payload: data.slice(start..end),
             });
@@ -448,26 +492,29 @@ impl Pipeline {
 
     /// Publishes retries first, then fresh messages, while the window has
     /// room.
+    /// Headers are made here, not kept: the client takes them by value,
+    /// and a retry (rare) makes them again. One clock read per call: the
+    /// publishes of one call go out within microseconds.
     async fn publish_what_fits(&mut self) {
+        let sent = Instant::now();
         while self.in_flight.len() < self.window() {
             let Some(message) = self.retries.pop_front().or_else(|| self.fresh.pop_front()) else {
                 return;
             };
-            let mut publish = PublishMessage::build()
-                .payload(message.payload.clone())
-                .message_id(&message.id);
+            let mut headers = HeaderMap::new();
+            headers.insert(NATS_MESSAGE_ID, self.ids.text(message.seq));
             if !message.peer.is_empty() {
-                publish = publish.header(PEER_HEADER, &*message.peer);
+                headers.insert(self.peer_header.clone(), &*message.peer);
             }
-            let sent = Instant::now();
-            match self
-                .js
-                .send_publish(self.settings.subject.clone(), publish)
-                .await
-            {
-                Ok(ack) => self
-                    .in_flight
-                    .push(Box::pin(async move { (message, sent, ack.await) })),
+            let publish = PublishMessage::build()
+                .payload(message.payload.clone())
+                .headers(headers);
+            match self.js.send_publish(self.subject.clone(), publish).await {
+                Ok(ack) => self.in_flight.push(Pending {
+                    message: Some(message),
+                    sent,
+                    ack: std::future::IntoFuture::into_future(ack),
+                }),
                 Err(e) if matches!(e.kind(), PublishErrorKind::MaxPayloadExceeded) => {
                     self.refuse(message, &e)
                 }
@@ -496,20 +543,26 @@ impl Pipeline {
             }
             return;
         }
-        let room = holding.is_none() && self.in_flight.len() < self.window();
-        let poll = if room { FEED_POLL } else { POLL };
-        let first = tokio::time::timeout(poll, self.in_flight.next()).await;
-        let mut acks = Vec::new();
-        if let Ok(Some(done)) = first {
-            acks.push(done);
-            // Whatever else has completed meanwhile, without waiting.
-            while let Some(Some(done)) =
-                futures_util::FutureExt::now_or_never(self.in_flight.next())
-            {
+        let mut acks = std::mem::take(&mut self.acks);
+        // What has completed already settles without arming a timer.
+        self.completed(&mut acks);
+        if acks.is_empty() {
+            let room = holding.is_none() && self.in_flight.len() < self.window();
+            let poll = if room { FEED_POLL } else { POLL };
+            if let Ok(Some(done)) = tokio::time::timeout(poll, self.in_flight.next()).await {
                 acks.push(done);
+                self.completed(&mut acks);
             }
         }
-        self.settle(acks);
+        self.settle(&mut acks);
+        self.acks = acks;
+    }
+
+    /// Takes every publish whose ack is in, without waiting.
+    fn completed(&mut self, acks: &mut Vec<(Message, Instant, AckResult)>) {
+        while let Some(Some(done)) = futures_util::FutureExt::now_or_never(self.in_flight.next()) {
+            acks.push(done);
+        }
     }
 
     /// Nothing in flight, nothing to publish: block on the queue for a
@@ -529,16 +582,20 @@ impl Pipeline {
     /// Books completed publishes: acks move messages to `delivered` (a
     /// duplicate ack too: the message is stored once and counted once,
     /// since each message is settled once), failures go back for a retry.
-    fn settle(&mut self, acks: Vec<(Message, Instant, AckResult)>) {
+    fn settle(&mut self, acks: &mut Vec<(Message, Instant, AckResult)>) {
         let mut delivered = 0u64;
         let mut bytes = 0u64;
-        for (message, sent, result) in acks {
+        let now = Instant::now();
+        for (message, sent, result) in acks.drain(..) {
             // floodwall_sink_write_duration_seconds: publish to ack.
-            self.ctx.stats.sink_write.observe(sent.elapsed());
+            self.ctx
+                .stats
+                .sink_write
+                .observe(now.saturating_duration_since(sent));
             match result {
                 Ok(ack) => {
                     if ack.duplicate {
-                        debug!("nats ack was a duplicate id={}", message.id);
+                        debug!("nats ack was a duplicate id={}", self.ids.text(message.seq));
                     }
                     delivered += 1;
                     bytes += message.payload.len() as u64;
@@ -617,8 +674,12 @@ mod tests {
     fn message_ids_are_unique_per_worker_and_run() {
         let mut a = MessageIds::new("r1", 0);
         let mut b = MessageIds::new("r1", 1);
-        let ids: std::collections::HashSet<String> =
-            (0..100).flat_map(|_| [a.next_id(), b.next_id()]).collect();
+        let ids: std::collections::HashSet<String> = (0..100)
+            .flat_map(|_| {
+                let (x, y) = (a.next_seq(), b.next_seq());
+                [a.text(x), b.text(y)]
+            })
+            .collect();
         assert_eq!(ids.len(), 200);
         assert_ne!(run_id(), "");
     }
