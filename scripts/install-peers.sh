@@ -130,6 +130,8 @@ fi
 
 # ------------------------------------------------------- socat, logger
 apt_install socat
+# scripts/peers.sh waits for ports with `ss` (iproute2), not on every minimal image.
+apt_install iproute2
 command -v logger >/dev/null 2>&1 || apt_install bsdutils
 logger --help 2>&1 | grep -q -- '--octet-count' || die "logger is not util-linux logger (no --octet-count)"
 
