@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{Daemon, assert_balanced, await_close, num, wait_file_len};
+use support::{Daemon, await_close, num, wait_file_len};
 
 const WAIT: Duration = Duration::from_secs(20);
 /// Longer than SCHED_MARGIN plus the slacks below, so that a connection
@@ -54,14 +54,6 @@ stats_interval = "100ms"
     ))
 }
 
-fn stop_balanced(d: &mut Daemon) -> support::StatsLine {
-    let status = d.stop(WAIT);
-    assert!(status.success(), "exit {status:?}");
-    let s = d.final_stats();
-    assert_balanced(&s);
-    s
-}
-
 #[test]
 fn a_silent_connection_is_closed_after_idle_timeout_and_counted() {
     let mut d = start();
@@ -80,7 +72,7 @@ fn a_silent_connection_is_closed_after_idle_timeout_and_counted() {
             && num(s, "workers") == 0)
             .is_some()
     );
-    let st = stop_balanced(&mut d);
+    let st = d.stop_balanced(WAIT);
     assert_eq!(num(&st, "closed_idle"), 1);
     assert_eq!(num(&st, "received"), 0);
 }
@@ -130,7 +122,7 @@ fn a_connection_trickling_bytes_without_a_message_is_closed_as_idle() {
             && num(s, "workers") == 0)
             .is_some()
     );
-    let st = stop_balanced(&mut d);
+    let st = d.stop_balanced(WAIT);
     // The unfinished line is not a message.
     assert_eq!(num(&st, "received"), 0);
     assert_eq!(num(&st, "closed_idle"), 1);
@@ -163,7 +155,7 @@ fn a_busy_connection_outlives_idle_timeout() {
     );
     assert_eq!(num(&st, "closed_idle"), 0);
     drop(s);
-    let st = stop_balanced(&mut d);
+    let st = d.stop_balanced(WAIT);
     assert_eq!(num(&st, "closed_idle"), 0);
     assert_eq!(num(&st, "delivered"), n);
 }

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use support::{Daemon, assert_balanced, num};
+use support::{Daemon, num};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -75,12 +75,9 @@ stats_interval = "0s"
     let third = TcpListener::bind(addr).expect("rebind collector");
     let (conn, line) = collect_line(&third);
     assert_eq!(line, "three\n");
-    let status = d.stop(WAIT);
-    assert!(status.success(), "log:\n{}", d.log_text());
+    let s = d.stop_balanced(WAIT);
     drop(conn);
     // At most one line per second: two outages, two lines, no more.
     assert_eq!(warnings(&d), 2, "log:\n{}", d.log_text());
-    let s = d.final_stats();
-    assert_balanced(&s);
     assert_eq!(num(&s, "delivered"), 3);
 }

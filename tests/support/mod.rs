@@ -416,21 +416,6 @@ pub fn max_resent_per_outage(message_bytes: usize) -> usize {
     (SINK_GATHER_BYTES + CONN_MAX_BATCH_BYTES).div_ceil(message_bytes)
 }
 
-/// How many threads of `pid` have a name starting with `prefix`
-/// (/proc/PID/task/*/comm); panics if /proc cannot be read.
-pub fn read_proc_threads_named(pid: u32, prefix: &str) -> usize {
-    let dir = format!("/proc/{pid}/task");
-    std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read {dir}: {e}"))
-        .filter_map(|t| t.ok())
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm"))
-                .map(|c| c.starts_with(prefix))
-                .unwrap_or(false)
-        })
-        .count()
-}
-
 /// Reads a file, or empty if it does not exist yet.
 pub fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_default()
