@@ -12,45 +12,27 @@ mod support;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fault_support::flood;
-use support::{Daemon, assert_balanced, num, read};
+use support::{Daemon, Tmpfs, assert_balanced, num, read};
 
 /// A full disk under the sink's path: an 8 MiB tmpfs filled by `filler`;
-/// `clear` frees it; unmounted on drop, then its own temp dir (apart from
-/// the daemon's, which may go first) is removed.
+/// `clear` frees it.
 struct FullDisk {
-    mount: PathBuf,
     filler: PathBuf,
-    _dir: tempfile::TempDir,
+    _tmpfs: Tmpfs,
 }
 
 impl FullDisk {
     /// Mounts the tmpfs; returns it and the sink path on it.
     fn mount() -> (FullDisk, PathBuf) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mount = dir.path().join("mnt");
-        std::fs::create_dir(&mount).expect("mkdir");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-            .arg(&mount)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run mount: {e}"));
-        assert!(
-            out.status.success(),
-            "mount -t tmpfs {} failed ({}): {}; this test needs root to mount a small tmpfs",
-            mount.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let path = mount.join("out.log");
+        let tmpfs = Tmpfs::mount("8m");
+        let path = tmpfs.path.join("out.log");
         (
             FullDisk {
-                filler: mount.join("filler"),
-                mount,
-                _dir: dir,
+                filler: tmpfs.path.join("filler"),
+                _tmpfs: tmpfs,
             },
             path,
         )
@@ -74,20 +56,6 @@ impl FullDisk {
 
     fn clear(&self) {
         std::fs::remove_file(&self.filler).expect("free the tmpfs");
-    }
-}
-
-impl Drop for FullDisk {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.mount)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            // Still busy (a daemon holding its file, after a failure):
-            // detach it so the temp dir can go.
-            let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
-        }
     }
 }
 

@@ -8,38 +8,10 @@
 mod spool_support;
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use spool_support::{Collector, paced_clients, per_client};
-use support::{Daemon, assert_balanced, num};
-
-/// Unmounts on drop, also when the test fails.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "this test mounts a tmpfs and needs root: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
+use support::{Daemon, Tmpfs, assert_balanced, num};
 
 const CLIENTS: usize = 4;
 const PER_CLIENT: usize = 8000;
@@ -51,9 +23,8 @@ const SIZE: usize = 500;
 
 #[test]
 fn a_full_disk_hands_over_to_the_overload_layers_and_loses_nothing_spooled() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mnt = tmp.path().join("mnt");
-    let _tmpfs = Tmpfs::mount(&mnt, "8m");
+    let tmpfs = Tmpfs::mount("8m");
+    let mnt = &tmpfs.path;
     let collector = Collector::start(8192, 0);
     collector.pause();
     let config = format!(

@@ -416,6 +416,50 @@ pub fn max_resent_per_outage(message_bytes: usize) -> usize {
     (SINK_GATHER_BYTES + CONN_MAX_BATCH_BYTES).div_ceil(message_bytes)
 }
 
+/// A tmpfs of `size` ("8m") mounted in a temp dir of its own (needs
+/// root; a failed mount fails the test); unmounted on drop, also when
+/// the test fails (lazily if a daemon still holds a file on it), before
+/// its temp dir is removed.
+pub struct Tmpfs {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).expect("mkdir");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run mount: {e}"));
+        assert!(
+            out.status.success(),
+            "mount -t tmpfs {} failed ({}): {}; this test needs root to mount a small tmpfs",
+            path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs { path, _dir: dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // Still busy (a daemon holding its file, after a failure):
+            // detach it so the temp dir can go.
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
+
 /// Reads a file, or empty if it does not exist yet.
 pub fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_default()
