@@ -444,9 +444,9 @@ impl Daemon {
         );
         // Returns once every worker has ended (or shortly after the
         // deadline, when the queue is aborted).
-        if self.accept.join().is_err() {
-            error!("accept thread panicked");
-        }
+        // A panic was logged by the hook and recorded by its guard
+        // (src/threads.rs): it shows in `panicked` below.
+        let _ = self.accept.join();
         let sinks_finished = matches!(
             self.sinks_done.recv_deadline(deadline),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected)
@@ -485,10 +485,8 @@ impl Daemon {
         }
         info!("shutdown drained={drained} lost={lost}");
         self.metrics_stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.metrics_thread
-            && t.join().is_err()
-        {
-            error!("metrics thread panicked");
+        if let Some(t) = self.metrics_thread {
+            let _ = t.join(); // a panic was logged and recorded already
         }
         Report {
             drained,
