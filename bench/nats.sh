@@ -51,11 +51,11 @@ trap 'kill -TERM $fleet ${direct:-} 2>/dev/null || true; wait 2>/dev/null || tru
 for _ in $(seq 600); do grep -q "fleet: up" "$FLEET_DIR/run.out" 2>/dev/null && break; sleep 0.1; done
 grep -q "fleet: up" "$FLEET_DIR/run.out" || { cat "$FLEET_DIR/run.out"; exit 1; }
 
-# The stream's message count as node 1 holds it (LOGS is the cluster's
-# only stream and has a replica on every node). Never inside a timed
-# window: only before and after a run.
+# The stream's message count as its leader holds it (LOGS is the
+# cluster's only stream; a follower's count lags under load). Never
+# inside a timed window: only before and after a run.
 stored() {
-    curl -s http://127.0.0.1:8222/jsz | grep -o '"messages": *[0-9]*' | head -1 | grep -o '[0-9]*$'
+    curl -s "http://127.0.0.1:$((8221 + ${leader#n}))/jsz" | grep -o '"messages": *[0-9]*' | head -1 | grep -o '[0-9]*$'
 }
 cpu_of() { # user+system seconds of the given pids
     python3 - "$@" <<'PY'
