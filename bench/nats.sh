@@ -2,15 +2,16 @@
 # The nats sink benchmark rows of bench/RESULTS.md, on the fleet of
 # examples/fleet (3-node JetStream cluster, stream LOGS with 3 replicas,
 # 3 floodwall instances behind HAProxy), all on loopback:
-#   1. ROUNDS rounds, alternating, same COUNT x 100 B each:
-#        a bare async-nats publisher (examples/nats-publish.rs) with the
-#        sink's headers (Nats-Msg-Id + Floodwall-Peer) and window (1024),
-#        then floodwall direct (a 4th instance on :5150, floodwall-load
-#        10 x 100 B); one more bare run at the end, so every floodwall run
-#        sits between two bare runs (the stream grows and its duplicate
-#        window fills run by run: the order alone moves a rate).
-#   2. the fleet through HAProxy :5140, same load, once (its instances
-#      keep their three-server lists: each may sit on a follower).
+#   ROUNDS rounds, alternating, the same COUNT x 100 B each:
+#     - a bare async-nats publisher (examples/nats-publish.rs) with the
+#       sink's headers (Nats-Msg-Id + Floodwall-Peer) and window (1024);
+#     - floodwall direct: a 4th instance on :5150, floodwall-load 10 x
+#       100 B;
+#     - the fleet through HAProxy :5140, same load (its instances keep
+#       their three-server lists: each may sit on a follower).
+#   Then one more bare run, so every direct run sits between two bare
+#   runs (the stream grows and its duplicate window fills run by run:
+#   the order alone moves a rate). Prints each run and the median ratios.
 # Rate = acknowledged messages per second:
 #   - bare: the publisher times itself, from its first send to its last
 #     ack (connect excluded), and touches nothing else;
@@ -144,11 +145,22 @@ direct_run() { # one floodwall direct run; records its rate
     python3 -c "print(f'direct {$count/$secs:.0f}')" >>"$results"
 }
 
-echo "== $(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg); $rounds rounds of bare (headers, window 1024) / floodwall direct, $count x 100 B each"
+fleet_run() { # the same load through HAProxy to the fleet; records its rate
+    local base c0 c1 h0 h1 secs load_cpu after
+    base=$(stored); c0=$(cpu_of $fw_pids); h0=$(cpu_of $hp_pid)
+    read -r secs load_cpu < <(timed_load 127.0.0.1:5140 9141 9142 9143)
+    c1=$(cpu_of $fw_pids); h1=$(cpu_of $hp_pid); after=$(stored)
+    python3 -c "print(f'  fleet of 3 via HAProxy: acked={$count} secs=$secs msgs_per_s={$count/$secs:.0f} floodwall_cpu_s_per_M={($c1-$c0)/$count*1e6:.2f} (sum of 3) haproxy_cpu_s_per_M={($h1-$h0)/$count*1e6:.2f} floodwall_load_cpu_s_per_M={$load_cpu/$count*1e6:.2f} stream_grew_by={$after-$base}')"
+    python3 -c "print(f'fleet {$count/$secs:.0f}')" >>"$results"
+}
+hp_pid=$(pgrep -f "haproxy -f $root/examples/fleet/haproxy.cfg" | head -1)
+
+echo "== $(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg); $rounds rounds of bare (headers, window 1024) / floodwall direct / fleet, $count x 100 B each"
 for r in $(seq "$rounds"); do
     echo "-- round $r, load $(cut -d' ' -f1-3 /proc/loadavg)"
     bare
     direct_run
+    fleet_run
 done
 echo "-- closing bare run, load $(cut -d' ' -f1-3 /proc/loadavg)"
 bare
@@ -157,18 +169,13 @@ import statistics, sys
 rows = [line.split() for line in open(sys.argv[1])]
 bare = [float(v) for k, v in rows if k == "bare"]
 fw = [float(v) for k, v in rows if k == "direct"]
-prev = [f / b for f, b in zip(fw, bare)]
-mean = [f / ((b + a) / 2) for f, b, a in zip(fw, bare, bare[1:])]
-print("ratio floodwall / bare run before it:  ", " ".join(f"{x:.3f}" for x in prev), f"median {statistics.median(prev):.3f}")
-print("ratio floodwall / mean of bare around: ", " ".join(f"{x:.3f}" for x in mean), f"median {statistics.median(mean):.3f}")
+fleet = [float(v) for k, v in rows if k == "fleet"]
+def show(name, xs):
+    print(f"{name:40}", " ".join(f"{x:.3f}" for x in xs), f"median {statistics.median(xs):.3f}")
+show("ratio direct / bare run before it:", [f / b for f, b in zip(fw, bare)])
+show("ratio direct / mean of bare around it:", [f / ((b + a) / 2) for f, b, a in zip(fw, bare, bare[1:])])
+show("ratio fleet / direct run before it:", [f / d for f, d in zip(fleet, fw)])
 PY
 
 echo "== bare publisher without headers (reference), load $(cut -d' ' -f1-3 /proc/loadavg)"
 /usr/bin/time -f "  cpu_s=%U+%S" ./target/release/examples/nats-publish "$url" logs.floodwall "$count" 100 1024
-
-echo "== fleet of 3 behind HAProxy -> R3 stream, same load, load $(cut -d' ' -f1-3 /proc/loadavg)"
-hp_pid=$(pgrep -f "haproxy -f $root/examples/fleet/haproxy.cfg" | head -1)
-base=$(stored); c0=$(cpu_of $fw_pids); h0=$(cpu_of $hp_pid)
-read -r secs load_cpu < <(timed_load 127.0.0.1:5140 9141 9142 9143)
-c1=$(cpu_of $fw_pids); h1=$(cpu_of $hp_pid); after=$(stored)
-python3 -c "print(f'  fleet: secs=$secs msgs_per_s={$count/$secs:.0f} floodwall_cpu_s_per_M={($c1-$c0)/$count*1e6:.2f} (sum of 3) haproxy_cpu_s_per_M={($h1-$h0)/$count*1e6:.2f} floodwall_load_cpu_s_per_M={$load_cpu/$count*1e6:.2f} stream_grew_by={$after-$base}')"
