@@ -25,7 +25,8 @@ pub enum Stream<'a> {
     Tls {
         conn: Box<ServerConnection>,
         sock: &'a TcpStream,
-        input: TlsInput,
+        /// Boxed for the same reason.
+        input: Box<TlsInput>,
     },
 }
 
@@ -225,7 +226,7 @@ mod tests {
         let mut stream = Stream::Tls {
             conn: Box::new(conn),
             sock: &sock,
-            input: TlsInput::new(records),
+            input: Box::new(TlsInput::new(records)),
         };
         let mut got = Vec::new();
         let mut largest = 0;

@@ -449,7 +449,7 @@ impl ServerTls {
             Ok((conn, records)) => Ok(Stream::Tls {
                 conn,
                 sock: tcp,
-                input: TlsInput::new(records),
+                input: Box::new(TlsInput::new(records)),
             }),
             Err(HandshakeEnd::Refused(reason)) => Err(self.refused(peer, stats, reason)),
             Err(end) => Err(end),
