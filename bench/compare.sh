@@ -20,6 +20,9 @@
 #   TLS_PARTS   subset of "rates idle handshakes" of the TLS part (default all)
 #   TLS_SERVERS subset of "fw-tls rsyslog-tls syslog-ng-tls" (default all)
 #   CARGO_TARGET_DIR  where cargo builds (default <repo>/target)
+#   BENCH_WORK  where the servers write their output (default bench/out/work;
+#               e.g. a tmpfs such as /dev/shm/fwbench, so that a disk's write-back
+#               stalls measure no server)
 #   FW_BIN      the floodwall binary to measure (default the one built there;
 #               e.g. a copy of an older build, for a before/after comparison)
 #
@@ -47,7 +50,7 @@ TLS_SERVERS="${TLS_SERVERS:-fw-tls rsyslog-tls syslog-ng-tls}"
 CLIENTS="${CLIENTS:-fwl loggen}"
 SKIP="${SKIP:-}"
 OUT="$REPO/bench/out"
-WORK="$OUT/work"
+WORK="${BENCH_WORK:-$OUT/work}"
 TLS_DIR="$WORK/tls-certs"
 TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
 FW="${FW_BIN:-$TARGET/release/floodwall}"
