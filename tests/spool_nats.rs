@@ -155,6 +155,7 @@ fn kill_9_mid_delivery_leaves_each_spooled_message_in_the_stream_once() {
         let d = Daemon::start(&cfg);
         let r = recovered(&d);
         if let Some((spooled, stored)) = at_kill {
+            assert!(stored <= spooled, "{stored} stored of {spooled} sent: duplicates");
             let missing = spooled - stored;
             assert!(
                 r >= missing,
@@ -209,6 +210,7 @@ fn kill_9_mid_delivery_leaves_each_spooled_message_in_the_stream_once() {
     let mut d = Daemon::start(&cfg);
     let r = recovered(&d);
     let (spooled, stored) = at_kill.expect("at least one round");
+    assert!(stored <= spooled, "{stored} stored of {spooled} sent: duplicates");
     assert!(r >= spooled - stored, "last start replayed only {r}");
     overlap += r - (spooled - stored);
     recovered_per_start.push(r);
