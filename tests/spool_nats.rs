@@ -155,7 +155,10 @@ fn kill_9_mid_delivery_leaves_each_spooled_message_in_the_stream_once() {
         let d = Daemon::start(&cfg);
         let r = recovered(&d);
         if let Some((spooled, stored)) = at_kill {
-            assert!(stored <= spooled, "{stored} stored of {spooled} sent: duplicates");
+            assert!(
+                stored <= spooled,
+                "{stored} stored of {spooled} sent: duplicates"
+            );
             let missing = spooled - stored;
             assert!(
                 r >= missing,
@@ -174,7 +177,9 @@ fn kill_9_mid_delivery_leaves_each_spooled_message_in_the_stream_once() {
         let spooled = support::wait_until(Duration::from_secs(30), || {
             spooled_max(&spool_dir, &mut max);
             (0..CLIENTS).all(|c| max.get(&c).is_some_and(|&s| s >= last))
-                || d.stats_lines().last().is_some_and(|s| num(s, "delivered") >= all)
+                || d.stats_lines()
+                    .last()
+                    .is_some_and(|s| num(s, "delivered") >= all)
         });
         assert!(
             spooled,
@@ -210,7 +215,10 @@ fn kill_9_mid_delivery_leaves_each_spooled_message_in_the_stream_once() {
     let mut d = Daemon::start(&cfg);
     let r = recovered(&d);
     let (spooled, stored) = at_kill.expect("at least one round");
-    assert!(stored <= spooled, "{stored} stored of {spooled} sent: duplicates");
+    assert!(
+        stored <= spooled,
+        "{stored} stored of {spooled} sent: duplicates"
+    );
     assert!(r >= spooled - stored, "last start replayed only {r}");
     overlap += r - (spooled - stored);
     recovered_per_start.push(r);
