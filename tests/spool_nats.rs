@@ -1,7 +1,8 @@
 //! `[spool]` with the nats sink, against a real nats-server: kill -9
 //! floodwall while it delivers from its spool, restart it on the same
 //! spool, several times; in the end the stream holds every message that
-//! was spooled before each kill exactly once.
+//! was spooled before each kill exactly once. And a shutdown while the
+//! server is away keeps the spool for the next start.
 //!
 //! Why duplicates would appear without stable ids: the spool makes its
 //! delivered position durable only every `sync` (here 250 ms, thousands
@@ -44,7 +45,7 @@ const SIZE: usize = 100;
 const STREAM: &str = "SPOOLED";
 const SUBJECT: &str = "logs.spooled";
 
-fn config(url: &str, spool_dir: &Path) -> String {
+fn config(url: &str, spool_dir: &Path, shutdown: &str) -> String {
     format!(
         r#"
 [server]
@@ -64,7 +65,7 @@ sync = "250ms"
 [log]
 stats_interval = "100ms"
 [shutdown]
-timeout = "20s"
+timeout = "{shutdown}"
 "#,
         spool_dir.display()
     )
@@ -139,7 +140,7 @@ fn kill_9_mid_delivery_leaves_each_spooled_message_in_the_stream_once() {
     // Default duplicate window: 2 min, far longer than this test.
     create_stream(&urls, STREAM, SUBJECT, 1);
     let spool_dir = dir.path().join("spool");
-    let cfg = config(&nats.url(), &spool_dir);
+    let cfg = config(&nats.url(), &spool_dir, "20s");
     let started = Instant::now();
 
     // Messages each client sent so far (its next sequence number).
@@ -274,4 +275,67 @@ fn kill_9_mid_delivery_leaves_each_spooled_message_in_the_stream_once() {
         killed_mid_delivery > 0,
         "no kill landed while the sink was delivering"
     );
+}
+
+/// Waits until every client's messages up to `last` are in the spool's
+/// segment files; false after `timeout`.
+fn wait_spooled(dir: &Path, last: usize, timeout: Duration) -> bool {
+    let mut max = HashMap::new();
+    support::wait_until(timeout, || {
+        spooled_max(dir, &mut max);
+        (0..CLIENTS).all(|c| max.get(&c).is_some_and(|&s| s >= last))
+    })
+}
+
+#[test]
+fn a_shutdown_with_the_server_away_keeps_the_spool_for_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // Learn a port nats-server can bind, then stop it: floodwall spools
+    // against a server that is not there.
+    let mut nats = NatsServer::start(dir.path(), "away");
+    let port = nats.client.port();
+    nats.kill();
+    drop(nats);
+    let url = format!("nats://127.0.0.1:{port}");
+    let spool_dir = dir.path().join("spool");
+    let mut d = Daemon::start(&config(&url, &spool_dir, "2s"));
+    const N: usize = 500;
+    send(d.addr, 0, N);
+    // 20 s: framing and appending 200 KB on a busy machine.
+    assert!(
+        wait_spooled(&spool_dir, N - 1, Duration::from_secs(20)),
+        "not spooled; log:\n{}",
+        d.log_text()
+    );
+    let asked = Instant::now();
+    let last = d.stop_balanced(Duration::from_secs(20));
+    let took = asked.elapsed();
+    // The 2 s deadline, plus 3 s for the process to exit on a loaded
+    // machine.
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    let total = (CLIENTS * N) as u64;
+    assert_eq!(num(&last, "queue_depth"), total, "what stays spooled");
+    assert_eq!(num(&last, "delivered"), 0);
+    assert!(d.log_text().contains("shutdown drained=true lost=0"));
+
+    let nats = NatsServer::start_with(dir.path(), "away", Some(port), None);
+    let mut d = Daemon::start(&config(&url, &spool_dir, "20s"));
+    // 30 s: connecting (back-off) and publishing on a busy machine.
+    let s = d
+        .wait_stats(Duration::from_secs(30), |s| num(s, "queue_depth") == 0)
+        .unwrap_or_else(|| panic!("spool not published; log:\n{}", d.log_text()));
+    assert_eq!(num(&s, "recovered"), total);
+    assert_eq!(num(&s, "delivered"), total);
+    d.stop_balanced(Duration::from_secs(20));
+    let urls = vec![nats.url()];
+    let stored = read_stream(&urls, STREAM);
+    let keys: HashSet<(usize, usize)> = stored
+        .iter()
+        .map(|m| {
+            spool_support::parse(&String::from_utf8_lossy(&m.payload))
+                .unwrap_or_else(|| panic!("not a test message: {:?}", m.payload))
+        })
+        .collect();
+    assert_eq!(stored.len() as u64, total, "each message once");
+    assert_eq!(keys.len() as u64, total);
 }
