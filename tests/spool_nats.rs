@@ -2,7 +2,8 @@
 //! floodwall while it delivers from its spool, restart it on the same
 //! spool, several times; in the end the stream holds every message that
 //! was spooled before each kill exactly once. And a shutdown while the
-//! server is away keeps the spool for the next start.
+//! server is away keeps the spool for the next start, which publishes it
+//! with each message's `Floodwall-Peer`.
 //!
 //! Why duplicates would appear without stable ids: the spool makes its
 //! delivered position durable only every `sync` (here 250 ms, thousands
@@ -98,12 +99,13 @@ fn spooled_max(dir: &Path, max: &mut HashMap<usize, usize>) {
 }
 
 /// `CLIENTS` connections each send their messages `from..to` in writes
-/// of `PER_WRITE` messages, at once.
-fn send(addr: SocketAddr, from: usize, to: usize) {
+/// of `PER_WRITE` messages, at once; returns each one's local address.
+fn send(addr: SocketAddr, from: usize, to: usize) -> Vec<SocketAddr> {
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
             thread::spawn(move || {
                 let mut s = TcpStream::connect(addr).expect("connect");
+                let local = s.local_addr().expect("local address");
                 s.set_nodelay(true).expect("nodelay");
                 let seqs: Vec<usize> = (from..to).collect();
                 for chunk in seqs.chunks(PER_WRITE) {
@@ -114,12 +116,11 @@ fn send(addr: SocketAddr, from: usize, to: usize) {
                     }
                     s.write_all(text.as_bytes()).expect("send");
                 }
+                local
             })
         })
         .collect();
-    for c in clients {
-        c.join().unwrap();
-    }
+    clients.into_iter().map(|c| c.join().unwrap()).collect()
 }
 
 /// The `recovered` count of this run (constant over its stats lines).
@@ -300,7 +301,7 @@ fn a_shutdown_with_the_server_away_keeps_the_spool_for_the_next_start() {
     let spool_dir = dir.path().join("spool");
     let mut d = Daemon::start(&config(&url, &spool_dir, "2s"));
     const N: usize = 500;
-    send(d.addr, 0, N);
+    let locals = send(d.addr, 0, N);
     // 20 s: framing and appending 200 KB on a busy machine.
     assert!(
         wait_spooled(&spool_dir, N - 1, Duration::from_secs(20)),
@@ -329,13 +330,15 @@ fn a_shutdown_with_the_server_away_keeps_the_spool_for_the_next_start() {
     d.stop_balanced(Duration::from_secs(20));
     let urls = vec![nats.url()];
     let stored = read_stream(&urls, STREAM);
-    let keys: HashSet<(usize, usize)> = stored
-        .iter()
-        .map(|m| {
-            spool_support::parse(&String::from_utf8_lossy(&m.payload))
-                .unwrap_or_else(|| panic!("not a test message: {:?}", m.payload))
-        })
-        .collect();
+    let mut keys = HashSet::new();
+    for m in &stored {
+        let (c, seq) = spool_support::parse(&String::from_utf8_lossy(&m.payload))
+            .unwrap_or_else(|| panic!("not a test message: {:?}", m.payload));
+        keys.insert((c, seq));
+        // The spool kept who sent it, across the restart.
+        let want = locals[c].to_string();
+        assert_eq!(m.peer.as_deref(), Some(want.as_str()), "Floodwall-Peer");
+    }
     assert_eq!(stored.len() as u64, total, "each message once");
     assert_eq!(keys.len() as u64, total);
 }

@@ -31,8 +31,8 @@
 //! position stays at the oldest record not yet settled.
 //!
 //! Not here: which messages exist (the queue, the spool), who sent them
-//! (the batch's peer, set by the connection; a spool record does not
-//! keep it), and how long shutdown may take (the daemon sets
+//! (the batch's peer, set by the connection, kept by a spool record),
+//! and how long shutdown may take (the daemon sets
 //! `SinkContext::abandon` at the drain deadline; what is unacked then
 //! stays in `queue_depth` and is reported lost, or stays spooled).
 
