@@ -215,7 +215,9 @@ mod tests {
                     got.extend_from_slice(&buf[..n]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    stream.wait(&wake, Some(Duration::from_secs(5)), false).unwrap();
+                    stream
+                        .wait(&wake, Some(Duration::from_secs(5)), false)
+                        .unwrap();
                 }
                 Err(e) => panic!("read: {e}"),
             }
