@@ -20,6 +20,8 @@
 #   TLS_PARTS   subset of "rates idle handshakes" of the TLS part (default all)
 #   TLS_SERVERS subset of "fw-tls rsyslog-tls syslog-ng-tls" (default all)
 #   CARGO_TARGET_DIR  where cargo builds (default <repo>/target)
+#   FW_BIN      the floodwall binary to measure (default the one built there;
+#               e.g. a copy of an older build, for a before/after comparison)
 #
 # Output: bench/out/results.csv, idle.csv, latency.txt, timeline/, tls.csv,
 # tls_idle.csv, tls_handshakes.csv, results.md
@@ -48,7 +50,7 @@ OUT="$REPO/bench/out"
 WORK="$OUT/work"
 TLS_DIR="$WORK/tls-certs"
 TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
-FW="$TARGET/release/floodwall"
+FW="${FW_BIN:-$TARGET/release/floodwall}"
 LOAD="$TARGET/release/floodwall-load"
 TCK=$(getconf CLK_TCK)
 POLL=0.05

@@ -383,6 +383,7 @@ impl Connection<'_, '_> {
             self.buf = Vec::new();
             self.start = 0;
             self.end = 0;
+            self.stream.release();
         }
     }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use rustls::ServerConnection;
 
+use crate::tls_input::{Fed, TlsInput};
 use crate::wake::{Ready, Wake};
 
 pub enum Stream<'a> {
@@ -24,6 +25,8 @@ pub enum Stream<'a> {
     Tls {
         conn: Box<ServerConnection>,
         sock: &'a TcpStream,
+        /// Boxed for the same reason.
+        input: Box<TlsInput>,
     },
 }
 
@@ -35,21 +38,31 @@ impl Stream<'_> {
         }
     }
 
+    /// A quiet connection keeps no TLS staging buffer (see conn.rs's own
+    /// read buffer).
+    pub fn release(&mut self) {
+        if let Stream::Tls { input, .. } = self {
+            input.release();
+        }
+    }
+
     pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
         self.tcp().set_nonblocking(on)
     }
 
     /// [`Wake::wait`] on the socket, except that plaintext rustls already
-    /// holds (or its peer's close_notify) counts as input at once.
+    /// holds (or its peer's close_notify), or a whole record read and not
+    /// yet decrypted, counts as input at once.
     pub fn wait(
         &mut self,
         wake: &Wake,
         timeout: Option<Duration>,
         watch: bool,
     ) -> io::Result<Ready> {
-        if let Stream::Tls { conn, .. } = self {
+        if let Stream::Tls { conn, input, .. } = self {
             let state = conn.process_new_packets().map_err(io::Error::other)?;
-            if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
+            if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() || input.has_record()
+            {
                 return Ok(Ready::Socket);
             }
         }
@@ -59,14 +72,14 @@ impl Stream<'_> {
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.read(buf),
-            Stream::Tls { conn, sock } => read_tls(conn, sock, buf),
+            Stream::Tls { conn, sock, input } => read_tls(conn, sock, input, buf),
         }
     }
 
     /// At shutdown: the one thing floodwall writes after a handshake.
     /// One non-blocking write: a client whose window is closed misses it.
     pub fn close_notify(&mut self) {
-        if let Stream::Tls { conn, sock } = self {
+        if let Stream::Tls { conn, sock, .. } = self {
             conn.send_close_notify();
             let _ = sock.set_nonblocking(true);
             let _ = conn.write_tls(sock);
@@ -75,21 +88,19 @@ impl Stream<'_> {
 }
 
 /// Decrypts into `buf` until it is full or the socket has nothing more,
-/// like one plain read of that size. rustls reads at most 4 KiB of TLS a
-/// time (`rustls::Stream::read` stops there), which with one record per
-/// message (loggen, rsyslog) meant batches of ~30 messages and a poll per
-/// batch; filling the buffer keeps TLS batches as large as plaintext ones.
-/// `Ok(0)` is the end of input, with or without close_notify (after the
-/// handshake a close without it is an ordinary EOF, SPEC "Access control
-/// and TLS").
+/// like one plain read of that size (src/tls_input.rs says how input
+/// reaches rustls). `Ok(0)` is the end of input, with or without
+/// close_notify (after the handshake a close without it is an ordinary
+/// EOF, SPEC "Access control and TLS").
 fn read_tls(
     conn: &mut ServerConnection,
-    mut sock: &TcpStream,
+    sock: &TcpStream,
+    input: &mut TlsInput,
     buf: &mut [u8],
 ) -> io::Result<usize> {
     let mut n = 0;
     // Each turn drains rustls's plaintext (at most 16 KiB: it refuses more
-    // TLS until drained) before reading at most 4 KiB of TLS.
+    // TLS until drained) before giving it at most 4 KiB of records.
     loop {
         match conn.reader().read(&mut buf[n..]) {
             Ok(0) if n < buf.len() => return Ok(n), // close_notify came
@@ -103,9 +114,8 @@ fn read_tls(
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(n),
             Err(e) => return if n > 0 { Ok(n) } else { Err(e) },
         }
-        match conn.read_tls(&mut sock) {
-            // EOF: the next turn hands out what is left, then reports it.
-            Ok(_) => {
+        match input.feed(conn, sock) {
+            Ok(Fed::Records) => {
                 if let Err(e) = conn.process_new_packets() {
                     // rustls keeps the error: the next call reports it.
                     return if n > 0 {
@@ -115,6 +125,8 @@ fn read_tls(
                     };
                 }
             }
+            Ok(Fed::WouldBlock) if n > 0 => return Ok(n),
+            Ok(Fed::WouldBlock) => return Err(io::ErrorKind::WouldBlock.into()),
             // What was decrypted is handed out first; a reset then shows
             // as an EOF at the next read (the kernel reports it once).
             Err(_) if n > 0 => return Ok(n),
@@ -193,14 +205,28 @@ mod tests {
         });
         let (sock, _) = listener.accept().unwrap();
         let mut conn = ServerConnection::new(server_config).unwrap();
+        let mut records = crate::tls_input::Records::default();
         while conn.is_handshaking() {
-            conn.complete_io(&mut &sock).unwrap();
+            if conn.wants_write() {
+                conn.write_tls(&mut &sock).unwrap();
+            } else {
+                let mut tracked = crate::tls_input::Tracked {
+                    inner: &sock,
+                    records: &mut records,
+                };
+                conn.read_tls(&mut tracked).unwrap();
+                conn.process_new_packets().unwrap();
+            }
+        }
+        while conn.wants_write() {
+            conn.write_tls(&mut &sock).unwrap();
         }
         sock.set_nonblocking(true).unwrap();
         let wake = Wake::new().unwrap();
         let mut stream = Stream::Tls {
             conn: Box::new(conn),
             sock: &sock,
+            input: Box::new(TlsInput::new(records)),
         };
         let mut got = Vec::new();
         let mut largest = 0;

@@ -38,6 +38,7 @@ use crate::alerts::{Throttle, suppressed};
 use crate::config::{Config, ServerTlsConfig, SinkTlsConfig, TlsVersion};
 use crate::stats::Stats;
 use crate::stream::Stream;
+use crate::tls_input::{Records, TlsInput, Tracked};
 use crate::wake::{Ready, Wake};
 
 /// A TLS file that cannot be used; the message names the key and the file.
@@ -445,7 +446,11 @@ impl ServerTls {
         match handshake(current.config.clone(), tcp, deadline, wake) {
             // conn.rs takes over the socket (non-blocking, polled); the
             // only write left is a close_notify at shutdown.
-            Ok(conn) => Ok(Stream::Tls { conn, sock: tcp }),
+            Ok((conn, records)) => Ok(Stream::Tls {
+                conn,
+                sock: tcp,
+                input: Box::new(TlsInput::new(records)),
+            }),
             Err(HandshakeEnd::Refused(reason)) => Err(self.refused(peer, stats, reason)),
             Err(end) => Err(end),
         }
@@ -483,11 +488,13 @@ fn handshake(
     tcp: &TcpStream,
     deadline: Instant,
     wake: &Wake,
-) -> Result<Box<ServerConnection>, HandshakeEnd> {
+) -> Result<(Box<ServerConnection>, Records), HandshakeEnd> {
     let refused = |why: String| HandshakeEnd::Refused(why);
     let mut conn = new_session(config).map_err(|e| refused(format!("cannot start TLS: {e}")))?;
     let mut sock = tcp;
     let mut first: Option<u8> = None;
+    // The record framing of what rustls read, for src/tls_input.rs.
+    let mut records = Records::default();
     // Blocking, so that a write waits (bounded by its timeout); reads only
     // follow a poll that saw input.
     let _ = tcp.set_nonblocking(false);
@@ -527,7 +534,11 @@ fn handshake(
                 Err(e) => return Err(refused(format!("read failed: {e}"))),
             }
         }
-        match conn.read_tls(&mut sock) {
+        let mut tracked = Tracked {
+            inner: sock,
+            records: &mut records,
+        };
+        match conn.read_tls(&mut tracked) {
             Ok(0) => return Err(refused("closed during the handshake".into())),
             Ok(_) => {
                 if let Err(e) = conn.process_new_packets() {
@@ -543,7 +554,7 @@ fn handshake(
     }
     let _ = tcp.set_read_timeout(None);
     let _ = tcp.set_write_timeout(Some(ALERT_WRITE_TIMEOUT));
-    Ok(conn)
+    Ok((conn, records))
 }
 
 /// A boxed session, built in its own frame: the session is over 1 KiB,

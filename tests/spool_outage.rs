@@ -3,11 +3,14 @@
 //! closed, the spool grows and empties, and the collector gets every
 //! message, in order per client.
 //!
-//! Scaled to stay short: 10 clients at 4,000 msgs/s in total (500 B each)
-//! for 7 s, the collector paused for 4 s in the middle: 8 MB arrive
-//! during the outage, more than the memory queue (2,000 messages, 1 MB)
-//! plus the kernel's socket buffers (4 MiB at most here) can hold, so
-//! without the spool the workers' send_timeout (500 ms) drops messages.
+//! At the scale: 20 clients send 5,000 msgs/s in total (250 each,
+//! 200 B) for 24 s, and the collector stops reading for 20 s of it: about
+//! 20 MB arrive during the outage. The memory queue in front of the spool
+//! is kept small (1,000 messages, 200 KB) and the kernel can buffer at
+//! most ~4 MiB of it (the tcp sink's send buffer; the collector's receive
+//! buffer is 8 KiB), so the spool must hold the rest; without the spool
+//! the workers' send_timeout (500 ms) drops messages and closes clients
+//! within a second of the outage.
 
 mod spool_support;
 mod support;
@@ -18,10 +21,19 @@ use std::time::{Duration, Instant};
 use spool_support::{Collector, paced_clients, per_client};
 use support::{Daemon, assert_balanced, num};
 
-const CLIENTS: usize = 10;
-const PER_CLIENT: usize = 2800;
-const RATE: f64 = 400.0;
-const SIZE: usize = 500;
+const CLIENTS: usize = 20;
+/// Per client: 250 msgs/s x 20 clients = 5,000 msgs/s in total.
+const RATE: f64 = 250.0;
+/// 24 s of sending: the outage starts well under a second in (see
+/// BEFORE_OUTAGE) and lasts 20 s, so the clients keep sending across all
+/// of it and after it.
+const PER_CLIENT: usize = 6_000;
+const SIZE: usize = 200;
+const QUEUE: usize = 1_000;
+const OUTAGE: Duration = Duration::from_secs(20);
+/// The outage starts once the collector has this many messages: the
+/// whole path is flowing (0.2 s of sending).
+const BEFORE_OUTAGE: usize = 1_000;
 
 #[test]
 fn an_outage_fills_the_spool_and_drops_nothing() {
@@ -34,7 +46,7 @@ framing = "lines"
 [limits]
 send_timeout = "500ms"
 [queue]
-capacity = 2000
+capacity = {QUEUE}
 [sink]
 type = "tcp"
 address = "{}"
@@ -49,19 +61,33 @@ stats_interval = "200ms"
         collector.addr
     );
     let mut d = Daemon::start(&config);
-    let clients = paced_clients(d.addr, CLIENTS, PER_CLIENT, RATE, SIZE);
-    // The outage: from 1 s to 5 s into the 7 s of sending.
     let started = Instant::now();
-    thread::sleep(Duration::from_secs(1));
+    let clients = paced_clients(d.addr, CLIENTS, PER_CLIENT, RATE, SIZE);
+    // 10 s: 1,000 messages are 0.2 s of sending, on a machine that may be busy.
+    assert!(
+        support::wait_until(Duration::from_secs(10), || {
+            collector.lines().len() >= BEFORE_OUTAGE
+        }),
+        "the collector got no traffic; log:\n{}",
+        d.log_text()
+    );
     collector.pause();
-    thread::sleep(Duration::from_secs(4));
+    let outage_start = started.elapsed();
+    thread::sleep(OUTAGE); // the outage itself: the scenario, not a wait
     collector.resume();
     let outage_end = started.elapsed();
+    let sending_after = clients.iter().any(|c| !c.is_finished());
     for c in clients {
         assert!(c.join().unwrap(), "a client's connection was closed");
     }
+    // The clients' schedule runs 24 s: still sending when the outage ends
+    // (4 s of margin for a slow start; if not, the scenario did not happen).
+    assert!(
+        sending_after,
+        "the clients were done before the outage ended ({outage_start:?}..{outage_end:?})"
+    );
     let total = (CLIENTS * PER_CLIENT) as u64;
-    // Catching up 8 MB through loopback takes well under a second; 60 s
+    // Catching up 20 MB through loopback takes a second or two; 60 s
     // covers the sink's retry back-off (up to 5 s) on a loaded machine.
     let done = d
         .wait_stats(Duration::from_secs(60), |s| {
@@ -71,15 +97,21 @@ stats_interval = "200ms"
     assert_eq!(num(&done, "dropped_send_timeout"), 0);
     assert_eq!(num(&done, "closed_send_timeout"), 0);
     assert_eq!(num(&done, "delivered"), total);
+    // The spool held the outage: 20 MB were sent during it, of which the
+    // kernel buffers at most ~4 MiB and the memory queue 200 KB, so the
+    // spool must have peaked near 16 MB. 10 MiB leaves room for stats
+    // lines that miss the peak (every 200 ms = 1 MB of traffic) and is
+    // still 50 times what the memory queue holds.
     let peak = d
         .stats_lines()
         .iter()
         .map(|s| num(s, "spool_bytes"))
         .max()
         .unwrap_or(0);
+    let queue_bytes = (QUEUE * (SIZE + 1)) as u64;
     assert!(
-        peak >= 2 << 20,
-        "the spool never grew past 2 MiB during a {outage_end:?} run (peak {peak})"
+        peak >= 10 << 20 && peak >= 50 * queue_bytes,
+        "the spool peaked at {peak} B during an outage {outage_start:?}..{outage_end:?} (memory queue {queue_bytes} B)"
     );
     // Empty again: at most the active segment (1 MiB) is left on disk.
     let emptied = d.wait_stats(Duration::from_secs(10), |s| {
@@ -108,5 +140,20 @@ stats_interval = "200ms"
         );
     }
     assert!(d.stop(Duration::from_secs(15)).success());
-    assert_balanced(&d.final_stats());
+    let last = d.final_stats();
+    // Every client closed its own connection (EOF), none was closed by us.
+    assert_eq!(num(&last, "closed_eof"), CLIENTS as u64);
+    for closed in [
+        "closed_send_timeout",
+        "closed_idle",
+        "closed_shutdown",
+        "dropped_shutdown",
+    ] {
+        assert_eq!(num(&last, closed), 0, "{closed}");
+    }
+    assert_balanced(&last);
+    eprintln!(
+        "outage: {CLIENTS} clients, {total} messages, collector stopped {outage_start:?}..{outage_end:?}, spool peak {peak} B, done in {:?}",
+        started.elapsed()
+    );
 }
