@@ -569,14 +569,6 @@ impl Config {
         self.sink = self.sink.validate()?;
         if let Some(spool) = &self.spool {
             spool.validate()?;
-            // The nats sink reads the memory queue itself; reading spool
-            // records (and taking their stable ids) is not wired yet.
-            if self.sink.kind == SinkType::Nats {
-                return Err(invalid(
-                    "spool",
-                    "[spool] is not supported with sink.type = \"nats\" yet; allowed: no [spool] table with the nats sink",
-                ));
-            }
         }
         self.metrics_addr()?;
         Ok(self)
@@ -1279,9 +1271,9 @@ mod tests {
     }
 
     #[test]
-    fn spool_with_the_nats_sink_is_refused_for_now() {
-        let e = err("[sink]\ntype = \"nats\"\n[spool]\ndir = \"/tmp/x\"\n");
-        assert!(e.starts_with("spool:") && e.contains("nats"), "{e}");
+    fn spool_with_the_nats_sink_is_accepted() {
+        let c = Config::parse("[sink]\ntype = \"nats\"\n[spool]\ndir = \"/tmp/x\"\n").unwrap();
+        assert!(c.spool.is_some() && c.sink.kind == SinkType::Nats);
     }
 
     #[test]

@@ -106,6 +106,11 @@ impl Batch {
         self.peer
     }
 
+    /// Names the sending client (the spool reading a record back).
+    pub fn set_peer(&mut self, peer: Option<SocketAddr>) {
+        self.peer = peer;
+    }
+
     pub fn push(&mut self, message: &[u8]) {
         self.data.extend_from_slice(message);
         self.ends.push(self.data.len() as u32);

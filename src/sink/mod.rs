@@ -88,8 +88,9 @@ impl Sink for NullSink {
 pub enum SinkWorker {
     /// A [`Sink`] driven by the shared runner, [`run`].
     Batches(Box<dyn Sink>),
-    /// The nats sink's own publish-and-ack loop.
-    Nats(NatsSink),
+    /// The nats sink's own publish-and-ack loop (boxed: its runtime and
+    /// settings dwarf the other variant).
+    Nats(Box<NatsSink>),
 }
 
 impl SinkWorker {
@@ -129,7 +130,9 @@ pub fn open(config: &SinkConfig) -> io::Result<Vec<SinkWorker>> {
                 )?),
                 SinkType::Tcp => Box::new(TcpSink::new(config)?),
                 SinkType::Nats => {
-                    return Ok(SinkWorker::Nats(NatsSink::open(config, worker, &run_id)?));
+                    return Ok(SinkWorker::Nats(Box::new(NatsSink::open(
+                        config, worker, &run_id,
+                    )?)));
                 }
             };
             Ok(sink.into())

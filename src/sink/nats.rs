@@ -21,18 +21,28 @@
 //! spinning on "no responders" was measured to stretch a 5-8 s leader
 //! election to 30 s.
 //!
-//! Not here: which messages exist (the queue), who sent them (the batch's
-//! peer, set by the connection), and how long shutdown may take (the
-//! daemon sets `SinkContext::abandon` at the drain deadline; what is
-//! unacked then stays in `queue_depth` and is reported lost).
+//! With `[spool]` the batches come from the spool instead of the queue
+//! (the spool writer is then the queue's only reader). A message's id is
+//! then its place in the spool, the same on every read of its record,
+//! also after a restart, so a replay after a crash is deduplicated by
+//! the stream ([`MessageIds`]). A record counts as delivered to the spool
+//! only once every message of it is settled (acked, or refused as
+//! oversize): acks come back in any order, and the spool's delivered
+//! position stays at the oldest record not yet settled.
+//!
+//! Not here: which messages exist (the queue, the spool), who sent them
+//! (the batch's peer, set by the connection, kept by a spool record),
+//! and how long shutdown may take (the daemon sets
+//! `SinkContext::abandon` at the drain deadline; what is unacked then
+//! stays in `queue_depth` and is reported lost, or stays spooled).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -46,7 +56,8 @@ use log::{debug, info, warn};
 use super::{Health, SinkContext};
 use crate::alerts::suppressed;
 use crate::config::SinkConfig;
-use crate::queue::Batch;
+use crate::queue::{Batch, SpoolPos};
+use crate::spool::{Spool, Taken};
 use crate::stats::Stats;
 
 /// Back-off after failed publishes or stream set-up (SPEC.md "Sinks").
@@ -65,6 +76,11 @@ const FEED_POLL: Duration = Duration::from_millis(1);
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// The header naming the client that sent a message.
 const PEER_HEADER: &str = "Floodwall-Peer";
+/// One take from the spool, at most (records are read's worth of
+/// messages each): enough to fill the window in a few takes, small
+/// enough that what waits unpublished stays near one window.
+const SPOOL_TAKE_BYTES: usize = 256 << 10;
+const SPOOL_TAKE_RECORDS: usize = 256;
 
 /// One sink worker's settings, taken from the validated config.
 #[derive(Debug, Clone)]
@@ -124,6 +140,10 @@ impl NatsSink {
             runtime,
             ids,
         } = self;
+        let mut ids = ids;
+        if let Some(spool) = &ctx.spool {
+            ids.use_spool(spool.id());
+        }
         runtime.block_on(async move {
             let mut early = Vec::new();
             let mut health = Health::new(ctx.stats.clone());
@@ -150,13 +170,37 @@ pub fn run_id() -> String {
     format!("{:x}{:x}", std::process::id(), nanos)
 }
 
-/// Where `Nats-Msg-Id`s come from. Today: "<run>-<worker>-<seq>", unique
-/// per message per run. The one place to change when ids must survive a
-/// restart (a spool supplies them from its positions).
+/// Where `Nats-Msg-Id`s come from.
+///
+/// - From the queue (no spool): "<run>-<worker>-<seq>", unique per
+///   message and per run; `<run>` is hex digits ([`run_id`]).
+/// - From the spool: "s<spool id>-<segment>-<offset>-<index>", the
+///   message's place in the spool (its record's place and its index in
+///   the record). A replay after a crash reads the same record at the
+///   same place, so it gets the same id and the stream's duplicate window
+///   drops the copy. Places are never reused (segment numbers only grow,
+///   see src/spool/mod.rs point 5) and the spool id tells spools apart
+///   (a fleet, a wiped spool).
+///
+/// The two kinds never collide, whatever runs shared the stream: a run
+/// id starts with a hex digit, a spool id with `s`, which is none.
 #[derive(Debug)]
 struct MessageIds {
     prefix: String,
     next: u64,
+    /// "s<spool id>-", when reading from a spool.
+    spool: Option<String>,
+}
+
+/// What a message's id is made of; [`MessageIds::text`] makes the id
+/// only when it is published, so a message holds no string of its own
+/// while it waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MsgId {
+    /// From the queue: a per-run sequence number.
+    Run(u64),
+    /// From the spool: its record's place and its index in the record.
+    Spooled { at: SpoolPos, index: u32 },
 }
 
 impl MessageIds {
@@ -164,28 +208,48 @@ impl MessageIds {
         MessageIds {
             prefix: format!("{run_id}-{worker}-"),
             next: 0,
+            spool: None,
         }
     }
 
-    /// The next message's sequence number; [`MessageIds::text`] makes
-    /// the id of it (only when it is published, so a message holds no
-    /// string of its own while it waits).
-    fn next_seq(&mut self) -> u64 {
-        self.next += 1;
-        self.next
+    /// Spooled messages get ids from their place in spool `spool_id`.
+    fn use_spool(&mut self, spool_id: &str) {
+        self.spool = Some(format!("s{spool_id}-"));
     }
 
-    fn text(&self, seq: u64) -> String {
-        format!("{}{}", self.prefix, seq)
+    /// The next message from the queue.
+    fn next_run(&mut self) -> MsgId {
+        self.next += 1;
+        MsgId::Run(self.next)
+    }
+
+    /// What the log shows as this worker's ids.
+    fn prefix(&self) -> &str {
+        self.spool.as_deref().unwrap_or(&self.prefix)
+    }
+
+    fn text(&self, id: MsgId) -> String {
+        match id {
+            MsgId::Run(seq) => format!("{}{seq}", self.prefix),
+            MsgId::Spooled { at, index } => format!(
+                "{}{}-{}-{index}",
+                self.spool
+                    .as_deref()
+                    .expect("a spooled message comes from a pipeline with a spool"),
+                at.segment,
+                at.offset
+            ),
+        }
     }
 }
 
-/// One message taken from the queue and not yet acknowledged.
+/// One message taken from the queue or the spool and not yet
+/// acknowledged.
 #[derive(Debug, Clone)]
 struct Message {
     /// Its `Nats-Msg-Id` is made of this ([`MessageIds::text`]), the same
     /// on every retry: the stream deduplicates on it.
-    seq: u64,
+    id: MsgId,
     /// "IP:PORT" or "[IPv6]:PORT"; empty when the batch had no peer.
     /// Shared by the messages of one batch.
     peer: Arc<str>,
@@ -245,7 +309,7 @@ async fn connect(
                     settings.servers.join(","),
                     settings.stream,
                     settings.subject,
-                    ids.prefix
+                    ids.prefix()
                 );
                 return Some(js);
             }
@@ -277,8 +341,23 @@ async fn connect(
 
 /// Shut down with nothing queued: a sink that never got its stream has
 /// nothing to deliver either. (crossbeam can tell "disconnected" only by
-/// a receive, so what it yields is kept.)
+/// a receive, so what it yields is kept; so does the spool, but one
+/// record taken is enough to know, and taking all would read the whole
+/// spool into memory.)
 fn nothing_left(ctx: &SinkContext, early: &mut Vec<Batch>) -> bool {
+    if let Some(spool) = &ctx.spool {
+        if !early.is_empty() {
+            return false;
+        }
+        return match spool.take(1, 1, Duration::ZERO) {
+            Taken::Batches(batches) => {
+                early.extend(batches);
+                false
+            }
+            Taken::Empty => false,
+            Taken::Closed => true,
+        };
+    }
     loop {
         match ctx.queue.try_recv() {
             Ok(batch) => early.push(batch),
@@ -370,6 +449,19 @@ impl Backoff {
     }
 }
 
+/// With `[spool]`: the spool, and the records taken from it whose
+/// messages are not all settled yet.
+struct FromSpool {
+    spool: Arc<Spool>,
+    /// Messages spooled and not yet delivered (their part of
+    /// `queue_depth`): a settled message leaves it at once.
+    spooled: Arc<AtomicUsize>,
+    /// Per record taken (by its place): messages not yet settled. At 0
+    /// the record is finished and stops holding the delivered position
+    /// back.
+    unsettled: HashMap<SpoolPos, u32>,
+}
+
 /// The publish loop of one sink worker.
 struct Pipeline {
     settings: Settings,
@@ -397,6 +489,8 @@ struct Pipeline {
     disconnected: bool,
     /// This worker's share of `floodwall_sink_up`.
     health: Health,
+    /// Where batches come from with `[spool]` (None: the queue).
+    from_spool: Option<FromSpool>,
 }
 
 impl Pipeline {
@@ -407,7 +501,13 @@ impl Pipeline {
         ids: MessageIds,
         health: Health,
     ) -> Pipeline {
+        let from_spool = ctx.spool.clone().map(|spool| FromSpool {
+            spooled: spool.spooled(),
+            spool,
+            unsettled: HashMap::new(),
+        });
         Pipeline {
+            from_spool,
             subject: Subject::from(settings.subject.clone()),
             peer_header: HeaderName::from_static(PEER_HEADER),
             settings,
@@ -456,15 +556,55 @@ impl Pipeline {
         }
     }
 
-    /// Moves batches from the queue into `fresh` while fewer than a
-    /// window's worth of messages wait there. Their credits stay taken:
-    /// they count in `queue_depth` until acknowledged.
+    /// Moves batches from the queue (or the spool) into `fresh` while
+    /// fewer than a window's worth of messages wait there. Their credits
+    /// stay taken (spooled: they stay spooled): they count in
+    /// `queue_depth` until acknowledged.
     fn take_from_queue(&mut self) {
         while !self.disconnected && self.fresh.len() < self.settings.max_in_flight {
-            match self.ctx.queue.try_recv() {
-                Ok(batch) => self.accept(batch),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => self.disconnected = true,
+            if !self.receive(Duration::ZERO) {
+                break;
+            }
+        }
+    }
+
+    /// Takes what the queue or the spool holds into `fresh`, waiting at
+    /// most `wait` for something; false when nothing came. Sets
+    /// `disconnected` when the source is done for good.
+    fn receive(&mut self, wait: Duration) -> bool {
+        if let Some(from) = &self.from_spool {
+            return match from.spool.take(SPOOL_TAKE_BYTES, SPOOL_TAKE_RECORDS, wait) {
+                Taken::Batches(batches) => {
+                    batches.into_iter().for_each(|b| self.accept(b));
+                    true
+                }
+                Taken::Empty => false,
+                Taken::Closed => {
+                    self.disconnected = true;
+                    false
+                }
+            };
+        }
+        let got = if wait.is_zero() {
+            self.ctx
+                .queue
+                .try_recv()
+                .map_err(|e| e == TryRecvError::Disconnected)
+        } else {
+            self.ctx
+                .queue
+                .channel()
+                .recv_timeout(wait)
+                .map_err(|e| e == RecvTimeoutError::Disconnected)
+        };
+        match got {
+            Ok(batch) => {
+                self.accept(batch);
+                true
+            }
+            Err(disconnected) => {
+                self.disconnected |= disconnected;
+                false
             }
         }
     }
@@ -477,17 +617,36 @@ impl Pipeline {
     fn accept(&mut self, batch: Batch) {
         let peer: Arc<str> = batch.peer().map(peer_text).unwrap_or_default().into();
         let data = Bytes::copy_from_slice(batch.as_lines());
+        let origin = batch.origin();
+        if let (Some(at), Some(from)) = (origin, &mut self.from_spool) {
+            match u32::try_from(batch.len()) {
+                Ok(n) if n > 0 => {
+                    from.unsettled.insert(at, n);
+                }
+                // Nothing to publish (the spool skips such records).
+                _ => from.spool.finished(at),
+            }
+        }
         let mut start = 0;
-        for m in batch.messages() {
+        for (index, m) in batch.messages().enumerate() {
             let end = start + m.len();
+            let id = match origin {
+                Some(at) => MsgId::Spooled {
+                    at,
+                    index: index as u32,
+                },
+                None => self.ids.next_run(),
+            };
             self.fresh.push_back(Message {
-                seq: self.ids.next_seq(),
+                id,
                 peer: peer.clone(),
                 payload: data.slice(start..end),
             });
             start = end + 1;
         }
-        self.ctx.queue.recycle(batch);
+        if origin.is_none() {
+            self.ctx.queue.recycle(batch);
+        }
     }
 
     /// Publishes retries first, then fresh messages, while the window has
@@ -502,7 +661,7 @@ impl Pipeline {
                 return;
             };
             let mut headers = HeaderMap::new();
-            headers.insert(NATS_MESSAGE_ID, self.ids.text(message.seq));
+            headers.insert(NATS_MESSAGE_ID, self.ids.text(message.id));
             if !message.peer.is_empty() {
                 headers.insert(self.peer_header.clone(), &*message.peer);
             }
@@ -565,17 +724,14 @@ impl Pipeline {
         }
     }
 
-    /// Nothing in flight, nothing to publish: block on the queue for a
-    /// short while, then let the runtime run (connection upkeep).
+    /// Nothing in flight, nothing to publish: block on the queue (or the
+    /// spool) for a short while, then let the runtime run (connection
+    /// upkeep).
     async fn wait_for_queue(&mut self) {
         if self.disconnected {
             return;
         }
-        match self.ctx.queue.channel().recv_timeout(IDLE_WAIT) {
-            Ok(batch) => self.accept(batch),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => self.disconnected = true,
-        }
+        self.receive(IDLE_WAIT);
         tokio::task::yield_now().await;
     }
 
@@ -595,10 +751,11 @@ impl Pipeline {
             match result {
                 Ok(ack) => {
                     if ack.duplicate {
-                        debug!("nats ack was a duplicate id={}", self.ids.text(message.seq));
+                        debug!("nats ack was a duplicate id={}", self.ids.text(message.id));
                     }
                     delivered += 1;
                     bytes += message.payload.len() as u64;
+                    self.settled(message.id);
                 }
                 Err(e) => self.failed(message, &e),
             }
@@ -610,13 +767,42 @@ impl Pipeline {
         stats.moving(|| {
             Stats::add(&stats.delivered, delivered);
             Stats::add(&stats.bytes_delivered, bytes);
-            self.ctx.queue.written(delivered as usize);
+            self.leave_depth(delivered as usize);
         });
         self.probing = false;
         self.backoff.succeed();
         self.health.set(true);
         if let Some(since) = self.outage.take() {
             info!("nats sink recovered outage={:?}", since.elapsed());
+        }
+    }
+
+    /// `n` settled messages leave `queue_depth`: their queue credits
+    /// return, or (spooled) they leave the spooled count.
+    fn leave_depth(&self, n: usize) {
+        match &self.from_spool {
+            Some(from) => {
+                from.spooled.fetch_sub(n, Ordering::SeqCst);
+            }
+            None => self.ctx.queue.written(n),
+        }
+    }
+
+    /// A spooled message is settled (acked or refused): the last one of
+    /// its record finishes the record in the spool, which may then move
+    /// its delivered position past it (once every older record is
+    /// finished too: the spool keeps the oldest unfinished one).
+    fn settled(&mut self, id: MsgId) {
+        let (MsgId::Spooled { at, .. }, Some(from)) = (id, &mut self.from_spool) else {
+            return;
+        };
+        let Some(left) = from.unsettled.get_mut(&at) else {
+            return;
+        };
+        *left -= 1;
+        if *left == 0 {
+            from.unsettled.remove(&at);
+            from.spool.finished(at);
         }
     }
 
@@ -648,8 +834,9 @@ impl Pipeline {
         let stats = &self.ctx.stats;
         stats.moving(|| {
             Stats::add(&stats.dropped_oversize, 1);
-            self.ctx.queue.written(1);
+            self.leave_depth(1);
         });
+        self.settled(message.id);
         if let Some(n) = self.ctx.alerts.oversize.allow() {
             warn!(
                 "oversize for the nats server, message dropped peer={} bytes={} error=\"{e}\"{}",
@@ -676,12 +863,158 @@ mod tests {
         let mut b = MessageIds::new("r1", 1);
         let ids: std::collections::HashSet<String> = (0..100)
             .flat_map(|_| {
-                let (x, y) = (a.next_seq(), b.next_seq());
+                let (x, y) = (a.next_run(), b.next_run());
                 [a.text(x), b.text(y)]
             })
             .collect();
         assert_eq!(ids.len(), 200);
         assert_ne!(run_id(), "");
+    }
+
+    /// Spooled ids begin with `s`, never a hex digit: a run id cannot
+    /// begin with it, so the two kinds never collide in one stream.
+    #[test]
+    fn spool_ids_and_run_ids_never_collide() {
+        let run = run_id();
+        assert!(run.bytes().all(|b| b.is_ascii_hexdigit()), "{run}");
+        let mut ids = MessageIds::new(&run, 0);
+        let next = ids.next_run();
+        let from_run = ids.text(next);
+        ids.use_spool("0123456789abcdef");
+        let at = SpoolPos {
+            segment: 7,
+            offset: 4096,
+        };
+        let spooled = ids.text(MsgId::Spooled { at, index: 3 });
+        assert_eq!(spooled, "s0123456789abcdef-7-4096-3");
+        assert!(from_run.starts_with(&run), "{from_run}");
+        assert_ne!(spooled.as_bytes()[0], from_run.as_bytes()[0]);
+    }
+
+    /// The ids of the messages `spool` hands out next (all its records).
+    fn spooled_ids(spool: &Spool) -> Vec<String> {
+        let mut ids = MessageIds::new(&run_id(), 0);
+        ids.use_spool(spool.id());
+        let Taken::Batches(batches) = spool.take(usize::MAX, 64, Duration::from_secs(5)) else {
+            panic!("nothing spooled");
+        };
+        batches
+            .iter()
+            .flat_map(|b| {
+                let at = b.origin().expect("a spooled batch has its place");
+                (0..b.len() as u32).map(move |index| MsgId::Spooled { at, index })
+            })
+            .map(|id| ids.text(id))
+            .collect()
+    }
+
+    /// Many records in flight from one worker, finished out of order (as
+    /// acks come back): the durable position passes the finished ones in
+    /// front and stops at the oldest unfinished one, never past it.
+    #[test]
+    fn the_spool_position_stops_at_the_oldest_unfinished_record() {
+        use crate::queue::queue;
+        use crate::spool;
+        use std::sync::atomic::AtomicBool;
+
+        let dir = tempfile::tempdir().unwrap();
+        let settings = spool::Settings {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 1 << 20,
+            segment_bytes: 4 << 10,
+            sync: Duration::from_millis(10),
+        };
+        let (spool, writer) = spool::open(settings.clone(), Arc::new(Stats::default())).unwrap();
+        let (tx, rx) = queue(100);
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let t = std::thread::spawn(move || writer.run(rx, Arc::new(AtomicBool::new(false)), s));
+        const RECORDS: usize = 40;
+        for i in 0..RECORDS {
+            let mut b = Batch::new();
+            b.push(format!("record {i:03} padded to span segments {:x<100}", "").as_bytes());
+            tx.send_timeout(b, Duration::from_secs(5)).unwrap();
+        }
+        drop(tx);
+        let mut taken = Vec::new();
+        // 5 s: appending 40 records, on a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while taken.len() < RECORDS && Instant::now() < deadline {
+            if let Taken::Batches(b) = spool.take(usize::MAX, RECORDS, Duration::from_millis(50)) {
+                taken.extend(b);
+            }
+        }
+        assert_eq!(taken.len(), RECORDS);
+        // Acks in a scrambled order; record 10 never acked.
+        let mut order: Vec<usize> = (0..RECORDS).filter(|&i| i != 10).collect();
+        order.sort_by_key(|&i| (i * 17) % RECORDS);
+        for i in order {
+            spool.finished(taken[i].origin().unwrap());
+        }
+        stop.store(true, Ordering::SeqCst);
+        t.join().unwrap();
+        drop(spool);
+        let stats = Arc::new(Stats::default());
+        drop(spool::open(settings, stats.clone()).unwrap());
+        // Replayed: record 10 and every record after it; not 0..10.
+        assert_eq!(
+            stats.recovered.load(Ordering::Relaxed),
+            (RECORDS - 10) as u64
+        );
+    }
+
+    /// A record read again (a replay after a crash: spooled, handed out,
+    /// never delivered, the spool opened anew) gives its messages the
+    /// same ids, which is what lets the stream drop the replayed copy.
+    #[test]
+    fn a_spooled_message_keeps_its_id_when_its_record_is_read_again() {
+        use crate::queue::queue;
+        use crate::spool;
+        use std::sync::atomic::AtomicBool;
+
+        let dir = tempfile::tempdir().unwrap();
+        let settings = spool::Settings {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 1 << 20,
+            segment_bytes: 4 << 10,
+            sync: Duration::from_millis(10),
+        };
+        let (spool, writer) = spool::open(settings.clone(), Arc::new(Stats::default())).unwrap();
+        let (tx, rx) = queue(100);
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let t = std::thread::spawn(move || writer.run(rx, Arc::new(AtomicBool::new(false)), s));
+        for (tag, n) in [("a", 2), ("b", 3)] {
+            let mut b = Batch::new();
+            for i in 0..n {
+                b.push(format!("{tag}{i}").as_bytes());
+            }
+            tx.send_timeout(b, Duration::from_secs(5)).unwrap();
+        }
+        drop(tx);
+        // The writer appends both before it closes the spool; 5 s is for
+        // a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while spool.spooled().load(Ordering::SeqCst) < 5 {
+            assert!(Instant::now() < deadline, "not spooled");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let first = spooled_ids(&spool);
+        stop.store(true, Ordering::SeqCst);
+        t.join().unwrap();
+        drop(spool);
+
+        let stats = Arc::new(Stats::default());
+        let (again, _writer) = spool::open(settings, stats.clone()).unwrap();
+        assert_eq!(stats.recovered.load(Ordering::Relaxed), 5);
+        let second = spooled_ids(&again);
+        assert_eq!(first.len(), 5);
+        assert_eq!(
+            first.iter().collect::<std::collections::HashSet<_>>().len(),
+            5
+        );
+        assert_eq!(first, second);
+        assert!(first[0].starts_with(&format!("s{}-", again.id())));
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //!    then on a kill -9 cannot lose it (it is in the kernel). It survives
 //!    a power loss after the next data sync, at most `sync` later (group
 //!    commit; `"0s"` syncs every append). A new segment's directory entry
-//!    is synced with it, and a sealed segment is synced as it is sealed.
+//!    is synced as it is created, and a sealed segment as it is sealed.
 //! 2. A record counts as delivered (in memory) only after the sink wrote
 //!    it; the delivered position is the start of the oldest record handed
 //!    to a sink and not yet delivered, so it never passes an undelivered
@@ -31,14 +31,25 @@
 //!    and a deletion undone by a crash resurrects a segment that the
 //!    durable position already lies past, which recovery removes again
 //!    without replaying it.
-//! 5. Segment numbers only grow (a new run starts after the highest one
-//!    seen), so a record's place `(segment, offset)` is never reused: it
-//!    names the record's messages across restarts (see `Batch::origin`).
+//! 5. Segment numbers only grow, so a record's place `(segment, offset)`
+//!    is never reused: it names the record's messages across restarts
+//!    (see `Batch::origin`; nats: `Nats-Msg-Id`). Why they never repeat:
+//!    a new run numbers its segments after the highest one on disk or in
+//!    the durable position; the highest one on disk is always the last
+//!    run's active segment, which is never deleted while active, and
+//!    recovery deletes only segments below the durable position, which
+//!    never lies past it; a new segment's directory entry is synced
+//!    before any record in it reaches a sink (at open and in `roll`), so
+//!    not even a power loss can make a number whose records were
+//!    delivered vanish and be handed out again. A wiped directory starts
+//!    at 1 again, but under a new identity ([`identity`]), which is part
+//!    of every name built from a place.
 //!
 //! A power loss can leave a segment shorter than a durable position
 //! inside it (delivered before its data was synced): recovery treats the
 //! missing part as delivered. Damage is handled by [`recovery`].
 
+mod identity;
 mod position;
 pub mod record;
 pub mod recovery;
@@ -132,6 +143,8 @@ impl Shared {
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
+    /// This spool directory's identity ([`identity`]).
+    id: String,
     shared: Mutex<Shared>,
     /// Readers wait here for records (and for the close).
     appended: Condvar,
@@ -159,6 +172,8 @@ pub fn open(settings: Settings, stats: Arc<Stats>) -> io::Result<(Arc<Spool>, Sp
     let dir = settings.dir.clone();
     let with_path = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", dir.display()));
     std::fs::create_dir_all(&dir).map_err(with_path)?;
+    // Before any segment exists: no record is named under a lost identity.
+    let id = identity::load_or_create(&dir).map_err(with_path)?;
     let (position, durable) = PositionFile::open(&dir).map_err(with_path)?;
     let found = recovery::recover(&dir, durable).map_err(with_path)?;
     let seq = found.last_seq + 1;
@@ -197,6 +212,7 @@ pub fn open(settings: Settings, stats: Arc<Stats>) -> io::Result<(Arc<Spool>, Sp
     stats.spool_bytes.store(found.bytes, Ordering::Relaxed);
     let spool = Arc::new(Spool {
         dir: dir.clone(),
+        id,
         shared: Mutex::new(Shared {
             segments,
             cursor,
@@ -218,7 +234,6 @@ pub fn open(settings: Settings, stats: Arc<Stats>) -> io::Result<(Arc<Spool>, Sp
         buf: Vec::new(),
         pending: Vec::new(),
         dirty: false,
-        dir_dirty: false,
         last_sync: Instant::now(),
         last_commit: Instant::now(),
         outage: None,
@@ -230,6 +245,20 @@ impl Spool {
     /// The count of messages spooled and not yet delivered.
     pub fn spooled(&self) -> Arc<AtomicUsize> {
         self.spooled.clone()
+    }
+
+    /// This spool directory's identity: with a record's place, a name for
+    /// its messages that no other spool (nor this one wiped) can produce.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The record at `origin` (from [`Spool::take`]) is done with, its
+    /// messages already counted one by one by a sink that settles them
+    /// out of order (nats: each on its ack, through [`Spool::spooled`]):
+    /// it no longer holds the delivered position back.
+    pub fn finished(&self, origin: SpoolPos) {
+        self.shared.lock().in_flight.remove(&origin);
     }
 
     /// Hands out the next records in order, up to about `max_bytes` (at
@@ -372,8 +401,6 @@ pub struct SpoolWriter {
     pending: Vec<Batch>,
     /// Appended since the last data sync.
     dirty: bool,
-    /// A segment was created since the last directory sync.
-    dir_dirty: bool,
     last_sync: Instant,
     last_commit: Instant,
     /// Since when appends fail (disk full): one warning per outage.
@@ -516,8 +543,14 @@ impl SpoolWriter {
         // half-made roll behind to trip over on the retry.
         self.active.sync()?;
         let next = SegmentWriter::create(&self.settings.dir, self.active.seq + 1)?;
+        // The new name is durable before any record in it reaches a sink
+        // (point 5: a delivered record's place is never handed out again).
+        // Once per segment: cheap. On failure the roll is undone whole.
+        if let Err(e) = segment::sync_dir(&self.settings.dir) {
+            let _ = std::fs::remove_file(segment::path(&self.settings.dir, next.seq));
+            return Err(e);
+        }
         let old = std::mem::replace(&mut self.active, next);
-        self.dir_dirty = true;
         let mut shared = self.spool.shared.lock();
         if let Some(s) = shared.seg(old.seq) {
             s.sealed = true;
@@ -536,12 +569,6 @@ impl SpoolWriter {
     }
 
     fn sync_data(&mut self) {
-        if self.dir_dirty {
-            match segment::sync_dir(&self.settings.dir) {
-                Ok(()) => self.dir_dirty = false,
-                Err(e) => error!("spool: directory sync failed error=\"{e}\""),
-            }
-        }
         if self.dirty {
             match self.active.sync() {
                 Ok(()) => self.dirty = false,
