@@ -908,27 +908,55 @@ mod tests {
             .collect()
     }
 
+    /// A spool in `dir` with its writer thread running, fed by `tx`; set
+    /// `stop` and join `writer` to end it.
+    struct Spooling {
+        settings: crate::spool::Settings,
+        spool: Arc<crate::spool::Spool>,
+        tx: crate::queue::QueueSender,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+        writer: std::thread::JoinHandle<()>,
+    }
+
+    fn spooling(dir: &std::path::Path) -> Spooling {
+        use std::sync::atomic::AtomicBool;
+        let settings = crate::spool::Settings {
+            dir: dir.to_path_buf(),
+            max_bytes: 1 << 20,
+            segment_bytes: 4 << 10,
+            sync: Duration::from_millis(10),
+        };
+        let (spool, writer) =
+            crate::spool::open(settings.clone(), Arc::new(Stats::default())).unwrap();
+        let (tx, rx) = crate::queue::queue(100);
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let writer =
+            std::thread::spawn(move || writer.run(rx, Arc::new(AtomicBool::new(false)), s));
+        Spooling {
+            settings,
+            spool,
+            tx,
+            stop,
+            writer,
+        }
+    }
+
     /// Many records in flight from one worker, finished out of order (as
     /// acks come back): the durable position passes the finished ones in
     /// front and stops at the oldest unfinished one, never past it.
     #[test]
     fn the_spool_position_stops_at_the_oldest_unfinished_record() {
-        use crate::queue::queue;
         use crate::spool;
-        use std::sync::atomic::AtomicBool;
 
         let dir = tempfile::tempdir().unwrap();
-        let settings = spool::Settings {
-            dir: dir.path().to_path_buf(),
-            max_bytes: 1 << 20,
-            segment_bytes: 4 << 10,
-            sync: Duration::from_millis(10),
-        };
-        let (spool, writer) = spool::open(settings.clone(), Arc::new(Stats::default())).unwrap();
-        let (tx, rx) = queue(100);
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let t = std::thread::spawn(move || writer.run(rx, Arc::new(AtomicBool::new(false)), s));
+        let Spooling {
+            settings,
+            spool,
+            tx,
+            stop,
+            writer: t,
+        } = spooling(dir.path());
         const RECORDS: usize = 40;
         for i in 0..RECORDS {
             let mut b = Batch::new();
@@ -968,22 +996,16 @@ mod tests {
     /// same ids, which is what lets the stream drop the replayed copy.
     #[test]
     fn a_spooled_message_keeps_its_id_when_its_record_is_read_again() {
-        use crate::queue::queue;
         use crate::spool;
-        use std::sync::atomic::AtomicBool;
 
         let dir = tempfile::tempdir().unwrap();
-        let settings = spool::Settings {
-            dir: dir.path().to_path_buf(),
-            max_bytes: 1 << 20,
-            segment_bytes: 4 << 10,
-            sync: Duration::from_millis(10),
-        };
-        let (spool, writer) = spool::open(settings.clone(), Arc::new(Stats::default())).unwrap();
-        let (tx, rx) = queue(100);
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let t = std::thread::spawn(move || writer.run(rx, Arc::new(AtomicBool::new(false)), s));
+        let Spooling {
+            settings,
+            spool,
+            tx,
+            stop,
+            writer: t,
+        } = spooling(dir.path());
         for (tag, n) in [("a", 2), ("b", 3)] {
             let mut b = Batch::new();
             for i in 0..n {
