@@ -132,6 +132,10 @@ fi
 apt_install socat
 # scripts/peers.sh waits for ports with `ss` (iproute2), not on every minimal image.
 apt_install iproute2
+# The tests signal daemons with kill(1) (procps: not in slim images) and
+# mount the disk-full tests' tmpfs with mount/umount (mount), and make
+# fifos with mkfifo (coreutils).
+apt_install procps mount coreutils
 command -v logger >/dev/null 2>&1 || apt_install bsdutils
 logger --help 2>&1 | grep -q -- '--octet-count' || die "logger is not util-linux logger (no --octet-count)"
 
