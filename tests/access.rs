@@ -8,9 +8,6 @@ mod support;
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread;
 use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
@@ -39,38 +36,6 @@ fn start(server_extra: &str) -> Daemon {
     ))
 }
 
-/// Samples the daemon's thread count until stopped; returns the maximum.
-struct ThreadSampler {
-    stop: Arc<AtomicBool>,
-    max: Arc<AtomicU64>,
-    handle: thread::JoinHandle<()>,
-}
-
-impl ThreadSampler {
-    fn start(pid: u32) -> ThreadSampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let max = Arc::new(AtomicU64::new(0));
-        let (s, m) = (stop.clone(), max.clone());
-        let handle = thread::spawn(move || {
-            // Bounded: at most 60 s of samples.
-            for _ in 0..60_000 {
-                if s.load(Ordering::Relaxed) {
-                    break;
-                }
-                m.fetch_max(support::proc_status(pid, "Threads:"), Ordering::Relaxed);
-                thread::sleep(Duration::from_millis(1));
-            }
-        });
-        ThreadSampler { stop, max, handle }
-    }
-
-    fn finish(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().expect("sampler");
-        self.max.load(Ordering::Relaxed)
-    }
-}
-
 #[test]
 fn allow_list_closes_others_at_accept_without_a_thread() {
     let mut d = start(r#"allow = ["127.0.0.2/32", "127.0.0.4/31"]"#);
@@ -80,7 +45,7 @@ fn allow_list_closes_others_at_accept_without_a_thread() {
     assert!(wait_file_contains(&out, b"from .2\n", WAIT));
     let baseline = d.threads();
 
-    let sampler = ThreadSampler::start(d.pid());
+    let sampler = support::ThreadPeak::start(d.pid(), Duration::from_millis(1));
     for i in 0..40 {
         let mut denied = connect_from("127.0.0.3", d.addr);
         // Sent, never delivered.
@@ -145,7 +110,7 @@ fn per_ip_cap_refuses_the_extra_connection_and_frees_on_close() {
         assert!(wait_file_contains(&out, m.as_bytes(), WAIT), "{m}");
     }
     let baseline = d.threads();
-    let sampler = ThreadSampler::start(d.pid());
+    let sampler = support::ThreadPeak::start(d.pid(), Duration::from_millis(1));
     for _ in 0..10 {
         let mut extra = connect_from("127.0.0.2", d.addr);
         let _ = extra.write_all(b"over the cap\n");

@@ -79,17 +79,7 @@ fn hostile_scrapers_cost_no_thread_and_a_scrape_gets_through_after_them() {
         || scrape(m)["floodwall_messages_received_total"] > 0.0
     ));
 
-    let max_threads = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let (stop, max_threads, pid) = (stop.clone(), max_threads.clone(), d.pid());
-        thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let n = support::proc_status(pid, "Threads:");
-                max_threads.fetch_max(n, Ordering::Relaxed);
-                thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let sampler = support::ThreadPeak::start(d.pid(), Duration::from_millis(5));
     let received_before = scrape(m)["floodwall_messages_received_total"];
 
     // The hostile scrapers.
@@ -161,12 +151,11 @@ fn hostile_scrapers_cost_no_thread_and_a_scrape_gets_through_after_them() {
     // connections, each read to EOF at once.
     assert!(took <= Duration::from_secs(2), "took {took:?}");
 
+    let max = sampler.finish();
     stop.store(true, Ordering::SeqCst);
-    sampler.join().expect("sampler");
     for t in ingest {
         t.join().expect("ingest client");
     }
-    let max = max_threads.load(Ordering::Relaxed);
     eprintln!("threads: max {max} (bound {bound}); received during the attack {received_during}");
     assert!(max <= bound, "{max} threads > {bound}");
     assert!(received_during > 0.0, "ingestion stopped during the attack");

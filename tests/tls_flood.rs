@@ -12,7 +12,6 @@ mod support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -105,20 +104,7 @@ fn handshake_flood_is_cut_at_the_deadline_and_a_good_client_keeps_going() {
 
     // Invariant 1, sampled every millisecond through the flood.
     let bound = MAX_CONNECTIONS + 1 + 8;
-    let stop = Arc::new(AtomicBool::new(false));
-    let max_threads = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let (stop, max, pid) = (stop.clone(), max_threads.clone(), d.pid());
-        thread::spawn(move || {
-            for _ in 0..60_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                max.fetch_max(support::proc_status(pid, "Threads:"), Ordering::Relaxed);
-                thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
+    let sampler = support::ThreadPeak::start(d.pid(), Duration::from_millis(1));
 
     let hello = half_client_hello(&client_config);
     let mut flood: Vec<(TcpStream, Instant)> = Vec::with_capacity(SILENT + HALF_HELLO);
@@ -168,9 +154,7 @@ fn handshake_flood_is_cut_at_the_deadline_and_a_good_client_keeps_going() {
         worst = worst.max(took);
     }
     drop(flood);
-    stop.store(true, Ordering::Relaxed);
-    sampler.join().expect("sampler");
-    let max = max_threads.load(Ordering::Relaxed);
+    let max = sampler.finish();
 
     latencies.sort();
     let median = latencies[latencies.len() / 2];

@@ -353,6 +353,43 @@ impl Drop for Daemon {
     }
 }
 
+/// The daemon's highest thread count, sampled from /proc every `period`
+/// until [`ThreadPeak::finish`] (at most 60,000 samples). A sample of a
+/// process that is gone panics the sampler, so `finish` fails, never 0.
+pub struct ThreadPeak {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: thread::JoinHandle<u64>,
+}
+
+impl ThreadPeak {
+    pub fn start(pid: u32, period: Duration) -> ThreadPeak {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = thread::spawn(move || {
+            let mut max = 0;
+            for _ in 0..60_000 {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                max = max.max(proc_status(pid, "Threads:"));
+                thread::sleep(period); // the sampling period, not a wait
+            }
+            max
+        });
+        ThreadPeak { stop, handle }
+    }
+
+    /// Stops sampling and returns the highest count seen (call it while
+    /// the daemon still runs).
+    pub fn finish(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle
+            .join()
+            .expect("thread sampler panicked: see its message above")
+    }
+}
+
 /// The number after `key` (e.g. "Threads:", "VmRSS:") in
 /// /proc/PID/status. Panics, naming the path and the error, when it cannot
 /// be read: a sample that silently reads 0 would let a bound pass with no
