@@ -79,7 +79,7 @@ timeout = "{shutdown}"
 fn spooled_max(dir: &Path, max: &mut HashMap<usize, usize>) {
     use floodwall::spool::record::{self, Parsed};
     use floodwall::spool::segment;
-    for seq in segment::list(dir).unwrap_or_default() {
+    for seq in segment::list(dir).expect("list the spool's segments") {
         let Ok(bytes) = std::fs::read(segment::path(dir, seq)) else {
             continue; // deleted meanwhile
         };

@@ -497,9 +497,14 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Reads a file, or empty if it does not exist yet.
+/// Reads a file, or empty if it does not exist yet; any other error
+/// fails the test (an unreadable file is not an empty one).
 pub fn read(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_default()
+    match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("read {}: {e}", path.display()),
+    }
 }
 
 /// Prints expected vs actual as blocks on mismatch.
