@@ -191,6 +191,16 @@ _peers_launch() {
     echo "$pid"
 }
 
+# Runs the unpacked syslog-ng in the foreground on DIR/syslog-ng.conf, its
+# pid, persist and control files in DIR, and waits for PORT (_peers_launch).
+_peers_launch_syslogng() {
+    local dir="$1" port="$2" root; root="$(_peers_sng_root)"
+    _peers_launch "$dir" "$port" env LD_LIBRARY_PATH="$root/usr/lib/syslog-ng" \
+        "$root/usr/sbin/syslog-ng" -F --no-caps -f "$dir/syslog-ng.conf" -p "$dir/pid" \
+        -R "$dir/syslog-ng.persist" -c "$dir/syslog-ng.ctl" \
+        --module-path="$root/usr/lib/syslog-ng/3.38"
+}
+
 _peers_check_args() {
     local name="$1" want="$2"; shift 2
     if (( $# < want )); then _peers_err "$name: missing arguments"; return 2; fi
@@ -334,9 +344,7 @@ log { source(s_in); destination(d_out); };
 filter f_internal { level(warning..emerg); };
 log { source(s_internal); filter(f_internal); destination(d_internal); };
 EOF
-    _peers_launch "$dir" "$port" env LD_LIBRARY_PATH="$root/usr/lib/syslog-ng" \
-        "$bin" -F --no-caps -f "$conf" -p "$dir/pid" -R "$dir/syslog-ng.persist" \
-        -c "$dir/syslog-ng.ctl" --module-path="$root/usr/lib/syslog-ng/3.38"
+    _peers_launch_syslogng "$dir" "$port"
 }
 
 # global() lines naming the ossl driver's CA, certificate and key.
@@ -428,9 +436,7 @@ log { source(s_in); destination(d_floodwall); };
 filter f_internal { level(warning..emerg); };
 log { source(s_internal); filter(f_internal); destination(d_internal); };
 EOF
-    _peers_launch "$dir" "$port" env LD_LIBRARY_PATH="$root/usr/lib/syslog-ng" \
-        "$bin" -F --no-caps -f "$conf" -p "$dir/pid" -R "$dir/syslog-ng.persist" \
-        -c "$dir/syslog-ng.ctl" --module-path="$root/usr/lib/syslog-ng/3.38"
+    _peers_launch_syslogng "$dir" "$port"
 }
 
 # TLS receiver writing each message to OUT (benchmarks): network() source,
@@ -468,9 +474,7 @@ log { source(s_in); destination(d_out); };
 filter f_internal { level(warning..emerg); };
 log { source(s_internal); filter(f_internal); destination(d_internal); };
 EOF
-    _peers_launch "$dir" "$port" env LD_LIBRARY_PATH="$root/usr/lib/syslog-ng" \
-        "$bin" -F --no-caps -f "$conf" -p "$dir/pid" -R "$dir/syslog-ng.persist" \
-        -c "$dir/syslog-ng.ctl" --module-path="$root/usr/lib/syslog-ng/3.38"
+    _peers_launch_syslogng "$dir" "$port"
 }
 
 _peers_usage() {
