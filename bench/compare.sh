@@ -25,6 +25,8 @@
 #               stalls measure no server)
 #   FW_BIN      the floodwall binary to measure (default the one built there;
 #               e.g. a copy of an older build, for a before/after comparison)
+#   LOGGEN_RATE loggen's rate per connection (default 100000000: as fast as it can);
+#               e.g. to measure plaintext and TLS at the same offered rate
 #
 # Output: bench/out/results.csv, idle.csv, latency.txt, timeline/, tls.csv,
 # tls_idle.csv, tls_handshakes.csv, results.md
@@ -48,6 +50,7 @@ TLS_IDLE_N="${TLS_IDLE_N:-1000}"
 TLS_PARTS="${TLS_PARTS:-rates idle handshakes}"
 TLS_SERVERS="${TLS_SERVERS:-fw-tls rsyslog-tls syslog-ng-tls}"
 CLIENTS="${CLIENTS:-fwl loggen}"
+LOGGEN_RATE="${LOGGEN_RATE:-100000000}"
 SKIP="${SKIP:-}"
 OUT="$REPO/bench/out"
 WORK="${BENCH_WORK:-$OUT/work}"
@@ -184,7 +187,7 @@ run_one() {
         if [[ $client == fwl ]]; then
             { time "$LOAD" "127.0.0.1:$port" -c "$conns" -s "$msize" -d "${RUN_SECS}s" -q "${fwl_tls[@]}" >"$cout" 2>&1; } 2>"$tfile"
         else
-            { time peers_loggen "${transport[@]}" -s "$msize" -I "$RUN_SECS" -r 100000000 \
+            { time peers_loggen "${transport[@]}" -s "$msize" -I "$RUN_SECS" -r "$LOGGEN_RATE" \
                 --active-connections="$conns" 127.0.0.1 "$port" >"$cout" 2>&1; } 2>"$tfile"
         fi
     ) &
