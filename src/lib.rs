@@ -49,7 +49,7 @@ pub mod stats;
 pub mod stream;
 pub mod threads;
 pub mod tls;
-pub mod tls_input;
+pub mod tls_record;
 pub mod wake;
 
 use std::net::SocketAddr;

@@ -3,30 +3,26 @@
 //!
 //! conn.rs sees only this: a non-blocking read, a wait for input (the
 //! shared shutdown wake-up included) and non-blocking mode. With TLS, input
-//! may already sit decrypted in rustls while the socket has nothing: the
-//! wait returns at once then, so no plaintext is left behind a poll.
+//! may already sit in the session (src/tls_record.rs) while the socket has
+//! nothing: the wait returns at once then, so nothing is left behind a poll.
 
 use std::io::{self, Read};
 use std::net::TcpStream;
 
 use std::time::Duration;
 
-use rustls::ServerConnection;
-
-use crate::tls_input::{Fed, TlsInput};
+use crate::tls_record::Session;
 use crate::wake::{Ready, Wake};
 
 pub enum Stream<'a> {
     Plain(&'a TcpStream),
-    /// Boxed from its creation in src/tls.rs (the session is over 1 KiB):
-    /// a by-value session is copied through the handshake's stack frames,
-    /// and every stack page a worker touches stays resident for as long
-    /// as its connection lives.
+    /// Boxed from its creation in src/tls.rs (the session holds keys and
+    /// buffers): a by-value session is copied through the handshake's
+    /// stack frames, and every stack page a worker touches stays resident
+    /// for as long as its connection lives.
     Tls {
-        conn: Box<ServerConnection>,
+        session: Box<Session>,
         sock: &'a TcpStream,
-        /// Boxed for the same reason.
-        input: Box<TlsInput>,
     },
 }
 
@@ -41,8 +37,8 @@ impl Stream<'_> {
     /// A quiet connection keeps no TLS staging buffer (see conn.rs's own
     /// read buffer).
     pub fn release(&mut self) {
-        if let Stream::Tls { input, .. } = self {
-            input.release();
+        if let Stream::Tls { session, .. } = self {
+            session.release();
         }
     }
 
@@ -50,87 +46,37 @@ impl Stream<'_> {
         self.tcp().set_nonblocking(on)
     }
 
-    /// [`Wake::wait`] on the socket, except that plaintext rustls already
-    /// holds (or its peer's close_notify), or a whole record read and not
-    /// yet decrypted, counts as input at once.
+    /// [`Wake::wait`] on the socket, except that input the session already
+    /// holds (plaintext, a whole record, the client's close_notify) counts
+    /// at once.
     pub fn wait(
         &mut self,
         wake: &Wake,
         timeout: Option<Duration>,
         watch: bool,
     ) -> io::Result<Ready> {
-        if let Stream::Tls { conn, input, .. } = self {
-            let state = conn.process_new_packets().map_err(io::Error::other)?;
-            if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() || input.has_record()
-            {
-                return Ok(Ready::Socket);
-            }
+        if let Stream::Tls { session, .. } = self
+            && session.has_input()
+        {
+            return Ok(Ready::Socket);
         }
         wake.wait(self.tcp(), timeout, watch)
     }
 
+    /// Plain: one read. TLS: opens records until `buf` is full or the
+    /// socket has nothing more (src/tls_record.rs).
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.read(buf),
-            Stream::Tls { conn, sock, input } => read_tls(conn, sock, input, buf),
+            Stream::Tls { session, sock } => session.read(sock, buf),
         }
     }
 
     /// At shutdown: the one thing floodwall writes after a handshake.
     /// One non-blocking write: a client whose window is closed misses it.
     pub fn close_notify(&mut self) {
-        if let Stream::Tls { conn, sock, .. } = self {
-            conn.send_close_notify();
-            let _ = sock.set_nonblocking(true);
-            let _ = conn.write_tls(sock);
-        }
-    }
-}
-
-/// Decrypts into `buf` until it is full or the socket has nothing more,
-/// like one plain read of that size (src/tls_input.rs says how input
-/// reaches rustls). `Ok(0)` is the end of input, with or without
-/// close_notify (after the handshake a close without it is an ordinary
-/// EOF, SPEC "Access control and TLS").
-fn read_tls(
-    conn: &mut ServerConnection,
-    sock: &TcpStream,
-    input: &mut TlsInput,
-    buf: &mut [u8],
-) -> io::Result<usize> {
-    let mut n = 0;
-    // Each turn drains rustls's plaintext (at most 16 KiB: it refuses more
-    // TLS until drained) before giving it at most 4 KiB of records.
-    loop {
-        match conn.reader().read(&mut buf[n..]) {
-            Ok(0) if n < buf.len() => return Ok(n), // close_notify came
-            Ok(k) => {
-                n += k;
-                if n == buf.len() {
-                    return Ok(n);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(n),
-            Err(e) => return if n > 0 { Ok(n) } else { Err(e) },
-        }
-        match input.feed(conn, sock) {
-            Ok(Fed::Records) => {
-                if let Err(e) = conn.process_new_packets() {
-                    // rustls keeps the error: the next call reports it.
-                    return if n > 0 {
-                        Ok(n)
-                    } else {
-                        Err(io::Error::other(e))
-                    };
-                }
-            }
-            Ok(Fed::WouldBlock) if n > 0 => return Ok(n),
-            Ok(Fed::WouldBlock) => return Err(io::ErrorKind::WouldBlock.into()),
-            // What was decrypted is handed out first; a reset then shows
-            // as an EOF at the next read (the kernel reports it once).
-            Err(_) if n > 0 => return Ok(n),
-            Err(e) => return Err(e),
+        if let Stream::Tls { session, sock } = self {
+            session.close_notify(sock);
         }
     }
 }
@@ -168,6 +114,7 @@ mod tests {
         // As floodwall's (src/tls.rs): a never-reading client's close
         // would otherwise be a reset over the unread tickets.
         server.send_tls13_tickets = 0;
+        server.enable_secret_extraction = true;
         let mut roots = RootCertStore::empty();
         roots.add(der).unwrap();
         let client = ClientConfig::builder_with_provider(provider)
@@ -204,29 +151,13 @@ mod tests {
             sent
         });
         let (sock, _) = listener.accept().unwrap();
-        let mut conn = ServerConnection::new(server_config).unwrap();
-        let mut records = crate::tls_input::Records::default();
-        while conn.is_handshaking() {
-            if conn.wants_write() {
-                conn.write_tls(&mut &sock).unwrap();
-            } else {
-                let mut tracked = crate::tls_input::Tracked {
-                    inner: &sock,
-                    records: &mut records,
-                };
-                conn.read_tls(&mut tracked).unwrap();
-                conn.process_new_packets().unwrap();
-            }
-        }
-        while conn.wants_write() {
-            conn.write_tls(&mut &sock).unwrap();
-        }
-        sock.set_nonblocking(true).unwrap();
         let wake = Wake::new().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let session = crate::tls::handshake(server_config, &sock, deadline, &wake).unwrap();
+        sock.set_nonblocking(true).unwrap();
         let mut stream = Stream::Tls {
-            conn: Box::new(conn),
+            session,
             sock: &sock,
-            input: Box::new(TlsInput::new(records)),
         };
         let mut got = Vec::new();
         let mut largest = 0;

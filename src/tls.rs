@@ -15,7 +15,7 @@
 //! reset that throws away what it had not yet sent.
 
 use std::fmt;
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,11 +25,13 @@ use log::{info, warn};
 use parking_lot::RwLock;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
+use rustls::server::UnbufferedServerConnection;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::unbuffered::{ConnectionState, EncodeError, InsufficientSizeError};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
-    RootCertStore, ServerConfig, ServerConnection, SignatureScheme, StreamOwned,
+    RootCertStore, ServerConfig, SignatureScheme, StreamOwned,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -38,7 +40,7 @@ use crate::alerts::{Throttle, suppressed};
 use crate::config::{Config, ServerTlsConfig, SinkTlsConfig, TlsVersion};
 use crate::stats::Stats;
 use crate::stream::Stream;
-use crate::tls_input::{Records, TlsInput, Tracked};
+use crate::tls_record::{STAGING_MIN, Session};
 use crate::wake::{Ready, Wake};
 
 /// A TLS file that cannot be used; the message names the key and the file.
@@ -61,6 +63,9 @@ fn tls_error(key: &'static str, message: impl Into<String>) -> TlsError {
 const ALERT_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
 /// TLS record type "handshake": the first byte of any ClientHello.
 const RECORD_HANDSHAKE: u8 = 0x16;
+/// The most handshake input held at once (a client certificate chain may
+/// span several records).
+const HANDSHAKE_INPUT_MAX: usize = 128 << 10;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -160,6 +165,8 @@ pub fn server_config(tls: &ServerTlsConfig) -> Result<Arc<ServerConfig>, TlsErro
     // Syslog clients never read: a ticket left unread in a client's
     // receive buffer makes its close a reset that loses its unsent tail.
     config.send_tls13_tickets = 0;
+    // After the handshake, src/tls_record.rs opens the records itself.
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 
@@ -446,11 +453,7 @@ impl ServerTls {
         match handshake(current.config.clone(), tcp, deadline, wake) {
             // conn.rs takes over the socket (non-blocking, polled); the
             // only write left is a close_notify at shutdown.
-            Ok((conn, records)) => Ok(Stream::Tls {
-                conn,
-                sock: tcp,
-                input: Box::new(TlsInput::new(records)),
-            }),
+            Ok(session) => Ok(Stream::Tls { session, sock: tcp }),
             Err(HandshakeEnd::Refused(reason)) => Err(self.refused(peer, stats, reason)),
             Err(end) => Err(end),
         }
@@ -480,39 +483,106 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-/// The handshake loop. Every wait for input is a poll bounded by what is
-/// left before `deadline` (and woken at shutdown), every write has that as
-/// its timeout, so a client trickling one byte at a time cannot stretch it.
-fn handshake(
+/// The handshake loop, on rustls's unbuffered connection over our own
+/// input buffer, which then becomes the session's (src/tls_record.rs).
+/// Every wait for input is a poll bounded by what is left before
+/// `deadline` (and woken at shutdown), every write has that as its
+/// timeout, so a client trickling one byte at a time cannot stretch it.
+pub(crate) fn handshake(
     config: Arc<ServerConfig>,
     tcp: &TcpStream,
     deadline: Instant,
     wake: &Wake,
-) -> Result<(Box<ServerConnection>, Records), HandshakeEnd> {
+) -> Result<Box<Session>, HandshakeEnd> {
     let refused = |why: String| HandshakeEnd::Refused(why);
     let mut conn = new_session(config).map_err(|e| refused(format!("cannot start TLS: {e}")))?;
     let mut sock = tcp;
+    let mut input = vec![0u8; STAGING_MIN];
+    let mut end = 0;
+    let mut out = Vec::new();
+    // Records that came with the client's Finished, opened by rustls.
+    let mut early = Vec::new();
+    let mut peer_closed = false;
+    // The first byte read: a plaintext client is named as such.
     let mut first: Option<u8> = None;
-    // The record framing of what rustls read, for src/tls_input.rs.
-    let mut records = Records::default();
     // Blocking, so that a write waits (bounded by its timeout); reads only
     // follow a poll that saw input.
     let _ = tcp.set_nonblocking(false);
     // The handshake flight may take several writes: Nagle would hold the
     // later ones for the client's (delayed) ACK.
     let _ = tcp.set_nodelay(true);
-    while conn.is_handshaking() || conn.wants_write() {
+    loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(refused("handshake timeout".into()));
         }
-        if conn.wants_write() {
-            let _ = tcp.set_write_timeout(Some(left));
-            match conn.write_tls(&mut sock) {
-                Ok(_) => continue,
-                Err(e) if is_timeout(&e) => continue,
-                Err(e) => return Err(refused(format!("write failed during handshake: {e}"))),
+        let status = conn.process_tls_records(&mut input[..end]);
+        let mut discard = status.discard;
+        let mut wants_input = false;
+        let mut traffic = false;
+        let mut failed = None;
+        match status.state {
+            Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                let used = out.len();
+                let mut room = 4096;
+                loop {
+                    out.resize(used + room, 0);
+                    match data.encode(&mut out[used..]) {
+                        Ok(k) => {
+                            out.truncate(used + k);
+                            break;
+                        }
+                        Err(EncodeError::InsufficientSize(InsufficientSizeError {
+                            required_size,
+                        })) => room = required_size,
+                        Err(e) => return Err(refused(format!("cannot encode: {e}"))),
+                    }
+                }
             }
+            Ok(ConnectionState::TransmitTlsData(data)) => {
+                let _ = tcp.set_write_timeout(Some(left));
+                if let Err(e) = sock.write_all(&out) {
+                    return Err(refused(if is_timeout(&e) {
+                        "handshake timeout".into()
+                    } else {
+                        format!("write failed during handshake: {e}")
+                    }));
+                }
+                out.clear();
+                data.done();
+            }
+            Ok(ConnectionState::ReadTraffic(mut records)) => {
+                while let Some(record) = records.next_record() {
+                    let record = record.map_err(|e| refused(format!("bad record: {e}")))?;
+                    discard += record.discard;
+                    early.extend_from_slice(record.payload);
+                }
+            }
+            Ok(ConnectionState::BlockedHandshake) => wants_input = true,
+            // A TLS 1.3 server may send before the client's Finished.
+            Ok(ConnectionState::WriteTraffic(_)) => traffic = true,
+            Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => peer_closed = true,
+            Ok(_) => return Err(refused("unexpected state during the handshake".into())),
+            Err(e) => failed = Some(e),
+        }
+        input.copy_within(discard..end, 0);
+        end -= discard;
+        if let Some(e) = failed {
+            // Let the client see the alert, briefly.
+            send_alert(&mut conn, &mut input[..end], tcp, left);
+            return Err(refused(reason(&e, first)));
+        }
+        if peer_closed && conn.is_handshaking() {
+            return Err(refused("closed during the handshake".into()));
+        }
+        if traffic {
+            wants_input = conn.is_handshaking();
+        }
+        if !conn.is_handshaking() && !wants_input && out.is_empty() {
+            break;
+        }
+        if !wants_input {
+            continue;
         }
         match wake.wait(tcp, Some(left), true) {
             Ok(Ready::Socket) => {}
@@ -520,33 +590,24 @@ fn handshake(
             Ok(Ready::TimedOut) => continue,
             Err(e) => return Err(refused(format!("poll failed: {e}"))),
         }
+        if end == input.len() {
+            // One handshake message may span records (a long client chain).
+            if input.len() >= HANDSHAKE_INPUT_MAX {
+                return Err(refused("handshake message too large".into()));
+            }
+            input.resize(input.len() * 2, 0);
+        }
         // Input is there: a read cannot block past it; the timeout is a
         // second bound.
         let _ = tcp.set_read_timeout(Some(left));
-        if first.is_none() {
-            // Peek the record type so that a plaintext client is named as
-            // such in the warning.
-            let mut b = [0u8; 1];
-            match tcp.peek(&mut b) {
-                Ok(1) => first = Some(b[0]),
-                Ok(_) => return Err(refused("closed before the handshake".into())),
-                Err(e) if is_timeout(&e) => continue,
-                Err(e) => return Err(refused(format!("read failed: {e}"))),
+        match sock.read(&mut input[end..]) {
+            Ok(0) if first.is_none() => {
+                return Err(refused("closed before the handshake".into()));
             }
-        }
-        let mut tracked = Tracked {
-            inner: sock,
-            records: &mut records,
-        };
-        match conn.read_tls(&mut tracked) {
             Ok(0) => return Err(refused("closed during the handshake".into())),
-            Ok(_) => {
-                if let Err(e) = conn.process_new_packets() {
-                    // Let the client see the alert, briefly.
-                    let _ = tcp.set_write_timeout(Some(ALERT_WRITE_TIMEOUT.min(left)));
-                    let _ = conn.write_tls(&mut sock);
-                    return Err(refused(reason(&e, first)));
-                }
+            Ok(k) => {
+                first = first.or(Some(input[end]));
+                end += k;
             }
             Err(e) if is_timeout(&e) => {}
             Err(e) => return Err(refused(format!("read failed during handshake: {e}"))),
@@ -554,15 +615,39 @@ fn handshake(
     }
     let _ = tcp.set_read_timeout(None);
     let _ = tcp.set_write_timeout(Some(ALERT_WRITE_TIMEOUT));
-    Ok((conn, records))
+    let (secrets, kernel) = conn
+        .dangerous_into_kernel_connection()
+        .map_err(|e| refused(format!("cannot take over the session: {e}")))?;
+    Session::new(secrets, kernel, input, end, early, peer_closed)
+        .map(Box::new)
+        .map_err(|e| refused(e.to_string()))
 }
 
-/// A boxed session, built in its own frame: the session is over 1 KiB,
-/// and the by-value temporary would otherwise widen the frame that sits
-/// under the whole handshake (see `Stream::Tls`).
+/// Writes the fatal alert rustls queued for a failed handshake, if any.
+/// `input` is what the failed call left (rustls's deframer counts on it).
+fn send_alert(
+    conn: &mut UnbufferedServerConnection,
+    input: &mut [u8],
+    mut tcp: &TcpStream,
+    left: Duration,
+) {
+    let mut out = [0u8; 64];
+    if let Ok(ConnectionState::EncodeTlsData(mut data)) = conn.process_tls_records(input).state
+        && let Ok(k) = data.encode(&mut out)
+    {
+        let _ = tcp.set_write_timeout(Some(ALERT_WRITE_TIMEOUT.min(left)));
+        let _ = tcp.write_all(&out[..k]);
+    }
+}
+
+/// A boxed connection, built in its own frame: it is over 1 KiB, and the
+/// by-value temporary would otherwise widen the frame that sits under the
+/// whole handshake (see `Stream::Tls`).
 #[inline(never)]
-fn new_session(config: Arc<ServerConfig>) -> Result<Box<ServerConnection>, rustls::Error> {
-    Ok(Box::new(ServerConnection::new(config)?))
+fn new_session(
+    config: Arc<ServerConfig>,
+) -> Result<Box<UnbufferedServerConnection>, rustls::Error> {
+    Ok(Box::new(UnbufferedServerConnection::new(config)?))
 }
 
 /// The warning's reason for a failed handshake.

@@ -1,0 +1,780 @@
+//! The TLS record layer once the handshake is done. floodwall opens the
+//! client's records itself, in place in its staging buffer, with ring's
+//! AEAD (the primitive rustls's ring provider uses), keyed by the traffic
+//! secrets rustls hands over when its handshake completes
+//! (`rustls::kernel`, the interface rustls offers for kTLS). rustls keeps
+//! the key schedule: it derives the next key when a TLS 1.3 client sends
+//! KeyUpdate.
+//!
+//! Why not rustls's reader: syslog clients send one small record per
+//! message, and per record rustls copied it in, decrypted it, allocated a
+//! plaintext Vec, copied that out and freed it, and ran its state machine;
+//! that cost more than the AES-GCM itself (bench/RESULTS.md, "The record
+//! layer"). Its unbuffered API still allocates per record (0.23).
+//!
+//! What this owns: record framing (RFC 8446 5, RFC 5246 6.2), nonces and
+//! additional data (RFC 8446 5.3, RFC 5288, RFC 7905), the TLS 1.3 inner
+//! content type and padding, alerts from the client, KeyUpdate, and the one
+//! record floodwall writes after a handshake: close_notify at shutdown.
+//! What ends the connection (as rustls ends it, but without an alert: a
+//! client that never reads would only be reset by one): a record that does
+//! not authenticate or is too long, an alert other than close_notify and
+//! user_canceled, a change_cipher_spec, and any handshake message but a
+//! TLS 1.3 KeyUpdate (so no TLS 1.2 renegotiation).
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::ops::Range;
+
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use rustls::kernel::KernelConnection;
+use rustls::server::ServerConnectionData;
+use rustls::{ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion};
+
+/// Record header: type (1), version (2), length (2).
+pub const HEADER: usize = 5;
+const TAG: usize = 16;
+const MAX_PLAINTEXT: usize = 16 << 10;
+/// The staging buffer starts at one largest TLS 1.3 record (16 KiB + 256 +
+/// 5) and doubles, while socket reads fill it, up to 64 KiB: a connection
+/// that sends little and keeps going quiet (its buffers given back each
+/// time) does not zero 64 KiB per read.
+pub const STAGING_MIN: usize = (16 << 10) + 512;
+const STAGING_MAX: usize = 64 << 10;
+
+const CHANGE_CIPHER_SPEC: u8 = 20;
+const ALERT: u8 = 21;
+const HANDSHAKE: u8 = 22;
+const APPLICATION_DATA: u8 = 23;
+const KEY_UPDATE: u8 = 24;
+const CLOSE_NOTIFY: u8 = 0;
+const USER_CANCELED: u8 = 90;
+const WARNING: u8 = 1;
+
+fn broken(why: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {}", why.into()))
+}
+
+/// One direction's AEAD key and record counter.
+struct Cipher {
+    key: LessSafeKey,
+    iv: [u8; aead::NONCE_LEN],
+    seq: u64,
+    /// TLS 1.2 AES-GCM: the nonce's last 8 bytes travel in each record
+    /// (RFC 5288). Otherwise the nonce is the IV XOR the record counter.
+    explicit: bool,
+}
+
+impl Cipher {
+    fn new(secrets: &ConnectionTrafficSecrets, seq: u64, tls12: bool) -> io::Result<Cipher> {
+        let (algorithm, key, iv, gcm) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv, true),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv, true),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (&aead::CHACHA20_POLY1305, key, iv, false)
+            }
+            _ => return Err(broken("negotiated cipher has no record layer here")),
+        };
+        let key =
+            UnboundKey::new(algorithm, key.as_ref()).map_err(|_| broken("bad traffic key"))?;
+        let iv = iv
+            .as_ref()
+            .try_into()
+            .map_err(|_| broken("bad traffic IV"))?;
+        Ok(Cipher {
+            key: LessSafeKey::new(key),
+            iv,
+            seq,
+            explicit: tls12 && gcm,
+        })
+    }
+
+    fn xor_nonce(&self) -> [u8; aead::NONCE_LEN] {
+        let mut nonce = self.iv;
+        for (b, s) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
+            *b ^= s;
+        }
+        nonce
+    }
+
+    fn count(&mut self) -> io::Result<()> {
+        self.seq = self
+            .seq
+            .checked_add(1)
+            .ok_or_else(|| broken("record counter exhausted"))?;
+        Ok(())
+    }
+
+    /// TLS 1.2 additional data: counter, type, version, plaintext length.
+    fn aad12(&self, typ: u8, version: [u8; 2], len: usize) -> io::Result<[u8; 13]> {
+        let len = u16::try_from(len).map_err(|_| broken("record overflow"))?;
+        let mut aad = [0u8; 13];
+        aad[..8].copy_from_slice(&self.seq.to_be_bytes());
+        aad[8] = typ;
+        aad[9..11].copy_from_slice(&version);
+        aad[11..].copy_from_slice(&len.to_be_bytes());
+        Ok(aad)
+    }
+
+    /// Opens one whole record (header included) in place: its content
+    /// type and where its plaintext lies in `record`.
+    fn open(&mut self, tls12: bool, record: &mut [u8]) -> io::Result<(u8, Range<usize>)> {
+        let (header, body) = record.split_at_mut(HEADER);
+        let typ = header[0];
+        if !tls12 {
+            // TLS 1.3: everything is application_data outside; the real
+            // type is the last non-zero byte inside, zeros after it padding.
+            if typ != APPLICATION_DATA {
+                return Err(broken(format!("unexpected record type {typ}")));
+            }
+            let nonce = Nonce::assume_unique_for_key(self.xor_nonce());
+            let plain = self
+                .key
+                .open_in_place(nonce, Aad::from(&*header), body)
+                .map_err(|_| broken("record failed to authenticate"))?;
+            self.count()?;
+            let Some(end) = plain.iter().rposition(|&b| b != 0) else {
+                return Err(broken("record without a content type"));
+            };
+            if end > MAX_PLAINTEXT {
+                return Err(broken("record overflow"));
+            }
+            return Ok((plain[end], HEADER..HEADER + end));
+        }
+        let (nonce, skip) = if self.explicit {
+            if body.len() < 8 {
+                return Err(broken("record too short"));
+            }
+            let mut nonce = [0u8; aead::NONCE_LEN];
+            nonce[..4].copy_from_slice(&self.iv[..4]);
+            nonce[4..].copy_from_slice(&body[..8]);
+            (nonce, 8)
+        } else {
+            (self.xor_nonce(), 0)
+        };
+        let len = body
+            .len()
+            .checked_sub(skip + TAG)
+            .ok_or_else(|| broken("record too short"))?;
+        if len > MAX_PLAINTEXT {
+            return Err(broken("record overflow"));
+        }
+        let aad = self.aad12(typ, [header[1], header[2]], len)?;
+        self.key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut body[skip..],
+            )
+            .map_err(|_| broken("record failed to authenticate"))?;
+        self.count()?;
+        Ok((typ, HEADER + skip..HEADER + skip + len))
+    }
+
+    /// The close_notify alert as one sealed record.
+    fn close_notify(&mut self, tls12: bool) -> io::Result<Vec<u8>> {
+        let nonce = self.xor_nonce();
+        let (typ, mut payload, explicit) = if tls12 {
+            // rustls's TLS 1.2 GCM sender also uses IV XOR counter and
+            // sends the nonce's last 8 bytes.
+            let explicit = if self.explicit { &nonce[4..] } else { &[][..] };
+            (ALERT, vec![WARNING, CLOSE_NOTIFY], explicit)
+        } else {
+            (
+                APPLICATION_DATA,
+                vec![WARNING, CLOSE_NOTIFY, ALERT],
+                &[][..],
+            )
+        };
+        let len = u16::try_from(explicit.len() + payload.len() + TAG)
+            .map_err(|_| broken("record overflow"))?;
+        let mut header = [typ, 3, 3, 0, 0];
+        header[3..].copy_from_slice(&len.to_be_bytes());
+        let nonce = Nonce::assume_unique_for_key(nonce);
+        let tag = if tls12 {
+            let aad = self.aad12(ALERT, [3, 3], payload.len())?;
+            self.key
+                .seal_in_place_separate_tag(nonce, Aad::from(aad), &mut payload)
+        } else {
+            self.key
+                .seal_in_place_separate_tag(nonce, Aad::from(header), &mut payload)
+        }
+        .map_err(|_| broken("cannot seal"))?;
+        self.count()?;
+        let mut record = header.to_vec();
+        record.extend_from_slice(explicit);
+        record.extend_from_slice(&payload);
+        record.extend_from_slice(tag.as_ref());
+        Ok(record)
+    }
+}
+
+/// A TLS session after its handshake: what was read from the socket and
+/// not yet handed out, and the keys to open it.
+pub struct Session {
+    rx: Cipher,
+    /// The sending side's secrets, for the close_notify at shutdown.
+    tx: Option<(u64, ConnectionTrafficSecrets)>,
+    /// rustls's key schedule, for a TLS 1.3 KeyUpdate.
+    kernel: KernelConnection<ServerConnectionData>,
+    tls12: bool,
+    /// Staging buffer: empty until input comes, given back when drained.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    /// The last socket read filled the staging buffer.
+    filled: bool,
+    /// Opened and not yet handed out: a range of `buf`.
+    plain: Range<usize>,
+    /// Plaintext rustls opened during the handshake (records that came
+    /// with the client's Finished), handed out first.
+    early: Vec<u8>,
+    early_at: usize,
+    /// The client sent close_notify: nothing after it is read.
+    closed: bool,
+    /// Why a record failed; reported once what came before is handed out.
+    failed: Option<String>,
+}
+
+impl Session {
+    /// Takes over after rustls's handshake: its secrets and key schedule,
+    /// the input it left unread (`staged[..end]`, whole records or the
+    /// start of one), and any plaintext it already opened.
+    pub fn new(
+        secrets: ExtractedSecrets,
+        kernel: KernelConnection<ServerConnectionData>,
+        staged: Vec<u8>,
+        end: usize,
+        early: Vec<u8>,
+        closed: bool,
+    ) -> io::Result<Session> {
+        let tls12 = kernel.protocol_version() == ProtocolVersion::TLSv1_2;
+        let (seq, rx) = secrets.rx;
+        Ok(Session {
+            rx: Cipher::new(&rx, seq, tls12)?,
+            tx: Some(secrets.tx),
+            kernel,
+            tls12,
+            buf: staged,
+            start: 0,
+            end,
+            eof: false,
+            filled: false,
+            plain: 0..0,
+            early,
+            early_at: 0,
+            closed,
+            failed: None,
+        })
+    }
+
+    /// There is something for [`Session::read`] without the socket:
+    /// plaintext, a whole staged record, the end, or an error.
+    pub fn has_input(&self) -> bool {
+        self.early_at < self.early.len()
+            || !self.plain.is_empty()
+            || self.closed
+            || self.eof
+            || self.failed.is_some()
+            || !matches!(self.staged_record(), Ok(None))
+    }
+
+    /// Gives the staging buffer back when it holds nothing (a connection
+    /// gone quiet keeps no buffer; see src/conn.rs).
+    pub fn release(&mut self) {
+        if self.start == self.end && self.plain.is_empty() && !self.buf.is_empty() {
+            self.buf = Vec::new();
+            self.start = 0;
+            self.end = 0;
+            self.plain = 0..0;
+            self.filled = false;
+        }
+    }
+
+    /// Opens records into `out` until it is full or the socket has nothing
+    /// more, like one plain read of that size. `Ok(0)` is the end of
+    /// input, with or without close_notify (after the handshake a close
+    /// without it is an ordinary EOF, SPEC "Access control and TLS").
+    pub fn read(&mut self, mut sock: &TcpStream, out: &mut [u8]) -> io::Result<usize> {
+        let mut n = 0;
+        loop {
+            n += self.hand_out(&mut out[n..]);
+            if n == out.len() || self.closed {
+                return Ok(n);
+            }
+            if let Some(why) = &self.failed {
+                return if n > 0 {
+                    Ok(n)
+                } else {
+                    Err(io::Error::new(io::ErrorKind::InvalidData, why.clone()))
+                };
+            }
+            match self.open_next() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    self.failed = Some(e.to_string());
+                    continue;
+                }
+            }
+            if self.eof {
+                // A record cut by the EOF is dropped with it, as a plain
+                // connection's cut line is.
+                return Ok(n);
+            }
+            self.make_room();
+            match sock.read(&mut self.buf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(k) => {
+                    self.filled = self.end + k == self.buf.len();
+                    self.end += k;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // What was opened is handed out first; a reset then shows
+                // as an EOF at the next read (the kernel reports it once).
+                Err(_) if n > 0 => return Ok(n),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// At shutdown: the one record floodwall writes after a handshake.
+    /// One non-blocking write: a client whose window is closed misses it.
+    pub fn close_notify(&mut self, mut sock: &TcpStream) {
+        let Some((seq, secrets)) = self.tx.take() else {
+            return;
+        };
+        let record =
+            Cipher::new(&secrets, seq, self.tls12).and_then(|mut c| c.close_notify(self.tls12));
+        if let Ok(record) = record {
+            let _ = sock.set_nonblocking(true);
+            let _ = sock.write(&record);
+        }
+    }
+
+    fn hand_out(&mut self, out: &mut [u8]) -> usize {
+        let mut n = 0;
+        if self.early_at < self.early.len() {
+            n = (self.early.len() - self.early_at).min(out.len());
+            out[..n].copy_from_slice(&self.early[self.early_at..self.early_at + n]);
+            self.early_at += n;
+            if self.early_at == self.early.len() {
+                self.early = Vec::new();
+                self.early_at = 0;
+            }
+        }
+        let k = self.plain.len().min(out.len() - n);
+        out[n..n + k].copy_from_slice(&self.buf[self.plain.start..self.plain.start + k]);
+        self.plain.start += k;
+        n + k
+    }
+
+    /// The length (header included) of the record at the front of the
+    /// staged input when all of it is there.
+    fn staged_record(&self) -> io::Result<Option<usize>> {
+        let staged = &self.buf[self.start..self.end];
+        let Some(header) = staged.get(..HEADER) else {
+            return Ok(None);
+        };
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        let max = MAX_PLAINTEXT + if self.tls12 { 2048 } else { 256 };
+        if len > max {
+            return Err(broken("record overflow"));
+        }
+        Ok((staged.len() >= HEADER + len).then_some(HEADER + len))
+    }
+
+    /// Opens the next staged record if it is whole; false if it is not.
+    fn open_next(&mut self) -> io::Result<bool> {
+        let Some(len) = self.staged_record()? else {
+            return Ok(false);
+        };
+        let at = self.start;
+        self.start += len;
+        let (typ, range) = self.rx.open(self.tls12, &mut self.buf[at..at + len])?;
+        let range = at + range.start..at + range.end;
+        match typ {
+            APPLICATION_DATA => self.plain = range,
+            ALERT => self.alert(range)?,
+            HANDSHAKE if !self.tls12 => self.key_update(range)?,
+            HANDSHAKE => return Err(broken("renegotiation refused")),
+            CHANGE_CIPHER_SPEC => return Err(broken("change_cipher_spec after the handshake")),
+            other => return Err(broken(format!("unexpected record type {other}"))),
+        }
+        Ok(true)
+    }
+
+    fn alert(&mut self, range: Range<usize>) -> io::Result<()> {
+        match self.buf[range] {
+            [_, CLOSE_NOTIFY] => {
+                self.closed = true;
+                Ok(())
+            }
+            [WARNING, USER_CANCELED] => Ok(()),
+            [_, description] => Err(broken(format!("alert {description} from the client"))),
+            _ => Err(broken("malformed alert")),
+        }
+    }
+
+    /// A TLS 1.3 KeyUpdate, alone in its record (a key change may not
+    /// share a record with what follows it, RFC 8446 5.1). An
+    /// update_requested asks for ours before our next application data;
+    /// floodwall sends none, so there is nothing to answer.
+    fn key_update(&mut self, range: Range<usize>) -> io::Result<()> {
+        match self.buf[range] {
+            [KEY_UPDATE, 0, 0, 1, 0 | 1] => {}
+            [KEY_UPDATE, ..] => return Err(broken("malformed KeyUpdate")),
+            [other, ..] => {
+                return Err(broken(format!(
+                    "handshake message {other} after the handshake"
+                )));
+            }
+            [] => return Err(broken("empty handshake record")),
+        }
+        let (seq, secrets) = self
+            .kernel
+            .update_rx_secret()
+            .map_err(|e| broken(format!("KeyUpdate: {e}")))?;
+        self.rx = Cipher::new(&secrets, seq, false)?;
+        Ok(())
+    }
+
+    fn make_room(&mut self) {
+        let need = self
+            .buf
+            .get(self.start..self.end)
+            .and_then(|s| s.get(..HEADER))
+            .map_or(0, |h| {
+                HEADER + usize::from(u16::from_be_bytes([h[3], h[4]]))
+            });
+        if self.buf.is_empty() {
+            self.buf = vec![0; STAGING_MIN];
+        } else if self.filled && self.buf.len() < STAGING_MAX {
+            self.buf.resize((self.buf.len() * 2).min(STAGING_MAX), 0);
+        }
+        if need > self.buf.len() {
+            // A TLS 1.2 record may be up to 18 KiB.
+            self.buf.resize(need, 0);
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        self.plain = 0..0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use rustls::crypto::{CryptoProvider, ring as provider};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::{
+        ClientConfig, ClientConnection, RootCertStore, ServerConfig, SupportedCipherSuite,
+        SupportedProtocolVersion,
+    };
+
+    use super::*;
+    use crate::wake::Wake;
+
+    fn configs(suite: SupportedCipherSuite) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = CertificateDer::from(cert.der().to_vec());
+        let both: &[&SupportedProtocolVersion] =
+            &[&rustls::version::TLS13, &rustls::version::TLS12];
+        let mut server =
+            ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
+                .with_protocol_versions(both)
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![der.clone()],
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+                )
+                .unwrap();
+        server.send_tls13_tickets = 0;
+        server.enable_secret_extraction = true;
+        let mut roots = RootCertStore::empty();
+        roots.add(der).unwrap();
+        // The client offers one suite, so the session uses exactly it.
+        let only = CryptoProvider {
+            cipher_suites: vec![suite],
+            ..provider::default_provider()
+        };
+        let client = ClientConfig::builder_with_provider(Arc::new(only))
+            .with_protocol_versions(both)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    fn suites() -> Vec<SupportedCipherSuite> {
+        use provider::cipher_suite as s;
+        vec![
+            s::TLS13_AES_128_GCM_SHA256,
+            s::TLS13_AES_256_GCM_SHA384,
+            s::TLS13_CHACHA20_POLY1305_SHA256,
+            s::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            s::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            s::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ]
+    }
+
+    /// A client session driven by hand over a blocking socket.
+    struct Client {
+        conn: ClientConnection,
+        sock: TcpStream,
+    }
+
+    impl Client {
+        /// Connects; `first` is written before the handshake completes, so
+        /// that it leaves in the same flight as the client's Finished.
+        fn connect(config: Arc<ClientConfig>, addr: std::net::SocketAddr, first: &[u8]) -> Client {
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut conn = ClientConnection::new(config, name).unwrap();
+            conn.writer().write_all(first).unwrap();
+            let mut sock = TcpStream::connect(addr).unwrap();
+            while conn.is_handshaking() {
+                while conn.wants_write() {
+                    conn.write_tls(&mut sock).unwrap();
+                }
+                if conn.is_handshaking() {
+                    conn.read_tls(&mut sock).unwrap();
+                    conn.process_new_packets().unwrap();
+                }
+            }
+            let mut client = Client { conn, sock };
+            client.flush();
+            client
+        }
+
+        fn flush(&mut self) {
+            while self.conn.wants_write() {
+                self.conn.write_tls(&mut self.sock).unwrap();
+            }
+        }
+
+        /// One record per call.
+        fn send(&mut self, bytes: &[u8]) {
+            self.conn.writer().write_all(bytes).unwrap();
+            self.flush();
+        }
+
+        /// Reads until the server's close: true if it came as close_notify.
+        fn clean_close(&mut self) -> bool {
+            loop {
+                match self.conn.read_tls(&mut self.sock) {
+                    Ok(0) => return false,
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+                let state = self.conn.process_new_packets().unwrap();
+                if state.peer_has_closed() {
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// The server side: a completed handshake over an accepted socket.
+    fn accept(listener: &TcpListener, config: Arc<ServerConfig>) -> (TcpStream, Box<Session>) {
+        let (sock, _) = listener.accept().unwrap();
+        let wake = Wake::new().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let session = crate::tls::handshake(config, &sock, deadline, &wake).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        (sock, session)
+    }
+
+    /// Reads to the end of input (or the first error) with small and
+    /// large buffers in turn.
+    fn read_all(session: &mut Session, sock: &TcpStream) -> (Vec<u8>, io::Result<()>) {
+        let wake = Wake::new().unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for turn in 0usize.. {
+            assert!(Instant::now() < deadline, "no end of input within 30 s");
+            let size = if turn % 3 == 0 { 100 } else { buf.len() };
+            match session.read(sock, &mut buf[..size]) {
+                Ok(0) => return (got, Ok(())),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !session.has_input() {
+                        wake.wait(sock, Some(Duration::from_secs(5)), false)
+                            .unwrap();
+                    }
+                }
+                Err(e) => return (got, Err(e)),
+            }
+        }
+        unreachable!()
+    }
+
+    fn message(i: usize) -> Vec<u8> {
+        // Sizes from 1 byte to a full 16 KiB record.
+        let len = match i % 7 {
+            0 => 1,
+            1 => 127,
+            2 => 16 << 10,
+            n => n * 700,
+        };
+        (0..len).map(|k| (i * 31 + k) as u8).collect()
+    }
+
+    /// Every suite and version: what comes with the Finished, records of
+    /// 1 byte to 16 KiB, then close_notify, arrive byte-exact; floodwall's
+    /// own close_notify reaches the client as one (its seal is right).
+    #[test]
+    fn every_suite_delivers_byte_exact_and_both_closes_are_clean() {
+        for suite in suites() {
+            let (server_config, client_config) = configs(suite);
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let client = thread::spawn(move || {
+                let mut sent = b"sent with the Finished\n".to_vec();
+                let mut c = Client::connect(client_config, addr, &sent);
+                for i in 0..300 {
+                    let m = message(i);
+                    c.send(&m);
+                    sent.extend_from_slice(&m);
+                }
+                c.conn.send_close_notify();
+                c.flush();
+                (sent, c.clean_close())
+            });
+            let (sock, mut session) = accept(&listener, server_config);
+            let (got, end) = read_all(&mut session, &sock);
+            end.unwrap();
+            assert!(session.closed, "{suite:?}: close_notify not seen");
+            session.close_notify(&sock);
+            drop(sock);
+            let (sent, clean) = client.join().unwrap();
+            assert_eq!(got.len(), sent.len(), "{suite:?}");
+            assert!(got == sent, "{suite:?}: bytes differ");
+            assert!(clean, "{suite:?}: the client did not see close_notify");
+        }
+    }
+
+    /// A TLS 1.3 client that updates its keys: rustls's key schedule gives
+    /// the next key and the records keep arriving.
+    #[test]
+    fn key_updates_are_followed() {
+        let suite = provider::cipher_suite::TLS13_AES_128_GCM_SHA256;
+        let (server_config, client_config) = configs(suite);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = thread::spawn(move || {
+            let mut c = Client::connect(client_config, addr, b"");
+            let mut sent = Vec::new();
+            for i in 0..3000 {
+                if i % 500 == 499 {
+                    c.conn.refresh_traffic_keys().unwrap();
+                }
+                let m = format!("<13>message {i} across key updates\n");
+                c.send(m.as_bytes());
+                sent.extend_from_slice(m.as_bytes());
+            }
+            c.conn.send_close_notify();
+            c.flush();
+            sent
+        });
+        let (sock, mut session) = accept(&listener, server_config);
+        let (got, end) = read_all(&mut session, &sock);
+        end.unwrap();
+        let sent = client.join().unwrap();
+        assert!(got == sent, "{} of {} bytes", got.len(), sent.len());
+    }
+
+    /// A record changed in flight: what came before it is delivered, then
+    /// the connection fails, and nothing of the forged record comes out.
+    #[test]
+    fn a_forged_record_ends_the_connection_after_what_came_before() {
+        for suite in [
+            provider::cipher_suite::TLS13_AES_128_GCM_SHA256,
+            provider::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ] {
+            let (server_config, client_config) = configs(suite);
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let client = thread::spawn(move || {
+                let mut c = Client::connect(client_config, addr, b"");
+                c.send(b"good one\n");
+                c.send(b"good two\n");
+                c.conn.writer().write_all(b"forged\n").unwrap();
+                let mut record = Vec::new();
+                while c.conn.wants_write() {
+                    c.conn.write_tls(&mut record).unwrap();
+                }
+                let last = record.len() - 1;
+                record[last] ^= 1; // the tag's last byte
+                c.sock.write_all(&record).unwrap();
+                c.send(b"after\n");
+                // Held open until the server is done.
+                let mut b = [0u8; 1];
+                let _ = c.sock.read(&mut b);
+            });
+            let (sock, mut session) = accept(&listener, server_config);
+            let (got, end) = read_all(&mut session, &sock);
+            let e = end.expect_err("a forged record was accepted");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{suite:?}");
+            assert!(e.to_string().contains("authenticate"), "{e}");
+            assert_eq!(got, b"good one\ngood two\n", "{suite:?}");
+            drop(sock);
+            client.join().unwrap();
+        }
+    }
+
+    /// Garbage after a real ClientHello, cut anywhere: every handshake
+    /// ends refused, none panics.
+    #[test]
+    fn garbage_in_the_handshake_is_refused() {
+        let (server_config, client_config) =
+            configs(provider::cipher_suite::TLS13_AES_128_GCM_SHA256);
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut hello = Vec::new();
+        let mut c = ClientConnection::new(client_config, name).unwrap();
+        c.write_tls(&mut hello).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for cut in (0..hello.len()).step_by(13).chain([hello.len()]) {
+            let mut bytes = hello[..cut].to_vec();
+            for _ in 0..(cut % 3) * 700 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                bytes.push(seed as u8);
+            }
+            let sender = thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                let _ = s.write_all(&bytes);
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                let mut sink = Vec::new();
+                let _ = s.read_to_end(&mut sink);
+            });
+            let (sock, _) = listener.accept().unwrap();
+            let wake = Wake::new().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let end = crate::tls::handshake(server_config.clone(), &sock, deadline, &wake);
+            assert!(
+                matches!(end, Err(crate::tls::HandshakeEnd::Refused(_))),
+                "cut {cut}: not refused"
+            );
+            drop(sock);
+            sender.join().unwrap();
+        }
+    }
+}
