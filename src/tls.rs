@@ -618,6 +618,11 @@ pub(crate) fn handshake(
     let (secrets, kernel) = conn
         .dangerous_into_kernel_connection()
         .map_err(|e| refused(format!("cannot take over the session: {e}")))?;
+    if end == 0 {
+        // Most clients wait for nothing after their Finished, but not all
+        // of them send at once: an idle session holds no buffer.
+        input = Vec::new();
+    }
     Session::new(secrets, kernel, input, end, early, peer_closed)
         .map(Box::new)
         .map_err(|e| refused(e.to_string()))
