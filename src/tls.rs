@@ -25,13 +25,14 @@ use log::{info, warn};
 use parking_lot::RwLock;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
-use rustls::server::UnbufferedServerConnection;
+use rustls::kernel::KernelConnection;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, InsufficientSizeError};
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
-    RootCertStore, ServerConfig, SignatureScheme, StreamOwned,
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, ExtractedSecrets,
+    OtherError, RootCertStore, ServerConfig, SignatureScheme, StreamOwned,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -615,21 +616,50 @@ pub(crate) fn handshake(
     }
     let _ = tcp.set_read_timeout(None);
     let _ = tcp.set_write_timeout(Some(ALERT_WRITE_TIMEOUT));
-    let (secrets, kernel) = conn
-        .dangerous_into_kernel_connection()
-        .map_err(|e| refused(format!("cannot take over the session: {e}")))?;
     if end == 0 {
         // Most clients wait for nothing after their Finished, but not all
         // of them send at once: an idle session holds no buffer.
         input = Vec::new();
     }
-    Session::new(secrets, kernel, input, end, early, peer_closed)
-        .map(Box::new)
-        .map_err(|e| refused(e.to_string()))
+    let parts = extract(conn).map_err(|e| refused(format!("cannot take over the session: {e}")))?;
+    Ok(take_over(parts, input, end, early, peer_closed))
+}
+
+/// rustls's keys and key schedule, out of the finished handshake. Out of
+/// line and boxed, like `new_session`: rustls's extraction runs deep (key
+/// derivation in ring), and the by-value result inlined into the frames
+/// above it took the worker's stack into a fifth page (see `Stream::Tls`).
+#[inline(never)]
+fn extract(
+    conn: Box<UnbufferedServerConnection>,
+) -> Result<Box<(ExtractedSecrets, KernelConnection<ServerConnectionData>)>, rustls::Error> {
+    conn.dangerous_into_kernel_connection().map(Box::new)
+}
+
+/// The session after the handshake, with the input rustls left.
+#[inline(never)]
+fn take_over(
+    parts: Box<(ExtractedSecrets, KernelConnection<ServerConnectionData>)>,
+    input: Vec<u8>,
+    end: usize,
+    early: Vec<u8>,
+    peer_closed: bool,
+) -> Box<Session> {
+    let (secrets, kernel) = *parts;
+    Box::new(Session::new(
+        secrets,
+        kernel,
+        input,
+        end,
+        early,
+        peer_closed,
+    ))
 }
 
 /// Writes the fatal alert rustls queued for a failed handshake, if any.
 /// `input` is what the failed call left (rustls's deframer counts on it).
+#[cold]
+#[inline(never)]
 fn send_alert(
     conn: &mut UnbufferedServerConnection,
     input: &mut [u8],

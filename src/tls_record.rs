@@ -212,7 +212,10 @@ impl Cipher {
 /// A TLS session after its handshake: what was read from the socket and
 /// not yet handed out, and the keys to open it.
 pub struct Session {
-    rx: Cipher,
+    /// Built from `rx_secrets` when the first record arrives (see
+    /// `Session::cipher`).
+    rx: Option<Box<Cipher>>,
+    rx_secrets: Option<(u64, ConnectionTrafficSecrets)>,
     /// The sending side's secrets, for the close_notify at shutdown.
     tx: Option<(u64, ConnectionTrafficSecrets)>,
     /// rustls's key schedule, for a TLS 1.3 KeyUpdate.
@@ -248,11 +251,11 @@ impl Session {
         end: usize,
         early: Vec<u8>,
         closed: bool,
-    ) -> io::Result<Session> {
+    ) -> Session {
         let tls12 = kernel.protocol_version() == ProtocolVersion::TLSv1_2;
-        let (seq, rx) = secrets.rx;
-        Ok(Session {
-            rx: Cipher::new(&rx, seq, tls12)?,
+        Session {
+            rx: None,
+            rx_secrets: Some(secrets.rx),
             tx: Some(secrets.tx),
             kernel,
             tls12,
@@ -266,7 +269,7 @@ impl Session {
             early_at: 0,
             closed,
             failed: None,
-        })
+        }
     }
 
     /// There is something for [`Session::read`] without the socket:
@@ -392,7 +395,14 @@ impl Session {
         };
         let at = self.start;
         self.start += len;
-        let (typ, range) = self.rx.open(self.tls12, &mut self.buf[at..at + len])?;
+        if self.rx.is_none() {
+            self.rx = Some(self.expand_rx()?);
+        }
+        let rx = self
+            .rx
+            .as_deref_mut()
+            .ok_or_else(|| broken("no receiving key"))?;
+        let (typ, range) = rx.open(self.tls12, &mut self.buf[at..at + len])?;
         let range = at + range.start..at + range.end;
         match typ {
             APPLICATION_DATA => self.plain = range,
@@ -436,8 +446,21 @@ impl Session {
             .kernel
             .update_rx_secret()
             .map_err(|e| broken(format!("KeyUpdate: {e}")))?;
-        self.rx = Cipher::new(&secrets, seq, false)?;
+        self.rx = Some(Box::new(Cipher::new(&secrets, seq, false)?));
         Ok(())
+    }
+
+    /// The receiving key, expanded when the first record arrives: an idle
+    /// session holds only its secrets, and the key's setup (deep in ring)
+    /// does not run under the handshake's frames, where it would take the
+    /// worker's stack into a fifth page (see `Stream::Tls`).
+    #[inline(never)]
+    fn expand_rx(&mut self) -> io::Result<Box<Cipher>> {
+        let (seq, secrets) = self
+            .rx_secrets
+            .take()
+            .ok_or_else(|| broken("no receiving key"))?;
+        Cipher::new(&secrets, seq, self.tls12).map(Box::new)
     }
 
     fn make_room(&mut self) {
