@@ -322,8 +322,8 @@ impl Session {
                 }
             }
             if self.eof {
-                // A record cut by the EOF is dropped with it, as a plain
-                // connection's cut line is.
+                // A record cut by the EOF cannot be authenticated: it is
+                // not delivered (nor was it through rustls).
                 return Ok(n);
             }
             self.make_room();
