@@ -327,6 +327,13 @@ impl Session {
                 return Ok(n);
             }
             self.make_room();
+            if self.end == self.buf.len() {
+                // Cannot happen (a whole record is opened before reading
+                // more, and the buffer holds the largest); an empty read
+                // would look like the EOF.
+                self.failed = Some("TLS: staging buffer full".into());
+                continue;
+            }
             match sock.read(&mut self.buf[self.end..]) {
                 Ok(0) => self.eof = true,
                 Ok(k) => {
