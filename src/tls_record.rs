@@ -807,4 +807,274 @@ mod tests {
             sender.join().unwrap();
         }
     }
+
+    /// A client past its handshake that seals records by hand with its own
+    /// keys (rustls's secret extraction): any inner content, type and
+    /// padding, as a hostile client could.
+    struct Forger {
+        sock: TcpStream,
+        tx: Cipher,
+        tls12: bool,
+    }
+
+    impl Forger {
+        fn connect(client_config: Arc<ClientConfig>, addr: std::net::SocketAddr) -> Forger {
+            let mut config = (*client_config).clone();
+            config.enable_secret_extraction = true;
+            let c = Client::connect(Arc::new(config), addr, b"");
+            let tls12 = c.conn.protocol_version() == Some(ProtocolVersion::TLSv1_2);
+            let (seq, secrets) = c.conn.dangerous_extract_secrets().unwrap().tx;
+            let tx = Cipher::new(&secrets, seq, tls12).unwrap();
+            Forger {
+                sock: c.sock,
+                tx,
+                tls12,
+            }
+        }
+
+        /// One sealed record of type `typ` holding `content` (TLS 1.3:
+        /// inside, followed by `pad` zeros; TLS 1.2: `pad` is ignored).
+        fn record(&mut self, typ: u8, content: &[u8], pad: usize) -> Vec<u8> {
+            let nonce = self.tx.xor_nonce();
+            let mut payload = content.to_vec();
+            let explicit = if self.tls12 && self.tx.explicit {
+                nonce[4..].to_vec()
+            } else {
+                Vec::new()
+            };
+            let outer = if self.tls12 { typ } else { APPLICATION_DATA };
+            if !self.tls12 {
+                payload.push(typ);
+                payload.resize(payload.len() + pad, 0);
+            }
+            let len = (explicit.len() + payload.len() + TAG) as u16;
+            let mut header = [outer, 3, 3, 0, 0];
+            header[3..].copy_from_slice(&len.to_be_bytes());
+            let aad = if self.tls12 {
+                self.tx.aad12(typ, [3, 3], payload.len()).unwrap().to_vec()
+            } else {
+                header.to_vec()
+            };
+            let tag = self
+                .tx
+                .key
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(aad),
+                    &mut payload,
+                )
+                .unwrap();
+            self.tx.count().unwrap();
+            [&header[..], &explicit, &payload, tag.as_ref()].concat()
+        }
+
+        fn send(&mut self, typ: u8, content: &[u8], pad: usize) {
+            let record = self.record(typ, content, pad);
+            // The server may have closed already: what matters is what it read.
+            let _ = self.sock.write_all(&record);
+        }
+
+        /// Held open until the server is done.
+        fn hold(mut self) {
+            let mut b = [0u8; 1];
+            let _ = self.sock.read(&mut b);
+        }
+    }
+
+    fn tls13() -> SupportedCipherSuite {
+        provider::cipher_suite::TLS13_AES_128_GCM_SHA256
+    }
+
+    fn tls12() -> SupportedCipherSuite {
+        provider::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+    }
+
+    /// Runs `script` as a forging client against a server session and
+    /// returns what the server read and how its input ended.
+    fn forged(
+        suite: SupportedCipherSuite,
+        script: impl FnOnce(&mut Forger) + Send + 'static,
+    ) -> (Vec<u8>, io::Result<()>) {
+        let (server_config, client_config) = configs(suite);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = thread::spawn(move || {
+            let mut f = Forger::connect(client_config, addr);
+            script(&mut f);
+            f.hold();
+        });
+        let (sock, mut session) = accept(&listener, server_config);
+        let (got, end) = read_all(&mut session, &sock);
+        drop(sock);
+        client.join().unwrap();
+        (got, end)
+    }
+
+    fn refused_with(end: io::Result<()>, why: &str) {
+        let e = end.expect_err("accepted");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        assert!(e.to_string().contains(why), "{e}");
+    }
+
+    /// The forger itself is right: its records and its close_notify are
+    /// read as a rustls client's are, in both versions.
+    #[test]
+    fn forged_records_are_read_like_real_ones() {
+        for suite in suites() {
+            let (got, end) = forged(suite, |f| {
+                f.send(APPLICATION_DATA, b"one\n", 0);
+                f.send(APPLICATION_DATA, b"two\n", 7);
+                f.send(ALERT, &[WARNING, CLOSE_NOTIFY], 0);
+                f.send(APPLICATION_DATA, b"after the close\n", 0);
+            });
+            end.unwrap();
+            assert_eq!(got, b"one\ntwo\n", "{suite:?}");
+        }
+    }
+
+    /// Zero-length application data is legal (RFC 8446 5.1, RFC 5246
+    /// 6.2.1): it hands out nothing and what follows arrives; so does a
+    /// user_canceled warning.
+    #[test]
+    fn empty_records_and_user_canceled_are_passed_over() {
+        for suite in [tls13(), tls12()] {
+            let (got, end) = forged(suite, |f| {
+                f.send(APPLICATION_DATA, b"a", 0);
+                f.send(APPLICATION_DATA, b"", 0);
+                f.send(ALERT, &[WARNING, USER_CANCELED], 0);
+                f.send(APPLICATION_DATA, b"", 100);
+                f.send(APPLICATION_DATA, b"b", 0);
+                f.send(ALERT, &[WARNING, CLOSE_NOTIFY], 0);
+            });
+            end.unwrap();
+            assert_eq!(got, b"ab", "{suite:?}");
+        }
+    }
+
+    /// Any other alert, warning or fatal, ends the connection after what
+    /// came before it; so does a malformed alert.
+    #[test]
+    fn other_alerts_end_the_connection() {
+        for suite in [tls13(), tls12()] {
+            for alert in [
+                vec![WARNING, 42],
+                vec![2, 40],
+                vec![2, USER_CANCELED],
+                vec![1],
+            ] {
+                let bad = alert.clone();
+                let (got, end) = forged(suite, move |f| {
+                    f.send(APPLICATION_DATA, b"before\n", 0);
+                    f.send(ALERT, &bad, 0);
+                    f.send(APPLICATION_DATA, b"after\n", 0);
+                });
+                refused_with(end, "alert");
+                assert_eq!(got, b"before\n", "{suite:?} {alert:?}");
+            }
+        }
+    }
+
+    /// A KeyUpdate must end its record (RFC 8446 5.1): data after it in
+    /// the same record is refused, and none of that record comes out.
+    #[test]
+    fn a_key_update_followed_by_data_in_its_record_is_refused() {
+        let (got, end) = forged(tls13(), |f| {
+            f.send(APPLICATION_DATA, b"before\n", 0);
+            f.send(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0, 23, b'x'], 0);
+        });
+        refused_with(end, "KeyUpdate");
+        assert_eq!(got, b"before\n");
+    }
+
+    /// Handshake messages after the handshake: TLS 1.2 renegotiation (a
+    /// ClientHello) and TLS 1.3 messages other than KeyUpdate end it, as
+    /// do change_cipher_spec and unknown types, protected or not.
+    #[test]
+    fn handshake_and_other_types_after_the_handshake_are_refused() {
+        let hello = [1u8, 0, 0, 4, 3, 3, 0, 0];
+        let cases: Vec<(SupportedCipherSuite, u8, Vec<u8>, &str)> = vec![
+            (tls12(), HANDSHAKE, hello.to_vec(), "renegotiation"),
+            (tls13(), HANDSHAKE, hello.to_vec(), "handshake message 1"),
+            (tls13(), HANDSHAKE, vec![4, 0, 0, 0], "handshake message 4"),
+            (tls12(), CHANGE_CIPHER_SPEC, vec![1], "change_cipher_spec"),
+            (tls13(), CHANGE_CIPHER_SPEC, vec![1], "change_cipher_spec"),
+            (tls12(), 24, vec![1, 0, 0], "record type 24"),
+            (tls13(), 24, vec![1, 0, 0], "record type 24"),
+        ];
+        for (suite, typ, content, why) in cases {
+            let (got, end) = forged(suite, move |f| {
+                f.send(APPLICATION_DATA, b"before\n", 0);
+                f.send(typ, &content, 0);
+            });
+            refused_with(end, why);
+            assert_eq!(got, b"before\n", "{suite:?} {typ}");
+        }
+    }
+
+    /// TLS 1.3: a record that is all zeros inside has no content type,
+    /// and an unprotected record after the handshake is refused.
+    #[test]
+    fn tls13_records_without_a_type_or_unprotected_are_refused() {
+        let (got, end) = forged(tls13(), |f| {
+            f.send(APPLICATION_DATA, b"before\n", 0);
+            // Sealed as type 0: the inner plaintext is all zeros.
+            f.send(0, b"", 20);
+        });
+        refused_with(end, "content type");
+        assert_eq!(got, b"before\n");
+        let (got, end) = forged(tls13(), |f| {
+            f.send(APPLICATION_DATA, b"before\n", 0);
+            let _ = f
+                .sock
+                .write_all(&[ALERT, 3, 3, 0, 2, WARNING, CLOSE_NOTIFY]);
+        });
+        refused_with(end, "record type 21");
+        assert_eq!(got, b"before\n");
+    }
+
+    /// A header announcing one byte over the limit (TLS 1.3: 2^14 + 256;
+    /// TLS 1.2: 2^14 + 2048) is refused from the header alone, before the
+    /// body comes. The largest that may authenticate (TLS 1.3: the limit;
+    /// TLS 1.2 GCM: 2^14 of plaintext, its explicit nonce and tag) is read
+    /// whole and opened (and fails to authenticate); a TLS 1.2 one longer
+    /// than that is refused before opening.
+    #[test]
+    fn a_record_over_the_length_limit_is_refused_from_its_header() {
+        let cases = [
+            (tls13(), (16 << 10) + 256 + 1, "record overflow"),
+            (tls13(), (16 << 10) + 256, "authenticate"),
+            (tls12(), (16 << 10) + 2048 + 1, "record overflow"),
+            (tls12(), (16 << 10) + 2048, "record overflow"),
+            (tls12(), (16 << 10) + 8 + TAG, "authenticate"),
+        ];
+        for (suite, len, why) in cases {
+            let (got, end) = forged(suite, move |f| {
+                f.send(APPLICATION_DATA, b"before\n", 0);
+                let mut r = vec![APPLICATION_DATA, 3, 3];
+                r.extend_from_slice(&(len as u16).to_be_bytes());
+                if len <= MAX_PLAINTEXT + 2048 {
+                    r.resize(HEADER + len, 0x55);
+                }
+                let _ = f.sock.write_all(&r);
+            });
+            refused_with(end, why);
+            assert_eq!(got, b"before\n", "{suite:?} {len}");
+        }
+    }
+
+    /// The EOF in the middle of a record: what came before is handed out,
+    /// the cut record is not, and the end is an ordinary one.
+    #[test]
+    fn an_eof_inside_a_record_ends_input_without_it() {
+        for suite in [tls13(), tls12()] {
+            let (got, end) = forged(suite, |f| {
+                f.send(APPLICATION_DATA, b"whole\n", 0);
+                let r = f.record(APPLICATION_DATA, b"cut in two\n", 0);
+                f.sock.write_all(&r[..r.len() - 3]).unwrap();
+                f.sock.shutdown(std::net::Shutdown::Write).unwrap();
+            });
+            end.unwrap();
+            assert_eq!(got, b"whole\n", "{suite:?}");
+        }
+    }
 }
