@@ -19,8 +19,9 @@
 //! What ends the connection (as rustls ends it, but without an alert: a
 //! client that never reads would only be reset by one): a record that does
 //! not authenticate or is too long, an alert other than close_notify and
-//! user_canceled, a change_cipher_spec, and any handshake message but a
-//! TLS 1.3 KeyUpdate (so no TLS 1.2 renegotiation).
+//! user_canceled, a change_cipher_spec, any handshake message but a
+//! TLS 1.3 KeyUpdate (so no TLS 1.2 renegotiation), and more than 32
+//! records in a row that carry no data.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -50,6 +51,12 @@ const KEY_UPDATE: u8 = 24;
 const CLOSE_NOTIFY: u8 = 0;
 const USER_CANCELED: u8 = 90;
 const WARNING: u8 = 1;
+/// Records in a row that hand out nothing (empty application data,
+/// user_canceled, KeyUpdate) before the connection ends: rustls's own
+/// bounds (32 empty records, 32 KeyUpdates). Without one, a client
+/// streaming them would keep `Session::read` from returning, since it
+/// returns when `out` fills or the socket is empty.
+const BARREN_MAX: u8 = 32;
 
 fn broken(why: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {}", why.into()))
@@ -238,6 +245,8 @@ pub struct Session {
     closed: bool,
     /// Why a record failed; reported once what came before is handed out.
     failed: Option<String>,
+    /// Records in a row that handed out nothing (see `BARREN_MAX`).
+    barren: u8,
 }
 
 impl Session {
@@ -269,6 +278,7 @@ impl Session {
             early_at: 0,
             closed,
             failed: None,
+            barren: 0,
         }
     }
 
@@ -419,7 +429,22 @@ impl Session {
             CHANGE_CIPHER_SPEC => return Err(broken("change_cipher_spec after the handshake")),
             other => return Err(broken(format!("unexpected record type {other}"))),
         }
+        self.count_barren(!self.plain.is_empty() || self.closed)?;
         Ok(true)
+    }
+
+    /// Counts a record that hands out nothing; one that does (or ends the
+    /// input) resets it.
+    fn count_barren(&mut self, fruitful: bool) -> io::Result<()> {
+        if fruitful {
+            self.barren = 0;
+            return Ok(());
+        }
+        if self.barren == BARREN_MAX {
+            return Err(broken("too many records in a row without data"));
+        }
+        self.barren += 1;
+        Ok(())
     }
 
     fn alert(&mut self, range: Range<usize>) -> io::Result<()> {
@@ -1075,6 +1100,77 @@ mod tests {
             });
             end.unwrap();
             assert_eq!(got, b"whole\n", "{suite:?}");
+        }
+    }
+
+    /// Records that hand out nothing (empty application data, user_canceled,
+    /// KeyUpdate) are allowed only a few in a row, as rustls allows them:
+    /// otherwise a client streaming them keeps `read` from returning (it
+    /// returns when `out` is full or the socket is empty), past conn.rs's
+    /// shutdown deadline. 32 in a row are fine.
+    #[test]
+    fn records_without_plaintext_are_limited_in_a_row() {
+        type Barren = fn(&mut Forger);
+        let kinds: [Barren; 2] = [
+            |f| f.send(APPLICATION_DATA, b"", 0),
+            |f| f.send(ALERT, &[WARNING, USER_CANCELED], 0),
+        ];
+        for suite in [tls13(), tls12()] {
+            for barren in kinds {
+                for (row, fine) in [(32, true), (20_000, false)] {
+                    let (got, end) = forged(suite, move |f| {
+                        for _ in 0..3 {
+                            for _ in 0..row {
+                                barren(f);
+                            }
+                            f.send(APPLICATION_DATA, b"x", 0);
+                        }
+                        // The close after a full row is still clean.
+                        for _ in 0..row.min(32) {
+                            barren(f);
+                        }
+                        f.send(ALERT, &[WARNING, CLOSE_NOTIFY], 0);
+                    });
+                    if fine {
+                        end.unwrap();
+                        assert_eq!(got, b"xxx", "{suite:?} {row}");
+                    } else {
+                        refused_with(end, "without data");
+                        assert!(got.is_empty(), "{suite:?}");
+                    }
+                }
+            }
+        }
+        // KeyUpdates, from rustls's own client.
+        for (row, fine) in [(32, true), (40, false)] {
+            let (server_config, client_config) = configs(tls13());
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let client = thread::spawn(move || {
+                let mut c = Client::connect(client_config, addr, b"");
+                for _ in 0..3 {
+                    for _ in 0..row {
+                        c.conn.refresh_traffic_keys().unwrap();
+                        c.flush();
+                    }
+                    c.send(b"x");
+                }
+                c.conn.send_close_notify();
+                let _ = c.conn.write_tls(&mut c.sock);
+                let mut b = [0u8; 1];
+                let _ = c.sock.read(&mut b);
+            });
+            let (sock, mut session) = accept(&listener, server_config);
+            let (got, end) = read_all(&mut session, &sock);
+            drop(sock);
+            client.join().unwrap();
+            if fine {
+                end.unwrap();
+                assert_eq!(got, b"xxx");
+            } else {
+                refused_with(end, "without data");
+                assert!(got.is_empty());
+            }
         }
     }
 }
