@@ -134,6 +134,12 @@ impl Cipher {
             if typ != APPLICATION_DATA {
                 return Err(broken(format!("unexpected record type {typ}")));
             }
+            // The limit is on the inner plaintext, padding included (RFC
+            // 8446 5.2): 2^14 of content and its type. It bounds the
+            // content too.
+            if body.len() > MAX_PLAINTEXT + 1 + TAG {
+                return Err(broken("record overflow"));
+            }
             let nonce = Nonce::assume_unique_for_key(self.xor_nonce());
             let plain = self
                 .key
@@ -143,9 +149,6 @@ impl Cipher {
             let Some(end) = plain.iter().rposition(|&b| b != 0) else {
                 return Err(broken("record without a content type"));
             };
-            if end > MAX_PLAINTEXT {
-                return Err(broken("record overflow"));
-            }
             return Ok((plain[end], HEADER..HEADER + end));
         }
         let (nonce, skip) = if self.explicit {
@@ -1059,15 +1062,16 @@ mod tests {
 
     /// A header announcing one byte over the limit (TLS 1.3: 2^14 + 256;
     /// TLS 1.2: 2^14 + 2048) is refused from the header alone, before the
-    /// body comes. The largest that may authenticate (TLS 1.3: the limit;
-    /// TLS 1.2 GCM: 2^14 of plaintext, its explicit nonce and tag) is read
-    /// whole and opened (and fails to authenticate); a TLS 1.2 one longer
-    /// than that is refused before opening.
+    /// body comes. The largest that may authenticate (2^14 of plaintext,
+    /// TLS 1.3's type byte or TLS 1.2 GCM's explicit nonce, the tag) is
+    /// read whole and opened (and fails to authenticate); one longer than
+    /// that, within the header's limit, is refused before opening.
     #[test]
     fn a_record_over_the_length_limit_is_refused_from_its_header() {
         let cases = [
             (tls13(), (16 << 10) + 256 + 1, "record overflow"),
-            (tls13(), (16 << 10) + 256, "authenticate"),
+            (tls13(), (16 << 10) + 256, "record overflow"),
+            (tls13(), (16 << 10) + 1 + TAG, "authenticate"),
             (tls12(), (16 << 10) + 2048 + 1, "record overflow"),
             (tls12(), (16 << 10) + 2048, "record overflow"),
             (tls12(), (16 << 10) + 8 + TAG, "authenticate"),
@@ -1172,5 +1176,19 @@ mod tests {
                 assert!(got.is_empty());
             }
         }
+    }
+
+    /// TLS 1.3: the inner plaintext (content, type, padding) may be 2^14 + 1
+    /// bytes at most (RFC 8446 5.2, 5.4: record_overflow), even when the
+    /// ciphertext is within its own limit: padding up to that is read,
+    /// padding beyond it is refused.
+    #[test]
+    fn tls13_padding_beyond_the_plaintext_limit_is_refused() {
+        let (got, end) = forged(tls13(), |f| {
+            f.send(APPLICATION_DATA, b"x", MAX_PLAINTEXT - 1);
+            f.send(APPLICATION_DATA, b"y", MAX_PLAINTEXT);
+        });
+        refused_with(end, "record overflow");
+        assert_eq!(got, b"x");
     }
 }
