@@ -297,14 +297,27 @@ impl Session {
     }
 
     /// Gives the staging buffer back when it holds nothing (a connection
-    /// gone quiet keeps no buffer; see src/conn.rs).
+    /// gone quiet keeps no buffer; see src/conn.rs). One that went quiet
+    /// inside a record keeps that record's start in the smallest buffer
+    /// (a burst grew it to 64 KiB, the handshake's input may be larger):
+    /// else a client could hold that much per connection while idle.
     pub fn release(&mut self) {
-        if self.start == self.end && self.plain.is_empty() && !self.buf.is_empty() {
+        if !self.plain.is_empty() || self.buf.is_empty() {
+            return;
+        }
+        self.filled = false;
+        if self.start == self.end {
             self.buf = Vec::new();
             self.start = 0;
             self.end = 0;
             self.plain = 0..0;
-            self.filled = false;
+        } else if self.buf.len() > STAGING_MIN {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            self.plain = 0..0;
+            self.buf.truncate(self.end.max(STAGING_MIN));
+            self.buf.shrink_to_fit();
         }
     }
 
@@ -1193,5 +1206,62 @@ mod tests {
         });
         refused_with(end, "record overflow");
         assert_eq!(got, b"x");
+    }
+
+    /// A client that bursts (the staging buffer grows to 64 KiB) and then
+    /// goes quiet inside a record: the buffer it keeps while quiet is back
+    /// to the minimum, with the record's start in it, and the record still
+    /// completes.
+    #[test]
+    fn a_quiet_session_inside_a_record_keeps_a_small_buffer() {
+        for suite in [tls13(), tls12()] {
+            let (server_config, client_config) = configs(suite);
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (go, gone) = std::sync::mpsc::channel::<()>();
+            let client = thread::spawn(move || {
+                let mut f = Forger::connect(client_config, addr);
+                let mut burst = Vec::new();
+                for _ in 0..20 {
+                    burst.extend(f.record(APPLICATION_DATA, &[b'b'; 16 << 10], 0));
+                }
+                let last = f.record(APPLICATION_DATA, b"last\n", 0);
+                burst.extend_from_slice(&last[..3]);
+                f.sock.write_all(&burst).unwrap();
+                gone.recv().unwrap();
+                f.sock.write_all(&last[3..]).unwrap();
+                f.send(ALERT, &[WARNING, CLOSE_NOTIFY], 0);
+                f.hold();
+            });
+            let (sock, mut session) = accept(&listener, server_config);
+            thread::sleep(Duration::from_millis(300));
+            let mut out = vec![0u8; 64 << 10];
+            let mut got = 0;
+            while got < 20 * (16 << 10) {
+                match session.read(&sock, &mut out) {
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert!(matches!(
+                session.read(&sock, &mut out),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock
+            ));
+            session.release();
+            assert!(
+                session.buf.len() <= STAGING_MIN && session.buf.capacity() <= STAGING_MIN,
+                "{suite:?}: {} bytes kept",
+                session.buf.capacity()
+            );
+            go.send(()).unwrap();
+            let (rest, end) = read_all(&mut session, &sock);
+            end.unwrap();
+            assert_eq!(rest, b"last\n", "{suite:?}");
+            drop(sock);
+            client.join().unwrap();
+        }
     }
 }
