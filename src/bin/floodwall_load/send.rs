@@ -20,6 +20,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A blocked write wakes this often to look at the deadline and stop flag.
 const WRITE_WAKE: Duration = Duration::from_millis(200);
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
+/// At the end of a TLS run, how long the records rustls still holds may
+/// take to leave (they were counted sent when rustls took them).
+const TLS_DRAIN: Duration = Duration::from_secs(10);
 /// Longest sleep of a paced sender, so it notices stop and deadline.
 const MAX_PACE_SLEEP: Duration = Duration::from_millis(50);
 /// Shortest: a paced sender sends what is due in ticks of at least 1 ms,
@@ -245,6 +248,26 @@ fn sender(conn: usize, plan: &Plan, counters: &Counters, stop: &AtomicBool, star
                     None => break,
                 }
             }
+        }
+    }
+    drain_tls(&mut stream, counters);
+}
+
+/// TLS: rustls takes plaintext faster than the socket does, and what it
+/// took was counted sent; let its records leave before the connection is
+/// dropped (a receiver that stays stalled past `TLS_DRAIN` counts as a
+/// write error, so a cut-short run shows).
+fn drain_tls(stream: &mut Conn, counters: &Counters) {
+    let Conn::Tls(tls) = stream else { return };
+    let until = Instant::now() + TLS_DRAIN;
+    while let Err(e) = tls.flush() {
+        let transient = matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+        );
+        if !transient || Instant::now() >= until {
+            counters.write_errors.fetch_add(1, Ordering::Relaxed);
+            return;
         }
     }
 }
