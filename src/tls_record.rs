@@ -499,9 +499,8 @@ impl Session {
     }
 
     /// The receiving key, expanded when the first record arrives: an idle
-    /// session holds only its secrets, and the key's setup (deep in ring)
-    /// does not run under the handshake's frames, where it would take the
-    /// worker's stack into a fifth page (see `Stream::Tls`).
+    /// session holds only its secrets, not an expanded AES key and its
+    /// GHASH table.
     #[inline(never)]
     fn expand_rx(&mut self) -> io::Result<Box<Cipher>> {
         let (seq, secrets) = self
