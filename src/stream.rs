@@ -89,40 +89,16 @@ mod tests {
     use std::sync::Arc;
     use std::thread;
 
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, StreamOwned};
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection, ServerConfig, StreamOwned};
 
     const MESSAGES: usize = 5000;
 
     fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let der = CertificateDer::from(cert.der().to_vec());
-        let mut server = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![der.clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .unwrap();
-        // As floodwall's (src/tls.rs): a never-reading client's close
-        // would otherwise be a reset over the unread tickets.
-        server.send_tls13_tickets = 0;
-        server.enable_secret_extraction = true;
-        let mut roots = RootCertStore::empty();
-        roots.add(der).unwrap();
-        let client = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        (Arc::new(server), Arc::new(client))
+        // The suite loggen and rsyslog's ossl driver choose.
+        crate::tls_record::tests::configs(
+            rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
+        )
     }
 
     /// A client that sends every message as its own TLS record (as loggen
