@@ -1235,18 +1235,35 @@ pub(crate) mod tests {
                 f.hold();
             });
             let (sock, mut session) = accept(&listener, server_config);
-            thread::sleep(Duration::from_millis(300));
+            let wake = Wake::new().unwrap();
+            // Until a whole largest staging buffer of the burst is there
+            // (no readiness event says "this much"; polled), so that the
+            // first reads fill the buffer and grow it.
+            let mut peek = vec![0u8; STAGING_MAX];
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while sock.peek(&mut peek).unwrap_or(0) < STAGING_MAX {
+                assert!(Instant::now() < deadline, "the burst did not arrive");
+                thread::sleep(Duration::from_millis(1));
+            }
             let mut out = vec![0u8; 64 << 10];
             let mut got = 0;
+            let mut grown = 0;
             while got < 20 * (16 << 10) {
                 match session.read(&sock, &mut out) {
                     Ok(n) => got += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        thread::sleep(Duration::from_millis(10))
+                        wake.wait(&sock, Some(Duration::from_secs(5)), false)
+                            .unwrap();
                     }
                     Err(e) => panic!("{e}"),
                 }
+                grown = grown.max(session.buf.len());
             }
+            // Else there is nothing for `release` to cut back.
+            assert_eq!(
+                grown, STAGING_MAX,
+                "{suite:?}: the burst did not grow the buffer"
+            );
             assert!(matches!(
                 session.read(&sock, &mut out),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock
