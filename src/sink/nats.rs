@@ -908,17 +908,26 @@ mod tests {
             .collect()
     }
 
-    /// A spool in `dir` with its writer thread running, fed by `tx`; set
-    /// `stop` and join `writer` to end it.
+    /// A spool in `dir` with its writer thread running, fed by the sender
+    /// [`spooling`] returns; [`Spooling::close`] ends it.
     struct Spooling {
         settings: crate::spool::Settings,
         spool: Arc<crate::spool::Spool>,
-        tx: crate::queue::QueueSender,
         stop: Arc<std::sync::atomic::AtomicBool>,
         writer: std::thread::JoinHandle<()>,
     }
 
-    fn spooling(dir: &std::path::Path) -> Spooling {
+    impl Spooling {
+        /// Stops the writer and closes the spool; its settings reopen it.
+        fn close(self) -> crate::spool::Settings {
+            self.stop.store(true, Ordering::SeqCst);
+            self.writer.join().unwrap();
+            drop(self.spool);
+            self.settings
+        }
+    }
+
+    fn spooling(dir: &std::path::Path) -> (crate::queue::QueueSender, Spooling) {
         use std::sync::atomic::AtomicBool;
         let settings = crate::spool::Settings {
             dir: dir.to_path_buf(),
@@ -933,13 +942,13 @@ mod tests {
         let s = stop.clone();
         let writer =
             std::thread::spawn(move || writer.run(rx, Arc::new(AtomicBool::new(false)), s));
-        Spooling {
+        let spooling = Spooling {
             settings,
             spool,
-            tx,
             stop,
             writer,
-        }
+        };
+        (tx, spooling)
     }
 
     /// Many records in flight from one worker, finished out of order (as
@@ -950,13 +959,8 @@ mod tests {
         use crate::spool;
 
         let dir = tempfile::tempdir().unwrap();
-        let Spooling {
-            settings,
-            spool,
-            tx,
-            stop,
-            writer: t,
-        } = spooling(dir.path());
+        let (tx, spooling) = spooling(dir.path());
+        let spool = &spooling.spool;
         const RECORDS: usize = 40;
         for i in 0..RECORDS {
             let mut b = Batch::new();
@@ -979,9 +983,7 @@ mod tests {
         for i in order {
             spool.finished(taken[i].origin().unwrap());
         }
-        stop.store(true, Ordering::SeqCst);
-        t.join().unwrap();
-        drop(spool);
+        let settings = spooling.close();
         let stats = Arc::new(Stats::default());
         drop(spool::open(settings, stats.clone()).unwrap());
         // Replayed: record 10 and every record after it; not 0..10.
@@ -999,13 +1001,8 @@ mod tests {
         use crate::spool;
 
         let dir = tempfile::tempdir().unwrap();
-        let Spooling {
-            settings,
-            spool,
-            tx,
-            stop,
-            writer: t,
-        } = spooling(dir.path());
+        let (tx, spooling) = spooling(dir.path());
+        let spool = &spooling.spool;
         for (tag, n) in [("a", 2), ("b", 3)] {
             let mut b = Batch::new();
             for i in 0..n {
@@ -1021,10 +1018,8 @@ mod tests {
             assert!(Instant::now() < deadline, "not spooled");
             std::thread::sleep(Duration::from_millis(5));
         }
-        let first = spooled_ids(&spool);
-        stop.store(true, Ordering::SeqCst);
-        t.join().unwrap();
-        drop(spool);
+        let first = spooled_ids(spool);
+        let settings = spooling.close();
 
         let stats = Arc::new(Stats::default());
         let (again, _writer) = spool::open(settings, stats.clone()).unwrap();
