@@ -128,12 +128,8 @@ fn each_message_lands_in_the_stream_once_with_its_peer() {
 #[test]
 fn a_server_down_at_start_up_is_retried_until_it_appears() {
     let dir = tempfile::tempdir().unwrap();
-    // Learn a port nats-server can bind, then stop it: floodwall starts
-    // against a server that is not there.
-    let mut nats = NatsServer::start(dir.path(), "late");
-    let port = nats.client.port();
-    nats.kill();
-    drop(nats);
+    // floodwall starts against a server that is not there.
+    let port = NatsServer::vacated_port(dir.path(), "late");
     let urls = vec![format!("nats://127.0.0.1:{port}")];
     let mut daemon = Daemon::start(&config(&urls, 1));
     send_numbered(daemon.addr, 2, 500);

@@ -45,6 +45,16 @@ impl NatsServer {
         NatsServer::start_with(dir, name, None, None)
     }
 
+    /// A client port nats-server could bind and nothing listens on now:
+    /// for a server that is away when floodwall starts and comes up there
+    /// later ([`NatsServer::start_with`] with the port).
+    pub fn vacated_port(dir: &Path, name: &str) -> u16 {
+        let mut nats = NatsServer::start(dir, name);
+        let port = nats.client.port();
+        nats.kill();
+        port
+    }
+
     /// `port`: the client port (None: any); `cluster`: Some((own route
     /// port, every node's route address)) to join a cluster named "fw".
     pub fn start_with(
