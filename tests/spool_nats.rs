@@ -47,28 +47,15 @@ const STREAM: &str = "SPOOLED";
 const SUBJECT: &str = "logs.spooled";
 
 fn config(url: &str, spool_dir: &Path, shutdown: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-framing = "lines"
-[sink]
-type = "nats"
-servers = ["{url}"]
-subject = "{SUBJECT}"
-stream = "{STREAM}"
-[spool]
-dir = "{}"
-segment_bytes = "64KiB"
-# A kill finds up to 250 ms of acked messages not yet durably
-# delivered (thousands at this pace), which the restart replays.
-sync = "250ms"
-[log]
-stats_interval = "100ms"
-[shutdown]
-timeout = "{shutdown}"
-"#,
-        spool_dir.display()
+    spool_support::config_with_sync(
+        &format!(
+            "type = \"nats\"\nservers = [\"{url}\"]\nsubject = \"{SUBJECT}\"\nstream = \"{STREAM}\""
+        ),
+        spool_dir,
+        // A kill finds up to 250 ms of acked messages not yet durably
+        // delivered (thousands at this pace), which the restart replays.
+        "250ms",
+        &format!("[shutdown]\ntimeout = \"{shutdown}\""),
     )
 }
 
@@ -291,12 +278,8 @@ fn wait_spooled(dir: &Path, last: usize, timeout: Duration) -> bool {
 #[test]
 fn a_shutdown_with_the_server_away_keeps_the_spool_for_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
-    // Learn a port nats-server can bind, then stop it: floodwall spools
-    // against a server that is not there.
-    let mut nats = NatsServer::start(dir.path(), "away");
-    let port = nats.client.port();
-    nats.kill();
-    drop(nats);
+    // floodwall spools against a server that is not there.
+    let port = NatsServer::vacated_port(dir.path(), "away");
     let url = format!("nats://127.0.0.1:{port}");
     let spool_dir = dir.path().join("spool");
     let mut d = Daemon::start(&config(&url, &spool_dir, "2s"));

@@ -249,6 +249,16 @@ pub fn dead_port() -> SocketAddr {
 /// A daemon config with a spool in `spool_dir` and the given `[sink]`
 /// body; stats every 100 ms so tests can wait on them.
 pub fn config(sink: &str, spool_dir: &std::path::Path, extra: &str) -> String {
+    config_with_sync(sink, spool_dir, "50ms", extra)
+}
+
+/// [`config`] with the spool's `sync` given.
+pub fn config_with_sync(
+    sink: &str,
+    spool_dir: &std::path::Path,
+    sync: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"
 [server]
@@ -259,7 +269,7 @@ framing = "lines"
 [spool]
 dir = "{}"
 segment_bytes = "64KiB"
-sync = "50ms"
+sync = "{sync}"
 [log]
 stats_interval = "100ms"
 {extra}
