@@ -219,13 +219,30 @@ impl Cipher {
     }
 }
 
+/// The receiving key: the secrets (and record counter) rustls handed
+/// over, expanded when a record needs them. An idle session holds only
+/// the secrets, not an expanded AES key and its GHASH table.
+enum Rx {
+    Secrets(u64, ConnectionTrafficSecrets),
+    Key(Box<Cipher>),
+}
+
+impl Rx {
+    fn key(&mut self, tls12: bool) -> io::Result<&mut Cipher> {
+        if let Rx::Secrets(seq, secrets) = self {
+            *self = Rx::Key(Box::new(Cipher::new(secrets, *seq, tls12)?));
+        }
+        match self {
+            Rx::Key(key) => Ok(key),
+            Rx::Secrets(..) => unreachable!("the secrets were expanded just above"),
+        }
+    }
+}
+
 /// A TLS session after its handshake: what was read from the socket and
 /// not yet handed out, and the keys to open it.
 pub struct Session {
-    /// Built from `rx_secrets` when the first record arrives (see
-    /// `Session::cipher`).
-    rx: Option<Box<Cipher>>,
-    rx_secrets: Option<(u64, ConnectionTrafficSecrets)>,
+    rx: Rx,
     /// The sending side's secrets, for the close_notify at shutdown.
     tx: Option<(u64, ConnectionTrafficSecrets)>,
     /// rustls's key schedule, for a TLS 1.3 KeyUpdate.
@@ -266,8 +283,7 @@ impl Session {
     ) -> Session {
         let tls12 = kernel.protocol_version() == ProtocolVersion::TLSv1_2;
         Session {
-            rx: None,
-            rx_secrets: Some(secrets.rx),
+            rx: Rx::Secrets(secrets.rx.0, secrets.rx.1),
             tx: Some(secrets.tx),
             kernel,
             tls12,
@@ -428,13 +444,7 @@ impl Session {
         };
         let at = self.start;
         self.start += len;
-        if self.rx.is_none() {
-            self.rx = Some(self.expand_rx()?);
-        }
-        let rx = self
-            .rx
-            .as_deref_mut()
-            .ok_or_else(|| broken("no receiving key"))?;
+        let rx = self.rx.key(self.tls12)?;
         let (typ, range) = rx.open(self.tls12, &mut self.buf[at..at + len])?;
         let range = at + range.start..at + range.end;
         match typ {
@@ -494,20 +504,9 @@ impl Session {
             .kernel
             .update_rx_secret()
             .map_err(|e| broken(format!("KeyUpdate: {e}")))?;
-        self.rx = Some(Box::new(Cipher::new(&secrets, seq, false)?));
+        // Expanded at the next record, like the first key.
+        self.rx = Rx::Secrets(seq, secrets);
         Ok(())
-    }
-
-    /// The receiving key, expanded when the first record arrives: an idle
-    /// session holds only its secrets, not an expanded AES key and its
-    /// GHASH table.
-    #[inline(never)]
-    fn expand_rx(&mut self) -> io::Result<Box<Cipher>> {
-        let (seq, secrets) = self
-            .rx_secrets
-            .take()
-            .ok_or_else(|| broken("no receiving key"))?;
-        Cipher::new(&secrets, seq, self.tls12).map(Box::new)
     }
 
     fn make_room(&mut self) {
