@@ -519,8 +519,9 @@ pub(crate) fn handshake(
         }
         let status = conn.process_tls_records(&mut input[..end]);
         let mut discard = status.discard;
-        let mut wants_input = false;
-        let mut traffic = false;
+        // rustls waits for the client (a TLS 1.3 server reaches
+        // WriteTraffic before the client's Finished).
+        let mut waiting = false;
         let mut failed = None;
         match status.state {
             Ok(ConnectionState::EncodeTlsData(mut data)) => {
@@ -559,9 +560,9 @@ pub(crate) fn handshake(
                     early.extend_from_slice(record.payload);
                 }
             }
-            Ok(ConnectionState::BlockedHandshake) => wants_input = true,
-            // A TLS 1.3 server may send before the client's Finished.
-            Ok(ConnectionState::WriteTraffic(_)) => traffic = true,
+            Ok(ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_)) => {
+                waiting = true;
+            }
             Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => peer_closed = true,
             Ok(_) => return Err(refused("unexpected state during the handshake".into())),
             Err(e) => failed = Some(e),
@@ -573,16 +574,14 @@ pub(crate) fn handshake(
             send_alert(&mut conn, &mut input[..end], tcp, left);
             return Err(refused(reason(&e, first)));
         }
-        if peer_closed && conn.is_handshaking() {
+        let handshaking = conn.is_handshaking();
+        if peer_closed && handshaking {
             return Err(refused("closed during the handshake".into()));
         }
-        if traffic {
-            wants_input = conn.is_handshaking();
-        }
-        if !conn.is_handshaking() && !wants_input && out.is_empty() {
+        if !handshaking && out.is_empty() {
             break;
         }
-        if !wants_input {
+        if !waiting {
             continue;
         }
         match wake.wait(tcp, Some(left), true) {
@@ -596,7 +595,7 @@ pub(crate) fn handshake(
             if input.len() >= HANDSHAKE_INPUT_MAX {
                 return Err(refused("handshake message too large".into()));
             }
-            input.resize(input.len() * 2, 0);
+            input.resize((input.len() * 2).min(HANDSHAKE_INPUT_MAX), 0);
         }
         // Input is there: a read cannot block past it; the timeout is a
         // second bound.
