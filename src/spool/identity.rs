@@ -14,7 +14,7 @@
 //! Not here: what the names are used for (the sinks).
 
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -52,12 +52,13 @@ fn valid(id: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
-/// 64 bits from the kernel's generator; if that cannot be read, the
-/// clock and the process id (unique enough: this runs once per spool).
+/// 64 bits from the kernel's generator (ring's, which the TLS code uses
+/// too); if that fails, the clock and the process id (unique enough: this
+/// runs once per spool).
 fn fresh() -> String {
+    use ring::rand::{SecureRandom, SystemRandom};
     let mut bytes = [0u8; 8];
-    let random = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    let bits = match random {
+    let bits = match SystemRandom::new().fill(&mut bytes) {
         Ok(()) => u64::from_le_bytes(bytes),
         Err(_) => {
             let nanos = SystemTime::now()
