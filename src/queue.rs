@@ -19,6 +19,15 @@
 //!
 //! When every sender is dropped the channel disconnects; sinks drain what
 //! is queued and then see the disconnection (crossbeam semantics).
+//!
+//! A sink that lingers (gathers batches for a larger write) holds credits
+//! while it waits, so a sender that finds no room must be able to cut the
+//! wait short: a sender that starts waiting for credits rings the
+//! [`QueueReceiver::wanted`] bell (a one-slot channel, so a long wait
+//! rings it once), and a lingering sink writes at once when it hears it.
+//! Without it a small queue delivered one queue's worth per
+//! `flush_interval` (43k msg/s with `capacity = 1000` against 5.1M with
+//! 65,536).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -205,6 +214,9 @@ struct Gate {
     aborted: std::sync::atomic::AtomicBool,
     lock: Mutex<()>,
     space: Condvar,
+    /// Rung (one slot) when a sender starts waiting for room, so that a
+    /// sink holding credits while it lingers writes them back at once.
+    want: Sender<()>,
 }
 
 impl Gate {
@@ -250,6 +262,9 @@ impl Gate {
         // the check sees us and notifies under the lock we hold: no lost
         // wake-up.
         self.waiters.fetch_add(1, Ordering::SeqCst);
+        // Full already means the bell rang for an earlier waiter and no
+        // sink has heard it yet: one ring is enough.
+        let _ = self.want.try_send(());
         let ok = loop {
             // Take room only when we are alone or the queue is below the
             // wake-up mark (then every waiter has been woken and competes).
@@ -284,6 +299,7 @@ impl Gate {
 
 /// Creates the queue: `capacity` messages at most.
 pub fn queue(capacity: usize) -> (QueueSender, QueueReceiver) {
+    let (want, wanted) = crossbeam_channel::bounded(1);
     let gate = Arc::new(Gate {
         capacity,
         wake_below: capacity - capacity / 4,
@@ -292,6 +308,7 @@ pub fn queue(capacity: usize) -> (QueueSender, QueueReceiver) {
         aborted: std::sync::atomic::AtomicBool::new(false),
         lock: Mutex::new(()),
         space: Condvar::new(),
+        want,
     });
     // Unbounded is safe: the gate admits at most `capacity` messages, so
     // at most `capacity` batches are ever in the channel.
@@ -307,6 +324,7 @@ pub fn queue(capacity: usize) -> (QueueSender, QueueReceiver) {
             rx,
             gate,
             spares: spare_tx,
+            wanted,
         },
     )
 }
@@ -396,6 +414,8 @@ pub struct QueueReceiver {
     rx: Receiver<Batch>,
     gate: Arc<Gate>,
     spares: Sender<Batch>,
+    /// The bell senders ring when they start waiting for room.
+    wanted: Receiver<()>,
 }
 
 impl QueueReceiver {
@@ -406,6 +426,21 @@ impl QueueReceiver {
 
     pub fn try_recv(&self) -> Result<Batch, TryRecvError> {
         self.rx.try_recv()
+    }
+
+    /// Rung when a sender starts waiting for room: a sink that holds
+    /// messages (lingering) should write them now, for `select!`.
+    pub fn wanted(&self) -> &Receiver<()> {
+        &self.wanted
+    }
+
+    /// Whether a sender is waiting for room right now.
+    pub fn is_wanted(&self) -> bool {
+        self.gate.waiters.load(Ordering::SeqCst) > 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.gate.capacity
     }
 
     /// `n` messages taken from the queue were written: their credits

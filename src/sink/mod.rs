@@ -9,8 +9,11 @@
 //! Buffering: a sink that asks for it ([`Sink::linger`], the file sink
 //! with `flush_interval`) has batches held until 1 MiB is gathered or the
 //! oldest has waited `linger`, then written in one call. Held batches are
-//! not yet written, so they stay in `queue_depth`; at shutdown nothing
-//! lingers.
+//! not yet written, so they stay in `queue_depth` and keep their queue
+//! credits: lingering must never be what keeps a sender out, so a
+//! lingering sink also writes at once when it holds a quarter of the
+//! queue ([`LINGER_SHARE`]) or when a sender waits for room (the queue's
+//! `wanted` bell). At shutdown nothing lingers.
 //!
 //! The thread ends when the queue disconnects (every sender gone) and all
 //! it holds is written, or when the shutdown deadline abandons it.
@@ -151,6 +154,10 @@ const GATHER_BATCHES: usize = 256;
 /// so that those duplicates stay within the one interval SPEC allows;
 /// still hundreds of messages per syscall.
 const SPOOL_GATHER_BYTES: usize = 64 << 10;
+/// A lingering sink writes once it holds this share of the queue's
+/// capacity: the rest stays free for senders while the write runs, so a
+/// small queue streams instead of waiting for the linger timer.
+const LINGER_SHARE: usize = 4;
 /// Back-off between retries of a failed write.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -185,6 +192,9 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
     let mut health = Health::new(ctx.stats.clone());
     let mut pending: Vec<Batch> = Vec::new();
     let mut bytes = 0usize;
+    // Messages in `pending`, and how many make a lingering sink write.
+    let mut held = 0usize;
+    let share = (ctx.queue.capacity() / LINGER_SHARE).max(1);
     // When the oldest pending batch arrived (lingering sinks only).
     let mut oldest: Option<Instant> = None;
     let mut disconnected = false;
@@ -204,10 +214,13 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
                 recv(ctx.queue.channel()) -> msg => match msg {
                     Ok(batch) => {
                         bytes += batch.byte_len();
+                        held += batch.len();
                         pending.push(batch);
                     }
                     Err(_) => disconnected = true,
                 },
+                // A sender waits for room: `due` below sees it.
+                recv(ctx.queue.wanted()) -> _ => {}
                 default(wait) => {}
             }
         }
@@ -216,6 +229,7 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
             match ctx.queue.try_recv() {
                 Ok(batch) => {
                     bytes += batch.byte_len();
+                    held += batch.len();
                     pending.push(batch);
                 }
                 Err(TryRecvError::Empty) => break,
@@ -237,6 +251,8 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
                 disconnected
                     || bytes >= GATHER_BYTES
                     || pending.len() >= GATHER_BATCHES
+                    || held >= share
+                    || ctx.queue.is_wanted()
                     || since.elapsed() >= l
                     || ctx.shutdown.is_triggered()
             }
@@ -247,7 +263,7 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
         if !write_all(&mut *sink, &pending, &ctx, &mut seen_reopen, &mut health) {
             return;
         }
-        let n: usize = pending.iter().map(Batch::len).sum();
+        let n = held;
         ctx.stats.moving(|| {
             Stats::add(&ctx.stats.delivered, n as u64);
             ctx.queue.written(n);
@@ -256,6 +272,7 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
             ctx.queue.recycle(batch);
         }
         bytes = 0;
+        held = 0;
         oldest = None;
     }
 }
