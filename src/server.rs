@@ -104,8 +104,11 @@ pub struct Acceptor {
     /// A permit taken before an accept whose connection was then refused
     /// by `access`: kept for the next one.
     spare: Option<Permit>,
-    /// Worker threads not yet joined, with their permits and sockets.
+    /// Worker threads still running, with their permits.
     live: HashMap<u64, Worker>,
+    /// Workers that reported their end and whose task may still be in
+    /// /proc: their permits return once it is gone (see [`Acceptor::reap`]).
+    leaving: Vec<Leaving>,
     /// Workers send their id here as they end.
     ended_tx: Sender<Ended>,
     ended: Receiver<Ended>,
@@ -124,6 +127,31 @@ struct Worker {
     permit: Permit,
 }
 
+/// A worker that reported its end: joined (and its permit returned) once
+/// its task has left /proc, or `TASK_GONE_WAIT` after it reported.
+struct Leaving {
+    worker: Worker,
+    task: Option<PathBuf>,
+    since: Instant,
+}
+
+impl Leaving {
+    /// Whether the thread is gone (or has had its bounded wait).
+    fn gone(&self, now: Instant) -> bool {
+        self.worker.handle.is_finished()
+            && (self.task.as_ref().is_none_or(|t| !t.exists())
+                || now.duration_since(self.since) >= TASK_GONE_WAIT)
+    }
+
+    fn finish(self) {
+        // The thread has finished: the join does not block. A panic was
+        // logged by the hook and recorded by the thread's guard
+        // (src/threads.rs), which started the shutdown.
+        let _ = self.worker.handle.join();
+        drop(self.worker.permit);
+    }
+}
+
 impl Acceptor {
     pub fn new(
         config: &Config,
@@ -137,6 +165,7 @@ impl Acceptor {
         let (ended_tx, ended) = crossbeam_channel::unbounded();
         Acceptor {
             live: HashMap::new(),
+            leaving: Vec::new(),
             ended_tx,
             ended,
             listener: Some(listener),
@@ -207,10 +236,7 @@ impl Acceptor {
                     continue;
                 }
             };
-            let permit = match permit.or_else(|| {
-                self.reap();
-                self.limiter.try_acquire()
-            }) {
+            let permit = match permit.or_else(|| self.permit_now()) {
                 Some(p) => p,
                 None => {
                     self.reject(socket, peer);
@@ -307,7 +333,11 @@ impl Acceptor {
             .unwrap_or_else(Instant::now);
         let give_up = deadline + WORKER_EXIT_MARGIN;
         let mut aborted = false;
-        while !self.live.is_empty() {
+        loop {
+            self.reap();
+            if self.unfinished() == 0 {
+                break;
+            }
             let now = Instant::now();
             if now >= deadline && !aborted {
                 self.ctx.queue.abort();
@@ -321,9 +351,14 @@ impl Acceptor {
                 );
                 return;
             }
+            if self.live.is_empty() {
+                // Only leaving threads: they finish in microseconds.
+                thread::yield_now();
+                continue;
+            }
             let until = if aborted { give_up } else { deadline };
             if let Ok(ended) = self.ended.recv_deadline(until) {
-                self.reap_one(ended);
+                self.leave(ended);
             }
         }
         if !aborted {
@@ -332,47 +367,78 @@ impl Acceptor {
         }
     }
 
-    /// Joins the worker threads that have ended and only then returns
-    /// their permits: a permit freed by the worker itself would let the
-    /// next thread start while the old one is still exiting, and live
-    /// threads could briefly exceed max_connections.
+    /// Returns the permits of the workers that have ended and are gone:
+    /// a permit freed by the worker itself would let the next thread
+    /// start while the old one is still exiting, and live threads could
+    /// briefly exceed max_connections. Never waits: a worker whose task
+    /// is still in /proc (the kernel takes a few microseconds after the
+    /// thread stops) stays in `leaving` for the next round, so that short
+    /// connections do not put a join or a /proc wait on the accept path.
     fn reap(&mut self) {
         while let Ok(ended) = self.ended.try_recv() {
-            self.reap_one(ended);
+            self.leave(ended);
+        }
+        if self.leaving.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        // At shutdown no thread is started any more: no need to wait for
+        // /proc.
+        let starting = self.listener.is_some();
+        let mut i = 0;
+        while i < self.leaving.len() {
+            let l = &self.leaving[i];
+            if l.gone(now) || (!starting && l.worker.handle.is_finished()) {
+                self.leaving.swap_remove(i).finish();
+            } else {
+                i += 1;
+            }
         }
     }
 
-    fn reap_one(&mut self, ended: Ended) {
-        let Some(Worker { handle, permit, .. }) = self.live.remove(&ended.id) else {
-            return;
-        };
-        // The worker sent this as its last act: the join is short.
-        // A panic was logged by the hook and recorded by the thread's
-        // guard (src/threads.rs), which started the shutdown.
-        let _ = handle.join();
-        // join() returns once the thread has stopped running; the kernel
-        // may take a few more microseconds to remove it. Wait for that
-        // (bounded), so that live threads never exceed the permits. Not
-        // at shutdown: no thread is started any more.
-        if let Some(task) = ended.task.as_ref().filter(|_| self.listener.is_some()) {
-            let deadline = Instant::now() + TASK_GONE_WAIT;
-            while task.exists() && Instant::now() < deadline {
-                thread::yield_now();
-            }
+    /// A worker reported its end (its guard's last act).
+    fn leave(&mut self, ended: Ended) {
+        if let Some(worker) = self.live.remove(&ended.id) {
+            self.leaving.push(Leaving {
+                worker,
+                task: ended.task,
+                since: Instant::now(),
+            });
         }
-        drop(permit);
+    }
+
+    /// Workers not yet finished: running, or reported and leaving.
+    fn unfinished(&self) -> usize {
+        self.live.len() + self.leaving.len()
+    }
+
+    /// A permit if one is free or about to be: at the connection limit, a
+    /// worker that has ended but is still leaving /proc is waited for
+    /// (microseconds, at most `TASK_GONE_WAIT`). Only at the limit does
+    /// the loop wait for a thread to leave.
+    fn permit_now(&mut self) -> Option<Permit> {
+        loop {
+            self.reap();
+            if let Some(p) = self.limiter.try_acquire() {
+                return Some(p);
+            }
+            if self.leaving.is_empty() {
+                return None;
+            }
+            thread::yield_now();
+        }
     }
 
     /// A permit, waiting at most `timeout` for a worker to end.
     fn acquire(&mut self, timeout: Duration) -> Option<Permit> {
-        self.reap();
-        if let Some(p) = self.limiter.try_acquire() {
-            return Some(p);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(p) = self.permit_now() {
+                return Some(p);
+            }
+            let ended = self.ended.recv_deadline(deadline).ok()?;
+            self.leave(ended);
         }
-        let ended = self.ended.recv_timeout(timeout).ok()?;
-        self.reap_one(ended);
-        self.reap();
-        self.limiter.try_acquire()
     }
 
     /// Pauses while the queue is above the high watermark, until it is

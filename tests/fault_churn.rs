@@ -118,3 +118,69 @@ stats_interval = "100ms"
         "RSS grew from {rss_before} KiB to {rss_after} KiB"
     );
 }
+
+/// Short connections from more senders than `max_connections`, in both
+/// limit modes: the accept loop returns a permit only once the thread
+/// that held it is gone, without waiting for it on the accept path, so
+/// the sampled thread count never passes `max_connections + sink.workers
+/// + 8`, and (in "wait" mode) every message arrives.
+#[test]
+fn churn_at_the_connection_limit_keeps_the_thread_bound() {
+    raise_nofile();
+    const MAX: u64 = 8;
+    const COUNT: u64 = 10_000;
+    for mode in ["wait", "reject"] {
+        let mut daemon = Daemon::start(&format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[limits]
+max_connections = {MAX}
+on_connection_limit = "{mode}"
+[sink]
+type = "file"
+path = "{{dir}}/out.log"
+[log]
+stats_interval = "100ms"
+"#
+        ));
+        let peak = support::ThreadPeak::start(daemon.pid(), Duration::from_millis(1));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_floodwall-load"))
+            .args(["--churn", "-q", "-c", "32", "--per-conn", "1"])
+            .args(["-n", &COUNT.to_string(), "-d", "120s"])
+            .arg(daemon.addr.to_string())
+            .output()
+            .expect("run floodwall-load --churn");
+        let report = String::from_utf8_lossy(&out.stdout).to_string();
+        let peak = peak.finish();
+        assert!(
+            out.status.success(),
+            "{mode}: floodwall-load failed: {report}"
+        );
+        let conns: u64 = report
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("connections="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no connections= in {report}"));
+        let bound = MAX + 1 + 8;
+        assert!(peak <= bound, "{mode}: {peak} threads, bound {bound}");
+        let status = daemon.stop(Duration::from_secs(20));
+        assert_eq!(status.code(), Some(0), "{mode}");
+        let last = daemon.final_stats();
+        assert_balanced(&last);
+        if mode == "wait" {
+            assert_eq!(conns, COUNT, "{mode}: {report}");
+            assert_eq!(num(&last, "delivered"), COUNT, "{mode}");
+        } else {
+            // Rejected ones are closed at once (their line may be lost:
+            // that is what "reject" means); every accepted one is counted.
+            assert_eq!(
+                num(&last, "conns_total") + num(&last, "conns_rejected"),
+                COUNT,
+                "{mode}: every connection is counted"
+            );
+            assert!(num(&last, "conns_rejected") < COUNT, "{mode}: some got in");
+        }
+        eprintln!("FIGURES churn at limit ({mode}): peak threads {peak}, {report}");
+    }
+}

@@ -11,6 +11,9 @@
 //!   sink) that measures latency from each message's send time to its
 //!   arrival, and checks loss and order.
 //! - `--idle N`: holds N idle connections (RSS and threads per connection).
+//! - `--churn`: short connections: each of `--connections` threads
+//!   connects, sends `--per-conn` messages, closes, and again (with
+//!   `--tls-ca`, a full handshake each time); reports connections/s.
 //! - `--tls-ca PATH` (send and --idle): speak TLS, trusting PATH, verifying
 //!   `--tls-name`; `--tls-cert`/`--tls-key` add a client certificate. Like
 //!   a syslog sender, it never reads what the server sends.
@@ -20,6 +23,8 @@
 //! 10^6 bytes. Exit code: 0 done, 1 nothing could connect or bind, 2 bad
 //! command line.
 
+#[path = "floodwall_load/churn.rs"]
+mod churn;
 #[path = "floodwall_load/histogram.rs"]
 mod histogram;
 #[path = "floodwall_load/listen.rs"]
@@ -93,6 +98,14 @@ struct Args {
     /// With --idle: each connection first sends one message of --size.
     #[arg(long, requires = "idle")]
     hello: bool,
+    /// Short connections: each of --connections threads connects, sends
+    /// --per-conn messages, closes, and again, for --duration or --count
+    /// messages (TLS: a full handshake each time, no resumption).
+    #[arg(long, conflicts_with_all = ["idle", "rate", "reconnect"])]
+    churn: bool,
+    /// With --churn: messages per connection.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "churn")]
+    per_conn: u64,
     /// Speak TLS to ADDR, trusting the PEM CA bundle at PATH.
     #[arg(long, value_name = "PATH")]
     tls_ca: Option<std::path::PathBuf>,
@@ -184,6 +197,9 @@ fn run(args: Args) -> Result<ExitCode, String> {
     };
     if let Some(n) = args.idle {
         return idle_mode(&args, addr, n, &stop);
+    }
+    if args.churn {
+        return churn_mode(&args, addr, &stop);
     }
     send_mode(&args, addr, &stop)
 }
@@ -334,6 +350,89 @@ fn send_mode(args: &Args, addr: SocketAddr, stop: &Arc<AtomicBool>) -> Result<Ex
     );
     let _ = std::io::stdout().flush();
     Ok(ExitCode::from(if connected == 0 { 1 } else { 0 }))
+}
+
+fn churn_mode(args: &Args, addr: SocketAddr, stop: &Arc<AtomicBool>) -> Result<ExitCode, String> {
+    if args.connections == 0 || args.per_conn == 0 {
+        return usage("--connections and --per-conn must be at least 1");
+    }
+    if args.size < payload::MIN_SIZE {
+        return usage(&format!("--size must be at least {}", payload::MIN_SIZE));
+    }
+    // A full handshake every time: no session to resume.
+    let tls = tls_client(args)?.map(|t| {
+        let mut config = (*t.config).clone();
+        config.resumption = rustls::client::Resumption::disabled();
+        send::Tls {
+            config: Arc::new(config),
+            name: t.name,
+        }
+    });
+    let duration = match (args.duration, args.count) {
+        (None, None) => Some(Duration::from_secs(10)),
+        (d, _) => d,
+    };
+    let plan = Arc::new(churn::Churn {
+        addr,
+        threads: args.connections,
+        per_conn: args.per_conn,
+        size: args.size,
+        framing: args.framing,
+        duration,
+        count: args.count,
+        tls,
+        bind_sources: std::env::var_os("FWL_BIND_SOURCES").is_some(),
+    });
+    let counters = Arc::new(churn::ChurnCounters::default());
+    let barrier = Arc::new(Barrier::new(args.connections + 1));
+    let cpu0 = cpu_seconds();
+    let handles = churn::spawn(plan, counters.clone(), stop.clone(), barrier.clone());
+    barrier.wait();
+    let t0 = Instant::now();
+    let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::SeqCst);
+    let finished = || counters.live.load(Ordering::SeqCst) == 0;
+    let (mut last, mut tick) = (0, 1u32);
+    while !finished() {
+        sleep_until(t0 + Duration::from_secs(u64::from(tick)), stop, finished);
+        if stop.load(Ordering::Relaxed) || finished() {
+            break;
+        }
+        let n = c(&counters.connections);
+        if !args.quiet {
+            eprintln!(
+                "[fwl] t={tick}s connections={n} rate={} conn/s errors={}",
+                n - last,
+                c(&counters.connect_errors) + c(&counters.write_errors)
+            );
+        }
+        (last, tick) = (n, tick + 1);
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let conns = c(&counters.connections);
+    let sent = c(&counters.sent);
+    println!(
+        "{conns} connections ({sent} messages) in {secs:.3} s: {:.0} conn/s, client cpu {cpu:.2} s",
+        conns as f64 / secs
+    );
+    println!(
+        "fwl_result mode=churn threads={} per_conn={} tls={} size={} secs={secs:.3} \
+         connections={conns} sent={sent} conns_per_s={:.0} msgs_per_s={:.0} connect_errors={} \
+         write_errors={} client_cpu_s={cpu:.2}",
+        args.connections,
+        args.per_conn,
+        args.tls_ca.is_some(),
+        args.size,
+        conns as f64 / secs,
+        sent as f64 / secs,
+        c(&counters.connect_errors),
+        c(&counters.write_errors),
+    );
+    let _ = std::io::stdout().flush();
+    Ok(ExitCode::from(if conns == 0 { 1 } else { 0 }))
 }
 
 fn framing_name(f: Framing) -> &'static str {
