@@ -14,7 +14,10 @@
 #   SERVERS     subset of "discard fw-null fw-file rsyslog syslog-ng"
 #   CLIENTS     subset of "fwl loggen"
 #   IDLE_N      idle connections for the connection-scale test (default 10000, QUICK 1000)
-#   SKIP        any of "matrix idle latency timeline tls plots" to skip those parts
+#   SKIP        any of "matrix idle latency timeline tls churn plots" to skip those parts
+#   CHURN_SERVERS  servers of the churn part (default "fw-file rsyslog syslog-ng
+#               fw-tls rsyslog-tls syslog-ng-tls"); CHURN_SENDERS its sender
+#               thread counts (default "10 100")
 #   TLS_CONNS   connection counts of the TLS rows (default "10 100", QUICK "10");
 #               TLS_IDLE_N idle TLS connections per server (default 1000)
 #   TLS_PARTS   subset of "rates idle handshakes" of the TLS part (default all)
@@ -29,7 +32,7 @@
 #               e.g. to measure plaintext and TLS at the same offered rate
 #
 # Output: bench/out/results.csv, idle.csv, latency.txt, timeline/, tls.csv,
-# tls_idle.csv, tls_handshakes.csv, results.md
+# tls_idle.csv, tls_handshakes.csv, churn.csv, results.md
 # (bench/out is gitignored), and bench/throughput.svg + bench/timeline.svg.
 set -uo pipefail
 
@@ -52,6 +55,8 @@ TLS_SERVERS="${TLS_SERVERS:-fw-tls rsyslog-tls syslog-ng-tls}"
 CLIENTS="${CLIENTS:-fwl loggen}"
 LOGGEN_RATE="${LOGGEN_RATE:-100000000}"
 SKIP="${SKIP:-}"
+CHURN_SERVERS="${CHURN_SERVERS:-fw-file rsyslog syslog-ng fw-tls rsyslog-tls syslog-ng-tls}"
+CHURN_SENDERS="${CHURN_SENDERS:-10 100}"
 OUT="$REPO/bench/out"
 WORK="${BENCH_WORK:-$OUT/work}"
 TLS_DIR="$WORK/tls-certs"
@@ -456,6 +461,61 @@ if ! skipping tls; then
             log "handshakes: $(tail -n1 "$OUT/tls_handshakes.csv")"
         done
     fi
+fi
+
+# ----------------------------------------------------------------- churn
+# Short connections (issue 17): floodwall-load --churn, CHURN_SENDERS
+# threads each connecting, sending --per-conn messages of 100 B and
+# closing, for RUN_SECS; plaintext at 1 and 10 messages per connection,
+# TLS with a full handshake every time (no resumption). Server CPU per
+# connection from /proc; "arrived" is what the server wrote, read after a
+# bounded wait (a server that loses lines shows it here).
+if ! skipping churn; then
+    if [[ ! -f $TLS_DIR/server.crt ]]; then
+        mkdir -p "$TLS_DIR"
+        (
+            cd "$TLS_DIR" || exit 1
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+                -keyout ca.key -out ca.crt -days 30 -subj "/CN=bench CA" &&
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+                -keyout server.key -out server.csr -subj "/CN=localhost" &&
+            openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \
+                -out server.crt -extfile <(printf 'subjectAltName=DNS:localhost,IP:127.0.0.1')
+        ) >/dev/null 2>&1 || die "cannot make the TLS certificates"
+    fi
+    CHURN_CSV="$OUT/churn.csv"
+    echo "server,tls,senders,per_conn,secs,connections,conns_per_s,sent,arrived,server_cpu_s,server_us_per_conn,client_cpu_s" >"$CHURN_CSV"
+    for server in $CHURN_SERVERS; do
+        for senders in $CHURN_SENDERS; do
+            per_list="1 10"; tls_args=()
+            if is_tls "$server"; then per_list="1"; tls_args=(--tls-ca "$TLS_DIR/ca.crt"); fi
+            for per in $per_list; do
+                port=$(peers_free_port); dir="$WORK/churn-$server-$senders-$per"
+                start_server "$server" "$port" "$dir" || { log "SKIP churn $server"; continue; }
+                c0=$(cpu_ticks "$SRV_PID")
+                "$LOAD" --churn -q -c "$senders" --per-conn "$per" -d "${RUN_SECS}s" \
+                    "${tls_args[@]}" "127.0.0.1:$port" >"$dir/load.out" 2>"$dir/load.err"
+                c1=$(cpu_ticks "$SRV_PID")
+                sent=$(kv sent "$dir/load.out"); sent=${sent:-0}
+                arrived=0
+                for _ in $(seq 100); do
+                    arrived=$( [[ -f $SRV_OUT ]] && wc -l <"$SRV_OUT" || echo 0 )
+                    (( arrived >= sent )) && break
+                    sleep 0.1
+                done
+                peers_stop "$SRV_PID"
+                awk -v s="$server" -v t="$(is_tls "$server" && echo 1 || echo 0)" -v n="$senders" -v p="$per" \
+                    -v secs="$(kv secs "$dir/load.out")" -v conns="$(kv connections "$dir/load.out")" \
+                    -v sent="$sent" -v arrived="$arrived" -v c0="$c0" -v c1="$c1" -v tck="$TCK" \
+                    -v ccpu="$(kv client_cpu_s "$dir/load.out")" 'BEGIN {
+                    cpu = (c1 - c0) / tck
+                    printf "%s,%d,%d,%d,%.2f,%d,%.0f,%d,%d,%.2f,%.1f,%s\n", s, t, n, p, secs, conns,
+                        (secs > 0 ? conns / secs : 0), sent, arrived, cpu, (conns > 0 ? cpu * 1e6 / conns : 0), ccpu
+                }' >>"$CHURN_CSV"
+                log "churn: $(tail -n1 "$CHURN_CSV")"
+            done
+        done
+    done
 fi
 
 # ---------------------------------------------------------------- report
