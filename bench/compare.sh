@@ -230,7 +230,7 @@ run_one() {
         secs=$(kv active_secs "$dir/discard.out")
     elif [[ $server == fw-null ]]; then
         # Nothing to count in a file: floodwall's own final delivered count.
-        written=$(grep ' stats ' "$dir/fw.log" | tail -n1 | grep -o 'delivered=[0-9]*' | cut -d= -f2)
+        written=$(grep ' stats ' "$dir/fw.log" | tail -n1 | grep -o '\bdelivered=[0-9]*' | cut -d= -f2)
         bytes=$(( ${written:-0} * msize ))
         secs=""
     else

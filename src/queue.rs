@@ -30,6 +30,7 @@
 //! 65,536).
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -38,11 +39,18 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use parking_lot::{Condvar, Mutex};
 
 /// Messages of one read, stored back to back, each followed by LF so that
-/// line-oriented sinks write `data` as it is.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// line-oriented sinks write `data[start..]` as it is.
+#[derive(Debug, Default, Clone)]
 pub struct Batch {
+    /// The messages are `data[start..end]`. `start` is 0 and `end` is
+    /// `data.len()` unless the batch adopted a connection's read buffer
+    /// (see [`Batch::adopt_lines`]), whose bytes around the run are not the
+    /// batch's. Bytes past `end` are kept initialised so that the
+    /// allocation can become a read buffer again without being zeroed.
     data: Vec<u8>,
-    /// End offset in `data` of each message, LF excluded.
+    start: usize,
+    end: usize,
+    /// End offset in `data[start..]` of each message, LF excluded.
     ends: Vec<u32>,
     /// The client that sent these messages (behind a PROXY-protocol
     /// balancer: the client the header named), for sinks that say who
@@ -71,6 +79,8 @@ impl Batch {
     pub fn with_capacity(bytes: usize, messages: usize) -> Batch {
         Batch {
             data: Vec::with_capacity(bytes),
+            start: 0,
+            end: 0,
             ends: Vec::with_capacity(messages),
             peer: None,
             origin: None,
@@ -89,6 +99,8 @@ impl Batch {
             start = e + 1;
         }
         (start == data.len()).then_some(Batch {
+            start: 0,
+            end: data.len(),
             data,
             ends,
             peer: None,
@@ -121,9 +133,11 @@ impl Batch {
     }
 
     pub fn push(&mut self, message: &[u8]) {
+        self.data.truncate(self.end);
         self.data.extend_from_slice(message);
-        self.ends.push(self.data.len() as u32);
+        self.ends.push((self.data.len() - self.start) as u32);
         self.data.push(b'\n');
+        self.end = self.data.len();
     }
 
     /// Appends messages that sit back to back in `lines`, each followed by
@@ -132,9 +146,47 @@ impl Batch {
     pub fn extend_lines(&mut self, lines: &[u8], ends: &[u32]) {
         debug_assert!(ends.iter().all(|&e| lines.get(e as usize) == Some(&b'\n')));
         debug_assert_eq!(ends.last().map(|&e| e as usize + 1), Some(lines.len()));
-        let base = self.data.len() as u32;
+        let base = self.byte_len() as u32;
+        self.data.truncate(self.end);
         self.data.extend_from_slice(lines);
+        self.end = self.data.len();
         self.ends.extend(ends.iter().map(|&e| base + e));
+    }
+
+    /// Takes a connection's read buffer as the batch's data instead of
+    /// copying from it: `buf[run]` are messages back to back, each followed
+    /// by LF, `ends` their ends relative to `run` (as for
+    /// [`Batch::extend_lines`]). Only for an empty batch (whose allocation
+    /// the caller took first with [`Batch::take_allocation`]). The caller
+    /// hands over a buffer only when the run fills at least half of it, so
+    /// that what the queue holds stays within twice the bytes of its
+    /// messages (as [`Batch::fit`] keeps it).
+    pub fn adopt_lines(&mut self, buf: Vec<u8>, run: Range<usize>, ends: &[u32]) {
+        debug_assert!(self.is_empty(), "only an empty batch adopts a buffer");
+        debug_assert!(
+            ends.iter()
+                .all(|&e| buf.get(run.start + e as usize) == Some(&b'\n'))
+        );
+        debug_assert_eq!(
+            ends.last().map(|&e| run.start + e as usize + 1),
+            Some(run.end)
+        );
+        self.data = buf;
+        self.start = run.start;
+        self.end = run.end;
+        self.ends.clear();
+        self.ends.extend_from_slice(ends);
+    }
+
+    /// An empty batch's data allocation, for the caller to reuse as a
+    /// read buffer (the batch is left with none). Its length is what was
+    /// ever initialised in it (old bytes, not messages): a buffer that
+    /// went round the queue needs no zeroing to be read into again.
+    pub fn take_allocation(&mut self) -> Vec<u8> {
+        debug_assert!(self.is_empty(), "only an empty batch gives its allocation");
+        self.start = 0;
+        self.end = 0;
+        std::mem::take(&mut self.data)
     }
 
     /// Number of messages.
@@ -148,19 +200,20 @@ impl Batch {
 
     /// Bytes of messages plus one LF each.
     pub fn byte_len(&self) -> usize {
-        self.data.len()
+        self.end - self.start
     }
 
     /// Every message followed by LF: what stdout, file and tcp-lines write.
     pub fn as_lines(&self) -> &[u8] {
-        &self.data
+        &self.data[self.start..self.end]
     }
 
     pub fn messages(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let lines = self.as_lines();
         let mut start = 0usize;
         self.ends.iter().map(move |&end| {
             let end = end as usize;
-            let m = &self.data[start..end];
+            let m = &lines[start..end];
             start = end + 1;
             m
         })
@@ -171,19 +224,38 @@ impl Batch {
     /// worth for one message): what the queue holds stays proportional
     /// to the messages in it.
     fn fit(&mut self) {
-        if self.data.capacity() > 2 * self.data.len() + LOOSE_BYTES {
+        if self.data.capacity() > 2 * self.byte_len() + LOOSE_BYTES {
+            self.data.truncate(self.end);
+            self.data.drain(..self.start);
+            self.start = 0;
+            self.end = self.data.len();
             self.data.shrink_to(self.data.len());
         }
     }
 
-    /// Empties the batch, keeping its allocations for reuse.
+    /// Empties the batch, keeping its allocations (and the initialised
+    /// length of `data`) for reuse.
     pub fn clear(&mut self) {
-        self.data.clear();
+        self.start = 0;
+        self.end = 0;
         self.ends.clear();
         self.peer = None;
         self.origin = None;
     }
 }
+
+/// Two batches are equal when they hold the same messages for the same
+/// client and place, wherever in their allocation the messages sit.
+impl PartialEq for Batch {
+    fn eq(&self, other: &Batch) -> bool {
+        self.as_lines() == other.as_lines()
+            && self.ends == other.ends
+            && self.peer == other.peer
+            && self.origin == other.origin
+    }
+}
+
+impl Eq for Batch {}
 
 /// Slack a queued batch may keep beyond twice its bytes (see `Batch::fit`).
 const LOOSE_BYTES: usize = 256;
@@ -353,7 +425,9 @@ impl QueueSender {
     pub fn batch(&self, bytes: usize, peer: SocketAddr) -> Batch {
         let mut b = match self.spares.try_recv() {
             Ok(mut b) => {
-                b.data.reserve(bytes);
+                // Room for `bytes` once `data` is cut back to the batch's
+                // (empty) end; its old initialised length may exceed that.
+                b.data.reserve(bytes.saturating_sub(b.data.len()));
                 b
             }
             Err(_) => Batch::with_capacity(bytes, 0),
@@ -519,6 +593,27 @@ mod tests {
         let mut a = batch(&["x"]);
         a.extend_lines(b"ab\n\ncd\n", &[2, 3, 6]);
         assert_eq!(a, batch(&["x", "ab", "", "cd"]));
+    }
+
+    #[test]
+    fn an_adopted_buffer_shows_only_its_run_and_is_reused_unzeroed() {
+        let mut b = Batch::new();
+        let own = b.take_allocation();
+        assert!(own.is_empty());
+        b.adopt_lines(b"xxab\ncd\nyy".to_vec(), 2..8, &[2, 5]);
+        assert_eq!(b, batch(&["ab", "cd"]));
+        assert_eq!(b.byte_len(), 6);
+        b.push(b"e");
+        assert_eq!(b, batch(&["ab", "cd", "e"]));
+        b.clear();
+        assert!(b.is_empty() && b.as_lines().is_empty());
+        b.push(b"z");
+        assert_eq!(b, batch(&["z"]));
+        let mut c = Batch::new();
+        c.adopt_lines(b"ab\ncd\nyy".to_vec(), 0..6, &[2, 5]);
+        c.clear();
+        // Round the queue and back: the old bytes stay initialised.
+        assert_eq!(c.take_allocation().len(), 8);
     }
 
     #[test]
