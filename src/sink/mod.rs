@@ -22,6 +22,7 @@
 //! at once, which a synchronous `write` cannot express, so it runs its own
 //! loop on the sink thread ([`SinkWorker::Nats`]).
 
+mod downstream;
 mod file;
 mod nats;
 mod stdout;
