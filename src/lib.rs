@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod queue;
 pub mod rate;
+pub mod relp;
 pub mod server;
 pub mod shutdown;
 pub mod sink;
