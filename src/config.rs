@@ -213,6 +213,7 @@ pub enum SinkType {
     File,
     Tcp,
     Nats,
+    Relp,
     Null,
 }
 
@@ -223,6 +224,7 @@ impl fmt::Display for SinkType {
             SinkType::File => "file",
             SinkType::Tcp => "tcp",
             SinkType::Nats => "nats",
+            SinkType::Relp => "relp",
             SinkType::Null => "null",
         })
     }
@@ -266,6 +268,9 @@ pub struct SinkConfig {
     pub max_in_flight: Option<usize>,
     #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
     pub ack_timeout: Option<Duration>,
+    /// relp: messages sent and not yet acknowledged, at most.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<SinkTlsConfig>,
 }
@@ -286,6 +291,7 @@ impl Default for SinkConfig {
             stream: None,
             max_in_flight: None,
             ack_timeout: None,
+            window: None,
             tls: None,
         }
     }
@@ -410,6 +416,11 @@ const MAX_BACKLOG: u32 = 65535;
 /// More publishes awaiting acks than this per sink worker gains nothing
 /// (measured: 5,000 in flight was no faster than 1,000).
 const MAX_IN_FLIGHT_LIMIT: usize = 65536;
+/// relp sink: unacknowledged messages at most, by default and at most
+/// (each holds its message until the ack; rsyslog's omrelp default is
+/// 128 too).
+const RELP_WINDOW_DEFAULT: usize = 128;
+const RELP_WINDOW_LIMIT: usize = 65536;
 /// 16 Mi messages: far above any useful queue (the default is 64 Ki), and
 /// small enough that depth arithmetic (depth + batch) can never overflow.
 const MAX_QUEUE_CAPACITY: usize = 16 << 20;
@@ -634,27 +645,32 @@ impl SinkConfig {
                 Ok(())
             }
         };
-        use SinkType::{File, Nats, Tcp};
+        use SinkType::{File, Nats, Relp, Tcp};
         only("sink.path", self.path.is_some(), &[File])?;
         only(
             "sink.flush_interval",
             self.flush_interval.is_some(),
             &[File],
         )?;
-        only("sink.address", self.address.is_some(), &[Tcp])?;
+        only("sink.address", self.address.is_some(), &[Tcp, Relp])?;
         only("sink.framing", self.framing.is_some(), &[Tcp])?;
         only(
             "sink.connect_timeout",
             self.connect_timeout.is_some(),
-            &[Tcp, Nats],
+            &[Tcp, Nats, Relp],
         )?;
-        only("sink.write_timeout", self.write_timeout.is_some(), &[Tcp])?;
+        only(
+            "sink.write_timeout",
+            self.write_timeout.is_some(),
+            &[Tcp, Relp],
+        )?;
         only("sink.servers", self.servers.is_some(), &[Nats])?;
         only("sink.subject", self.subject.is_some(), &[Nats])?;
         only("sink.stream", self.stream.is_some(), &[Nats])?;
         only("sink.max_in_flight", self.max_in_flight.is_some(), &[Nats])?;
         only("sink.ack_timeout", self.ack_timeout.is_some(), &[Nats])?;
-        only("sink.tls", self.tls.is_some(), &[Tcp])?;
+        only("sink.window", self.window.is_some(), &[Relp])?;
+        only("sink.tls", self.tls.is_some(), &[Tcp, Relp])?;
         if let Some(tls) = &mut self.tls {
             if tls.ca.as_os_str().is_empty() {
                 return Err(invalid(
@@ -702,12 +718,25 @@ impl SinkConfig {
                     ));
                 }
             }
-            SinkType::Tcp => {
+            SinkType::Tcp | SinkType::Relp => {
                 let Some(address) = &self.address else {
-                    return Err(invalid("sink.address", "required when sink.type = \"tcp\""));
+                    return Err(invalid(
+                        "sink.address",
+                        format!("required when sink.type = \"{kind}\""),
+                    ));
                 };
                 resolve("sink.address", address)?;
-                self.framing.get_or_insert(SinkFraming::Lines);
+                if kind == Tcp {
+                    self.framing.get_or_insert(SinkFraming::Lines);
+                } else {
+                    let window = *self.window.get_or_insert(RELP_WINDOW_DEFAULT);
+                    if window == 0 || window > RELP_WINDOW_LIMIT {
+                        return Err(invalid(
+                            "sink.window",
+                            format!("{window} is out of range; allowed: 1..={RELP_WINDOW_LIMIT}"),
+                        ));
+                    }
+                }
                 for (key, value, default) in [
                     ("sink.connect_timeout", &mut self.connect_timeout, 2),
                     ("sink.write_timeout", &mut self.write_timeout, 5),
@@ -1268,6 +1297,42 @@ mod tests {
         );
         Config::parse("[sink]\ntype = \"nats\"\nconnect_timeout = \"1s\"\nservers = [\"nats://[::1]:4222\"]\n")
             .unwrap();
+    }
+
+    #[test]
+    fn relp_sink_defaults_and_keys() {
+        let c = Config::parse("[sink]\ntype = \"relp\"\naddress = \"127.0.0.1:2514\"\n").unwrap();
+        assert_eq!(c.sink.kind, SinkType::Relp);
+        assert_eq!(c.sink.window, Some(128));
+        assert_eq!(c.sink.connect_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(c.sink.write_timeout, Some(Duration::from_secs(5)));
+        let e = err("[sink]\ntype = \"relp\"\n");
+        assert!(
+            e.starts_with("sink.address:") && e.contains("\"relp\""),
+            "{e}"
+        );
+        for bad in ["0", "65537"] {
+            let e = err(&format!(
+                "[sink]\ntype = \"relp\"\naddress = \"127.0.0.1:1\"\nwindow = {bad}\n"
+            ));
+            assert!(
+                e.starts_with("sink.window:") && e.contains(bad) && e.contains("1..=65536"),
+                "{e}"
+            );
+        }
+        let e = err("[sink]\ntype = \"tcp\"\naddress = \"127.0.0.1:1\"\nwindow = 8\n");
+        assert!(
+            e.starts_with("sink.window:") && e.contains("\"relp\""),
+            "{e}"
+        );
+        let e = err("[sink]\ntype = \"relp\"\naddress = \"127.0.0.1:1\"\nframing = \"lines\"\n");
+        assert!(e.starts_with("sink.framing:"), "{e}");
+        let c = Config::parse(
+            "[sink]\ntype = \"relp\"\naddress = \"127.0.0.1:1\"\n[sink.tls]\nca = \"/x.pem\"\n",
+        )
+        .unwrap();
+        let tls = c.sink.tls.expect("sink.tls for relp");
+        assert_eq!(tls.server_name.as_deref(), Some("127.0.0.1"));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!                          read → frame → send_timeout(batch)
 //!                                             │ bounded queue (messages)
 //!                                             ▼
-//!                                       fw-sink-<n> → stdout | file | tcp | nats | null
+//!                                       fw-sink-<n> → stdout | file | tcp | nats | relp | null
 //! fw-stats: logs the counters every stats_interval
 //! ```
 //!
@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod queue;
 pub mod rate;
+pub mod relp;
 pub mod server;
 pub mod shutdown;
 pub mod sink;

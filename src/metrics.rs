@@ -391,6 +391,12 @@ pub fn render(out: &mut String, s: &Snapshot, extra: &Extra) {
         s.recovered,
     );
     f.one(
+        "floodwall_relp_resent_total",
+        "counter",
+        "relp sink: messages sent again after a session ended before acknowledging them; possible duplicates downstream (stats relp_resent).",
+        s.relp_resent,
+    );
+    f.one(
         "floodwall_bytes_received_total",
         "counter",
         "Message bytes framed, LF excluded; oversize messages are not counted (stats bytes_received).",
@@ -603,6 +609,7 @@ mod tests {
             "floodwall_messages_dropped_total{reason=\"send_timeout\"} 0",
             "floodwall_messages_dropped_total{reason=\"shutdown\"} 0",
             "# TYPE floodwall_messages_recovered_total counter",
+            "# TYPE floodwall_relp_resent_total counter",
             "# TYPE floodwall_bytes_received_total counter",
             "# TYPE floodwall_bytes_delivered_total counter",
             "# TYPE floodwall_connections_accepted_total counter",

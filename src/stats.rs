@@ -56,6 +56,9 @@ pub struct Stats {
     pub spool_bytes: AtomicU64,
     /// Messages lost to spool damage (torn or corrupt records).
     pub spool_corrupt: AtomicU64,
+    /// relp sink: messages sent again on a new session because the last
+    /// one ended before acknowledging them (each a possible duplicate).
+    pub relp_resent: AtomicU64,
     /// Message bytes framed (LF excluded).
     pub bytes_received: AtomicU64,
     /// Message bytes delivered (LF excluded).
@@ -138,6 +141,7 @@ impl Stats {
             recovered,
             spool_bytes: get(&self.spool_bytes),
             spool_corrupt: get(&self.spool_corrupt),
+            relp_resent: get(&self.relp_resent),
             bytes_received: get(&self.bytes_received),
             bytes_delivered: get(&self.bytes_delivered),
         }
@@ -173,6 +177,7 @@ pub struct Snapshot {
     pub recovered: u64,
     pub spool_bytes: u64,
     pub spool_corrupt: u64,
+    pub relp_resent: u64,
     pub bytes_received: u64,
     pub bytes_delivered: u64,
 }
@@ -200,7 +205,8 @@ impl fmt::Display for Snapshot {
              closed_send_timeout={} closed_framing={} closed_error={} sink_errors={} \
              dropped_shutdown={} closed_eof={} closed_shutdown={} conns_denied={} \
              conns_over_ip_limit={} closed_tls={} closed_proxy={} recovered={} \
-             spool_bytes={} spool_corrupt={} bytes_received={} bytes_delivered={}",
+             spool_bytes={} spool_corrupt={} relp_resent={} bytes_received={} \
+             bytes_delivered={}",
             self.conns_active,
             self.conns_total,
             self.conns_rejected,
@@ -227,6 +233,7 @@ impl fmt::Display for Snapshot {
             self.recovered,
             self.spool_bytes,
             self.spool_corrupt,
+            self.relp_resent,
             self.bytes_received,
             self.bytes_delivered,
         )
@@ -264,6 +271,7 @@ mod tests {
             "recovered",
             "spool_bytes",
             "spool_corrupt",
+            "relp_resent",
         ] {
             assert!(
                 line.contains(&format!(" {key}=")),

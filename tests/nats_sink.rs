@@ -1,7 +1,9 @@
 //! The nats sink against a real nats-server (JetStream): every message
 //! lands in the stream exactly once with the client's address in its
-//! `Floodwall-Peer` header, with two sink workers; and a server that is
-//! down when floodwall starts is retried until it appears.
+//! `Floodwall-Peer` header, with two sink workers; a server that is
+//! down when floodwall starts is retried until it appears; and a stream
+//! whose duplicate window is too short to cover a restart is warned
+//! about once at start.
 
 mod support;
 
@@ -11,7 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::Duration;
 
-use support::nats::{NatsServer, Stored, read_stream, stream_count};
+use support::nats::{NatsServer, Stored, create_stream_with_window, read_stream, stream_count};
 use support::{Daemon, assert_balanced, num};
 
 /// Sends `per_client` numbered ~100-byte lines from each of `clients`
@@ -101,6 +103,12 @@ fn each_message_lands_in_the_stream_once_with_its_peer() {
         .wait_stats(Duration::from_secs(120), |s| num(s, "delivered") == total)
         .unwrap_or_else(|| panic!("not all delivered; log:\n{}", daemon.log_text()));
     assert_balanced(&s);
+    // The stream floodwall created has JetStream's default window: 2 min.
+    assert!(
+        !daemon.log_text().contains("duplicate window"),
+        "no window warning for a default stream; log:\n{}",
+        daemon.log_text()
+    );
     assert!(daemon.stop(Duration::from_secs(30)).success());
     let last = daemon.final_stats();
     assert_eq!(num(&last, "delivered"), total);
@@ -168,4 +176,37 @@ fn a_server_down_at_start_up_is_retried_until_it_appears() {
     let stored = read_stream(&urls, "LOGS");
     assert_eq!(distinct(&stored).len(), 1000);
     assert_eq!(stored.len(), 1000);
+}
+
+/// A replay after a restart is dropped by the stream only within its
+/// duplicate window: one that cannot cover a restart gets one warning at
+/// start naming the stream and the window (not one per sink worker).
+#[test]
+fn a_short_duplicate_window_is_warned_once_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(dir.path(), "window");
+    let urls = vec![nats.url()];
+    create_stream_with_window(&urls, "LOGS", "logs.test", 1, Duration::from_secs(30));
+    let mut daemon = Daemon::start(&config(&urls, 2));
+    send_numbered(daemon.addr, 2, 100);
+    // Both workers are connected once something was delivered by each;
+    // 30 s is for a loaded machine.
+    let s = daemon
+        .wait_stats(Duration::from_secs(30), |s| num(s, "delivered") == 200)
+        .unwrap_or_else(|| panic!("not delivered; log:\n{}", daemon.log_text()));
+    assert_balanced(&s);
+    assert!(daemon.stop(Duration::from_secs(30)).success());
+    let log = daemon.log_text();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("duplicate window"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning; log:\n{log}");
+    assert!(
+        warnings[0].contains("WARN")
+            && warnings[0].contains("stream=LOGS")
+            && warnings[0].contains("duplicate_window=30s"),
+        "{}",
+        warnings[0]
+    );
 }

@@ -39,7 +39,7 @@ use support::{Daemon, num};
 const ROUNDS: usize = 5;
 const CLIENTS: usize = 4;
 /// Messages per client per round.
-const PER_ROUND: usize = 5_000;
+const PER_ROUND: usize = 10_000;
 /// Messages per client write: small reads, small records.
 const PER_WRITE: usize = 20;
 const SIZE: usize = 100;
@@ -159,7 +159,7 @@ fn kill_9_mid_delivery_leaves_each_spooled_message_in_the_stream_once() {
         send(d.addr, per_client, per_client + PER_ROUND);
         per_client += PER_ROUND;
         let last = per_client - 1;
-        // 30 s: framing and appending 2 MB on a busy machine. Or all of it
+        // 30 s: framing and appending 4 MB on a busy machine. Or all of it
         // delivered already (its segments may then be deleted).
         let all = r + (CLIENTS * PER_ROUND) as u64;
         let mut max = HashMap::new();
@@ -211,7 +211,7 @@ fn kill_9_mid_delivery_leaves_each_spooled_message_in_the_stream_once() {
     assert!(r >= spooled - stored, "last start replayed only {r}");
     overlap += r - (spooled - stored);
     recovered_per_start.push(r);
-    // 60 s: ~80k publishes with acks on a loaded machine.
+    // 60 s: ~160k publishes with acks on a loaded machine.
     d.wait_stats(Duration::from_secs(60), |s| {
         num(s, "queue_depth") == 0 && num(s, "delivered") == r
     })

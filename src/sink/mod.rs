@@ -22,8 +22,10 @@
 //! at once, which a synchronous `write` cannot express, so it runs its own
 //! loop on the sink thread ([`SinkWorker::Nats`]).
 
+mod downstream;
 mod file;
 mod nats;
+mod relp;
 mod stdout;
 mod tcp;
 
@@ -44,6 +46,7 @@ use crate::stats::Stats;
 
 pub use file::FileSink;
 pub use nats::NatsSink;
+pub use relp::RelpSink;
 pub use stdout::StdoutSink;
 pub use tcp::TcpSink;
 
@@ -74,6 +77,13 @@ pub trait Sink: Send {
     /// a write can tell); `Some(Err)`: down; `Some(Ok)`: up.
     fn check(&mut self) -> Option<io::Result<()>> {
         None
+    }
+
+    /// Messages sent again since the last call (relp: unacknowledged on a
+    /// session that was lost, so possibly stored twice downstream); the
+    /// runner adds them to `relp_resent`. Default: none.
+    fn take_resent(&mut self) -> u64 {
+        0
     }
 }
 
@@ -132,6 +142,7 @@ pub fn open(config: &SinkConfig) -> io::Result<Vec<SinkWorker>> {
                         .expect("validate() fills sink.flush_interval for file"),
                 )?),
                 SinkType::Tcp => Box::new(TcpSink::new(config)?),
+                SinkType::Relp => Box::new(RelpSink::new(config)?),
                 SinkType::Nats => {
                     return Ok(SinkWorker::Nats(Box::new(NatsSink::open(
                         config, worker, &run_id,
@@ -324,6 +335,7 @@ fn write_all(
         let started = Instant::now();
         let result = sink.write(batches);
         ctx.stats.sink_write.observe(started.elapsed());
+        Stats::add(&ctx.stats.relp_resent, sink.take_resent());
         health.set(result.is_ok());
         match result {
             Ok(()) => {

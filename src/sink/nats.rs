@@ -29,6 +29,9 @@
 //! only once every message of it is settled (acked, or refused as
 //! oversize): acks come back in any order, and the spool's delivered
 //! position stays at the oldest record not yet settled.
+//! The stream drops a copy only within its duplicate window, so at start
+//! the first worker reads the window and warns when it is shorter than 2
+//! minutes (JetStream's default), too short to cover a restart.
 //!
 //! Not here: which messages exist (the queue, the spool), who sent them
 //! (the batch's peer, set by the connection, kept by a spool record),
@@ -91,6 +94,9 @@ struct Settings {
     max_in_flight: usize,
     ack_timeout: Duration,
     connect_timeout: Duration,
+    /// This worker checks the stream's duplicate window at start (the
+    /// first one only: one warning, not one per worker).
+    check_window: bool,
 }
 
 /// A nats sink worker: its settings, its runtime, and where its message
@@ -121,6 +127,7 @@ impl NatsSink {
             max_in_flight: config.max_in_flight.unwrap_or(1024),
             ack_timeout: config.ack_timeout.unwrap_or(Duration::from_secs(5)),
             connect_timeout: config.connect_timeout.unwrap_or(Duration::from_secs(2)),
+            check_window: worker == 0,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -285,6 +292,12 @@ impl Future for Pending {
     }
 }
 
+/// The shortest duplicate window that covers a restart: a replay after a
+/// crash comes within seconds of the start (the spool replays first), but
+/// a crash loop with back-off, or a restart after a slow shutdown, can
+/// take a minute; JetStream's own default is this too.
+const MIN_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
 /// Connects (the client keeps reconnecting in the background) and makes
 /// sure the stream exists, retrying with back-off until it works or the
 /// daemon no longer needs this sink (abandoned, or shut down with nothing
@@ -301,8 +314,16 @@ async fn connect(
     let mut outage: Option<Instant> = None;
     loop {
         match try_connect(settings).await {
-            Ok(js) => {
+            Ok((js, window)) => {
                 health.set(true);
+                if settings.check_window && window < MIN_DUPLICATE_WINDOW {
+                    warn!(
+                        "nats stream duplicate window is shorter than {}, a message resent after a restart or a lost ack may be stored twice stream={} duplicate_window={}",
+                        humantime::format_duration(MIN_DUPLICATE_WINDOW),
+                        settings.stream,
+                        humantime::format_duration(window)
+                    );
+                }
                 // ids= ties the stream's messages to this run and worker.
                 info!(
                     "nats sink ready servers={} stream={} subject={} ids={}*",
@@ -367,7 +388,8 @@ fn nothing_left(ctx: &SinkContext, early: &mut Vec<Batch>) -> bool {
     }
 }
 
-async fn try_connect(settings: &Settings) -> Result<jetstream::Context, String> {
+/// The client, and the stream's duplicate window (as the server has it).
+async fn try_connect(settings: &Settings) -> Result<(jetstream::Context, Duration), String> {
     let client = async_nats::ConnectOptions::new()
         .name("floodwall")
         .connection_timeout(settings.connect_timeout)
@@ -402,7 +424,7 @@ async fn try_connect(settings: &Settings) -> Result<jetstream::Context, String> 
     )
     .await
     {
-        Ok(Ok(_)) => Ok(js),
+        Ok(Ok(stream)) => Ok((js, stream.cached_info().config.duplicate_window)),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("timed out waiting for the stream".to_string()),
     }

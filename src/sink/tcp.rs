@@ -17,7 +17,8 @@
 //! With `[sink.tls]` the connection is TLS, verified against `ca` and
 //! `server_name` during connect: a verification failure is a connect
 //! error like any other (retried with backoff, warned once per outage),
-//! never a reason to send in plaintext.
+//! never a reason to send in plaintext. (Connecting and TLS live in
+//! [`super::downstream`], shared with the relp sink.)
 //!
 //! Health: on the sink thread's idle tick (nothing to write) [`Sink::check`]
 //! does the same non-blocking look, and, if the connection is gone or was
@@ -34,70 +35,17 @@
 //! write must go to a new connection instead.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::Arc;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use rustls::{ClientConfig, ClientConnection, StreamOwned};
-use rustls_pki_types::ServerName;
+use rustls::{ClientConnection, StreamOwned};
 
-use log::{debug, info};
+use log::debug;
 
+use super::downstream::{Conn, Downstream};
 use super::{Sink, write_vectored_all};
 use crate::config::{SinkConfig, SinkFraming};
 use crate::queue::Batch;
-use crate::tls;
-
-/// The downstream connection: plain, or TLS over TCP.
-enum Conn {
-    Plain(TcpStream),
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
-}
-
-impl std::fmt::Debug for Conn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Conn::Plain(_) => "Conn::Plain",
-            Conn::Tls(_) => "Conn::Tls",
-        })
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.write(buf),
-            Conn::Tls(s) => s.write(buf),
-        }
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.write_vectored(bufs),
-            Conn::Tls(s) => s.write_vectored(bufs),
-        }
-    }
-
-    /// TLS: pushes out the records rustls still holds.
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Conn::Plain(s) => s.flush(),
-            Conn::Tls(s) => s.flush(),
-        }
-    }
-}
-
-/// `[sink.tls]` loaded: what to trust and which name to verify.
-struct SinkTls {
-    config: Arc<ClientConfig>,
-    server_name: ServerName<'static>,
-}
-
-impl std::fmt::Debug for SinkTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SinkTls({:?})", self.server_name)
-    }
-}
 
 /// Least time between two idle connect attempts while the downstream is
 /// down: a refused connect is cheap, one to a black hole costs up to
@@ -106,101 +54,34 @@ pub const PROBE_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct TcpSink {
-    address: String,
-    /// `address` resolved once at start: a reconnect never waits on DNS
-    /// (a name lookup has no timeout of its own).
-    addrs: Vec<SocketAddr>,
+    /// The address, timeouts and TLS, shared with the relp sink.
+    downstream: Downstream,
     framing: SinkFraming,
-    connect_timeout: Duration,
-    write_timeout: Duration,
     conn: Option<Conn>,
-    tls: Option<SinkTls>,
     /// Bytes of the current batches already written on `conn`: a retry
     /// after a write timeout resumes there. 0 whenever `conn` is new.
     done: usize,
     /// Octet-counted output is built here; reused between writes.
     scratch: Vec<u8>,
-    connected_once: bool,
     /// Earliest next idle connect attempt (after a failed one).
     next_probe: Instant,
 }
 
 impl TcpSink {
-    /// Resolves the address once and loads `[sink.tls]`; fails only if
-    /// the address does not resolve or the TLS files do not load
-    /// (validation and start-up have checked both once already).
+    /// Resolves the address once and loads `[sink.tls]` ([`Downstream`]).
     pub fn new(config: &SinkConfig) -> io::Result<TcpSink> {
-        let tls = match &config.tls {
-            None => None,
-            Some(t) => {
-                let client = tls::client_config(t).map_err(io::Error::other)?;
-                let name = t.server_name.clone().unwrap_or_default();
-                let server_name = ServerName::try_from(name)
-                    .map_err(|e| io::Error::other(format!("sink.tls.server_name: {e}")))?;
-                Some(SinkTls {
-                    config: client,
-                    server_name,
-                })
-            }
-        };
-        let address = config.address.clone().unwrap_or_default();
-        let addrs: Vec<SocketAddr> = address
-            .to_socket_addrs()
-            .map_err(|e| io::Error::new(e.kind(), format!("sink.address {address:?}: {e}")))?
-            .collect();
-        if addrs.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("sink.address {address:?} resolves to no address"),
-            ));
-        }
         Ok(TcpSink {
-            tls,
-            addrs,
-            address,
+            downstream: Downstream::new(config, "tcp sink")?,
             framing: config.framing.unwrap_or(SinkFraming::Lines),
-            connect_timeout: config.connect_timeout.unwrap_or(Duration::from_secs(2)),
-            write_timeout: config.write_timeout.unwrap_or(Duration::from_secs(5)),
             conn: None,
             done: 0,
             scratch: Vec::new(),
-            connected_once: false,
             next_probe: Instant::now(),
         })
     }
 
     fn connect(&mut self) -> io::Result<Conn> {
-        let mut last = io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{}: resolves to no address", self.address),
-        );
-        for &addr in &self.addrs {
-            match TcpStream::connect_timeout(&addr, self.connect_timeout) {
-                Ok(stream) => {
-                    stream.set_nodelay(true)?;
-                    let conn = match &self.tls {
-                        None => Conn::Plain(stream),
-                        Some(t) => Conn::Tls(Box::new(
-                            tls::connect(&t.config, &t.server_name, stream, self.connect_timeout)
-                                .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?,
-                        )),
-                    };
-                    match &conn {
-                        Conn::Plain(s) => s.set_write_timeout(Some(self.write_timeout))?,
-                        Conn::Tls(s) => s.sock.set_write_timeout(Some(self.write_timeout))?,
-                    }
-                    if self.connected_once {
-                        debug!("tcp sink reconnected addr={addr}");
-                    } else {
-                        info!("tcp sink connected addr={addr}");
-                        self.connected_once = true;
-                    }
-                    return Ok(conn);
-                }
-                Err(e) => last = io::Error::new(e.kind(), format!("connect {addr}: {e}")),
-            }
-        }
-        Err(last)
+        self.downstream.connect()
     }
 
     /// Writes `batches` from byte `self.done` on; on a timeout `self.done`

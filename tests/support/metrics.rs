@@ -115,6 +115,7 @@ pub const TWINS: &[(&str, &str)] = &[
         "floodwall_messages_dropped_total{reason=\"shutdown\"}",
     ),
     ("recovered", "floodwall_messages_recovered_total"),
+    ("relp_resent", "floodwall_relp_resent_total"),
     ("bytes_received", "floodwall_bytes_received_total"),
     ("bytes_delivered", "floodwall_bytes_delivered_total"),
     ("conns_total", "floodwall_connections_accepted_total"),

@@ -280,6 +280,18 @@ async fn context(urls: &[String]) -> jetstream::Context {
 /// Creates `stream` on `subject` with `replicas`, retrying while the
 /// cluster elects its meta leader (a few seconds after start).
 pub fn create_stream(urls: &[String], stream: &str, subject: &str, replicas: usize) {
+    create_stream_with_window(urls, stream, subject, replicas, Duration::ZERO)
+}
+
+/// [`create_stream`] with a duplicate window (zero: the server's default,
+/// 2 minutes).
+pub fn create_stream_with_window(
+    urls: &[String],
+    stream: &str,
+    subject: &str,
+    replicas: usize,
+    duplicate_window: Duration,
+) {
     block_on(async {
         let js = context(urls).await;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -288,6 +300,7 @@ pub fn create_stream(urls: &[String], stream: &str, subject: &str, replicas: usi
                 name: stream.to_string(),
                 subjects: vec![subject.to_string()],
                 num_replicas: replicas,
+                duplicate_window,
                 ..Default::default()
             };
             match js.get_or_create_stream(config).await {
