@@ -376,12 +376,13 @@ pub fn render(out: &mut String, s: &Snapshot, extra: &Extra) {
     f.labelled(
         "floodwall_messages_dropped_total",
         "counter",
-        "Messages dropped, by reason (stats dropped_send_timeout, dropped_oversize, dropped_shutdown).",
+        "Messages dropped, by reason (stats dropped_send_timeout, dropped_oversize, dropped_shutdown, dropped_truncated).",
         "reason",
         &[
             ("send_timeout", s.dropped_send_timeout),
             ("oversize", s.dropped_oversize),
             ("shutdown", s.dropped_shutdown),
+            ("truncated", s.dropped_truncated),
         ],
     );
     f.one(
@@ -431,6 +432,7 @@ pub fn render(out: &mut String, s: &Snapshot, extra: &Extra) {
             ("framing", s.closed_framing),
             ("error", s.closed_error),
             ("tls", s.closed_tls),
+            ("tls_truncated", s.closed_tls_truncated),
             ("proxy", s.closed_proxy),
             ("shutdown", s.closed_shutdown),
         ],

@@ -11,7 +11,7 @@ use std::net::TcpStream;
 
 use std::time::Duration;
 
-use crate::tls_record::Session;
+use crate::tls_record::{Ending, Session};
 use crate::wake::{Ready, Wake};
 
 pub enum Stream<'a> {
@@ -69,6 +69,15 @@ impl Stream<'_> {
         match self {
             Stream::Plain(s) => s.read(buf),
             Stream::Tls { session, sock } => session.read(sock, buf),
+        }
+    }
+
+    /// After a read returned the end of input: how a TLS session ended
+    /// (None for plain TCP, where an EOF is always clean).
+    pub fn tls_ending(&self) -> Option<Ending> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls { session, .. } => Some(session.ending()),
         }
     }
 

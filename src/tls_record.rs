@@ -58,6 +58,20 @@ const WARNING: u8 = 1;
 /// returns when `out` fills or the socket is empty.
 const BARREN_MAX: u8 = 32;
 
+/// How a TLS session's input ended (or not yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Still open.
+    Open,
+    /// The client sent close_notify: nothing was cut.
+    CloseNotify,
+    /// The TCP stream ended without close_notify, on a record boundary.
+    NoCloseNotify,
+    /// The TCP stream ended inside a record: its start was discarded
+    /// (it cannot be authenticated).
+    RecordCut,
+}
+
 fn broken(why: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {}", why.into()))
 }
@@ -337,10 +351,21 @@ impl Session {
         }
     }
 
+    /// After [`Session::read`] returned the end of input: how it ended.
+    /// Without close_notify the stream may have been cut (SPEC "Access
+    /// control and TLS"), and conn.rs drops the frame it left unfinished.
+    pub fn ending(&self) -> Ending {
+        match (self.closed, self.eof) {
+            (true, _) => Ending::CloseNotify,
+            (false, true) if self.start < self.end => Ending::RecordCut,
+            (false, true) => Ending::NoCloseNotify,
+            (false, false) => Ending::Open,
+        }
+    }
+
     /// Opens records into `out` until it is full or the socket has nothing
     /// more, like one plain read of that size. `Ok(0)` is the end of
-    /// input, with or without close_notify (after the handshake a close
-    /// without it is an ordinary EOF, SPEC "Access control and TLS").
+    /// input, with or without close_notify: [`Session::ending`] says which.
     pub fn read(&mut self, mut sock: &TcpStream, out: &mut [u8]) -> io::Result<usize> {
         let mut n = 0;
         loop {
