@@ -604,6 +604,7 @@ mod tests {
             "floodwall_messages_dropped_total{reason=\"oversize\"} 2",
             "floodwall_messages_dropped_total{reason=\"send_timeout\"} 0",
             "floodwall_messages_dropped_total{reason=\"shutdown\"} 0",
+            "floodwall_messages_dropped_total{reason=\"truncated\"} 0",
             "# TYPE floodwall_messages_recovered_total counter",
             "# TYPE floodwall_bytes_received_total counter",
             "# TYPE floodwall_bytes_delivered_total counter",
@@ -638,6 +639,7 @@ mod tests {
             "framing",
             "error",
             "tls",
+            "tls_truncated",
             "proxy",
             "shutdown",
         ] {
