@@ -581,6 +581,19 @@ pub(crate) mod tests {
     /// A server config as floodwall's (no tickets, secrets extractable) and
     /// a client that offers `suite` alone.
     pub(crate) fn configs(suite: SupportedCipherSuite) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        // The client offers one suite, so the session uses exactly it.
+        let only = CryptoProvider {
+            cipher_suites: vec![suite],
+            ..provider::default_provider()
+        };
+        configs_with(provider::default_provider(), only)
+    }
+
+    /// As [`configs`], with each side's crypto provider given.
+    pub(crate) fn configs_with(
+        server: CryptoProvider,
+        client: CryptoProvider,
+    ) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
             .unwrap()
@@ -589,26 +602,20 @@ pub(crate) mod tests {
         let der = CertificateDer::from(cert.der().to_vec());
         let both: &[&SupportedProtocolVersion] =
             &[&rustls::version::TLS13, &rustls::version::TLS12];
-        let mut server =
-            ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
-                .with_protocol_versions(both)
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(
-                    vec![der.clone()],
-                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-                )
-                .unwrap();
+        let mut server = ServerConfig::builder_with_provider(Arc::new(server))
+            .with_protocol_versions(both)
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
         server.send_tls13_tickets = 0;
         server.enable_secret_extraction = true;
         let mut roots = RootCertStore::empty();
         roots.add(der).unwrap();
-        // The client offers one suite, so the session uses exactly it.
-        let only = CryptoProvider {
-            cipher_suites: vec![suite],
-            ..provider::default_provider()
-        };
-        let client = ClientConfig::builder_with_provider(Arc::new(only))
+        let client = ClientConfig::builder_with_provider(Arc::new(client))
             .with_protocol_versions(both)
             .unwrap()
             .with_root_certificates(roots)
@@ -689,7 +696,10 @@ pub(crate) mod tests {
         let (sock, _) = listener.accept().unwrap();
         let wake = Wake::new().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        let session = crate::tls::handshake(config, &sock, deadline, &wake).unwrap();
+        let taken = crate::tls::handshake(config, &sock, deadline, &wake, Default::default());
+        let Ok(crate::tls::Taken::Floodwall(session)) = taken else {
+            panic!("not taken over by floodwall's layer");
+        };
         sock.set_nonblocking(true).unwrap();
         (sock, session)
     }
@@ -864,7 +874,13 @@ pub(crate) mod tests {
             let (sock, _) = listener.accept().unwrap();
             let wake = Wake::new().unwrap();
             let deadline = Instant::now() + Duration::from_secs(5);
-            let end = crate::tls::handshake(server_config.clone(), &sock, deadline, &wake);
+            let end = crate::tls::handshake(
+                server_config.clone(),
+                &sock,
+                deadline,
+                &wake,
+                Default::default(),
+            );
             assert!(
                 matches!(end, Err(crate::tls::HandshakeEnd::Refused(_))),
                 "cut {cut}: not refused"
