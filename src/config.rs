@@ -110,6 +110,17 @@ pub enum TlsVersion {
     V1_3,
 }
 
+/// `[server.tls] record_layer`: who opens the client's records after the
+/// handshake (src/tls.rs): floodwall's own layer (src/tls_record.rs) or
+/// rustls's reader, so an operator can turn ours off without a rebuild.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordLayer {
+    #[default]
+    Floodwall,
+    Rustls,
+}
+
 /// `[server.tls]`: the files are only named here; src/tls.rs loads them
 /// (at start, for `--check-config`, and on SIGHUP).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -126,6 +137,8 @@ pub struct ServerTlsConfig {
     pub handshake_timeout: Duration,
     #[serde(default = "default_min_version")]
     pub min_version: TlsVersion,
+    #[serde(default)]
+    pub record_layer: RecordLayer,
 }
 
 fn default_handshake_timeout() -> Duration {
@@ -1420,6 +1433,12 @@ mod tests {
         let t = c.server.tls.unwrap();
         assert_eq!(t.handshake_timeout, Duration::from_secs(10));
         assert_eq!(t.min_version, TlsVersion::V1_2);
+        assert_eq!(t.record_layer, RecordLayer::Floodwall);
+        let e = err(&format!("{tls}record_layer = \"openssl\"\n"));
+        assert!(e.starts_with("server.tls.record_layer:"), "{e}");
+        assert!(e.contains("floodwall") && e.contains("rustls"), "{e}");
+        let c = Config::parse(&format!("{tls}record_layer = \"rustls\"\n")).unwrap();
+        assert_eq!(c.server.tls.unwrap().record_layer, RecordLayer::Rustls);
     }
 
     #[test]

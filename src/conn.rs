@@ -30,6 +30,7 @@ use crate::rate::Bucket;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 use crate::stream::Stream;
+use crate::tls_record::Ending;
 use crate::wake::{Ready, Wake};
 
 /// First read buffer, allocated only once the peer has sent something, so
@@ -79,6 +80,9 @@ pub enum Close {
     SinkGone,
     /// A missing, malformed or late PROXY protocol header.
     Proxy,
+    /// A TLS session ended without close_notify inside a frame or a
+    /// record: the stream may have been cut.
+    TlsTruncated,
 }
 
 impl Close {
@@ -92,6 +96,7 @@ impl Close {
             Close::Error(_) | Close::SinkGone => &stats.closed_error,
             Close::Shutdown => &stats.closed_shutdown,
             Close::Proxy => &stats.closed_proxy,
+            Close::TlsTruncated => &stats.closed_tls_truncated,
         }
     }
 }
@@ -107,6 +112,7 @@ impl Close {
             Close::Shutdown => "shutdown",
             Close::SinkGone => "sink_gone",
             Close::Proxy => "proxy",
+            Close::TlsTruncated => "tls_truncated",
         }
     }
 }
@@ -554,8 +560,14 @@ impl Connection<'_, '_> {
     }
 
     /// The client closed its side: a final unterminated line is a
-    /// message (SPEC.md "Framing"), at shutdown too.
+    /// message (SPEC.md "Framing"), at shutdown too. Not over TLS without
+    /// close_notify: see [`Connection::truncated`].
     fn at_eof(&mut self) -> Close {
+        match self.stream.tls_ending() {
+            Some(Ending::NoCloseNotify) => return self.truncated(false),
+            Some(Ending::RecordCut) => return self.truncated(true),
+            None | Some(Ending::CloseNotify | Ending::Open) => {}
+        }
         match self.decoder.finish(&self.buf[self.start..self.end]) {
             Ok(Some(Frame::Message(range))) => {
                 let mut batch = self.ctx.queue.batch(range.len() + 1, self.peer);
@@ -569,6 +581,40 @@ impl Connection<'_, '_> {
             Err(e) => return self.framing_error(e),
         }
         Close::Eof
+    }
+
+    /// A TLS session ended without close_notify (SPEC.md "Access control
+    /// and TLS"): whoever closed the TCP stream may have cut it, so a
+    /// frame left unfinished is dropped and counted `dropped_truncated`,
+    /// never delivered (a 16 KiB record of a 20 KB line would otherwise
+    /// pass for a whole message). Complete frames before it were
+    /// delivered already: most syslog clients never send close_notify.
+    /// Ending on a frame boundary with no record cut is an ordinary EOF.
+    fn truncated(&mut self, record_cut: bool) -> Close {
+        let rest = &self.buf[self.start..self.end];
+        let mid_frame = self.decoder.mid_frame(rest);
+        if !mid_frame && !record_cut {
+            return Close::Eof;
+        }
+        // Bytes as for other drops: a message's, none for an octet frame
+        // cut short or an oversize line (one being skipped was counted
+        // when it was found).
+        let unfinished = match self.decoder.finish(rest) {
+            Ok(Some(Frame::Message(range))) => Some(range.len()),
+            Ok(Some(_)) | Err(_) => Some(0),
+            Ok(None) => None,
+        };
+        if let Some(bytes) = unfinished {
+            self.totals.messages += 1;
+            let stats = &self.ctx.stats;
+            stats.moving(|| {
+                Stats::add(&stats.received, 1);
+                Stats::add(&stats.dropped_truncated, 1);
+            });
+            Stats::add(&stats.bytes_received, bytes as u64);
+        }
+        self.start = self.end;
+        Close::TlsTruncated
     }
 
     fn framing_error(&mut self, e: FrameError) -> Close {

@@ -169,6 +169,12 @@ impl Decoder {
         start
     }
 
+    /// Whether `input` (the unread bytes) or an oversize line being
+    /// skipped leaves a frame unfinished.
+    pub fn mid_frame(&self, input: &[u8]) -> bool {
+        self.skipping_line || !input.is_empty()
+    }
+
     /// At clean end of input: the final unterminated line, if any, as a
     /// `Message` or `Oversize` (the rest of an oversize line was counted
     /// already). An octet frame cut short is an error: bad input, counted.

@@ -51,6 +51,7 @@ pub mod stream;
 pub mod threads;
 pub mod tls;
 pub mod tls_record;
+pub mod tls_rustls;
 pub mod wake;
 
 use std::net::SocketAddr;

@@ -376,12 +376,13 @@ pub fn render(out: &mut String, s: &Snapshot, extra: &Extra) {
     f.labelled(
         "floodwall_messages_dropped_total",
         "counter",
-        "Messages dropped, by reason (stats dropped_send_timeout, dropped_oversize, dropped_shutdown).",
+        "Messages dropped, by reason (stats dropped_send_timeout, dropped_oversize, dropped_shutdown, dropped_truncated).",
         "reason",
         &[
             ("send_timeout", s.dropped_send_timeout),
             ("oversize", s.dropped_oversize),
             ("shutdown", s.dropped_shutdown),
+            ("truncated", s.dropped_truncated),
         ],
     );
     f.one(
@@ -443,6 +444,7 @@ pub fn render(out: &mut String, s: &Snapshot, extra: &Extra) {
             ("framing", s.closed_framing),
             ("error", s.closed_error),
             ("tls", s.closed_tls),
+            ("tls_truncated", s.closed_tls_truncated),
             ("proxy", s.closed_proxy),
             ("shutdown", s.closed_shutdown),
         ],
@@ -614,6 +616,7 @@ mod tests {
             "floodwall_messages_dropped_total{reason=\"oversize\"} 2",
             "floodwall_messages_dropped_total{reason=\"send_timeout\"} 0",
             "floodwall_messages_dropped_total{reason=\"shutdown\"} 0",
+            "floodwall_messages_dropped_total{reason=\"truncated\"} 0",
             "# TYPE floodwall_messages_recovered_total counter",
             "# TYPE floodwall_relp_refused_total counter",
             "# TYPE floodwall_relp_resent_total counter",
@@ -650,6 +653,7 @@ mod tests {
             "framing",
             "error",
             "tls",
+            "tls_truncated",
             "proxy",
             "shutdown",
         ] {

@@ -28,6 +28,10 @@ pub struct Stats {
     pub delivered: AtomicU64,
     pub dropped_send_timeout: AtomicU64,
     pub dropped_oversize: AtomicU64,
+    /// Unfinished frames at the end of a TLS session that ended without
+    /// close_notify (SPEC "Access control and TLS"): the stream may have
+    /// been cut, so they are dropped, not delivered.
+    pub dropped_truncated: AtomicU64,
     pub closed_idle: AtomicU64,
     pub closed_send_timeout: AtomicU64,
     pub closed_framing: AtomicU64,
@@ -48,6 +52,9 @@ pub struct Stats {
     pub conns_over_ip_limit: AtomicU64,
     /// Connections closed for TLS: failed, stalled or refused handshake.
     pub closed_tls: AtomicU64,
+    /// TLS sessions that ended without close_notify inside a frame or a
+    /// record (one that ended on a frame boundary is `closed_eof`).
+    pub closed_tls_truncated: AtomicU64,
     /// Connections closed for the PROXY protocol header.
     pub closed_proxy: AtomicU64,
     /// Messages replayed from the spool at start.
@@ -116,6 +123,7 @@ impl Stats {
         let dropped_send_timeout = get(&self.dropped_send_timeout);
         let dropped_oversize = get(&self.dropped_oversize);
         let dropped_shutdown = get(&self.dropped_shutdown);
+        let dropped_truncated = get(&self.dropped_truncated);
         let queue_depth = depth.get() as u64;
         let delivered = get(&self.delivered);
         Snapshot {
@@ -130,6 +138,7 @@ impl Stats {
             delivered,
             dropped_send_timeout,
             dropped_oversize,
+            dropped_truncated,
             closed_idle: get(&self.closed_idle),
             closed_send_timeout: get(&self.closed_send_timeout),
             closed_framing: get(&self.closed_framing),
@@ -141,6 +150,7 @@ impl Stats {
             conns_denied: get(&self.conns_denied),
             conns_over_ip_limit: get(&self.conns_over_ip_limit),
             closed_tls: get(&self.closed_tls),
+            closed_tls_truncated: get(&self.closed_tls_truncated),
             closed_proxy: get(&self.closed_proxy),
             recovered,
             spool_bytes: get(&self.spool_bytes),
@@ -167,6 +177,7 @@ pub struct Snapshot {
     pub delivered: u64,
     pub dropped_send_timeout: u64,
     pub dropped_oversize: u64,
+    pub dropped_truncated: u64,
     pub closed_idle: u64,
     pub closed_send_timeout: u64,
     pub closed_framing: u64,
@@ -178,6 +189,7 @@ pub struct Snapshot {
     pub conns_denied: u64,
     pub conns_over_ip_limit: u64,
     pub closed_tls: u64,
+    pub closed_tls_truncated: u64,
     pub closed_proxy: u64,
     pub recovered: u64,
     pub spool_bytes: u64,
@@ -190,13 +202,14 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// SPEC.md invariant 3: received + recovered = delivered + dropped
-    /// (send_timeout, oversize, shutdown) + queue_depth.
+    /// (send_timeout, oversize, shutdown, truncated) + queue_depth.
     pub fn balanced(&self) -> bool {
         self.received + self.recovered
             == self.delivered
                 + self.dropped_send_timeout
                 + self.dropped_oversize
                 + self.dropped_shutdown
+                + self.dropped_truncated
                 + self.queue_depth
     }
 }
@@ -212,7 +225,7 @@ impl fmt::Display for Snapshot {
              dropped_shutdown={} closed_eof={} closed_shutdown={} conns_denied={} \
              conns_over_ip_limit={} closed_tls={} closed_proxy={} recovered={} \
              spool_bytes={} spool_corrupt={} relp_refused={} relp_resent={} bytes_received={} \
-             bytes_delivered={}",
+             bytes_delivered={} dropped_truncated={} closed_tls_truncated={}",
             self.conns_active,
             self.conns_total,
             self.conns_rejected,
@@ -243,6 +256,8 @@ impl fmt::Display for Snapshot {
             self.relp_resent,
             self.bytes_received,
             self.bytes_delivered,
+            self.dropped_truncated,
+            self.closed_tls_truncated,
         )
     }
 }
@@ -275,6 +290,8 @@ mod tests {
             "conns_over_ip_limit",
             "closed_tls",
             "closed_proxy",
+            "dropped_truncated",
+            "closed_tls_truncated",
             "recovered",
             "spool_bytes",
             "spool_corrupt",

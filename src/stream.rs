@@ -11,7 +11,8 @@ use std::net::TcpStream;
 
 use std::time::Duration;
 
-use crate::tls_record::Session;
+use crate::tls_record::{Ending, Session};
+use crate::tls_rustls::RustlsSession;
 use crate::wake::{Ready, Wake};
 
 pub enum Stream<'a> {
@@ -24,21 +25,29 @@ pub enum Stream<'a> {
         session: Box<Session>,
         sock: &'a TcpStream,
     },
+    /// A TLS session read by rustls (src/tls_rustls.rs): `record_layer =
+    /// "rustls"`, or a suite floodwall's layer cannot open.
+    RustlsTls {
+        session: Box<RustlsSession>,
+        sock: &'a TcpStream,
+    },
 }
 
 impl Stream<'_> {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(s) => s,
-            Stream::Tls { sock, .. } => sock,
+            Stream::Tls { sock, .. } | Stream::RustlsTls { sock, .. } => sock,
         }
     }
 
     /// A quiet connection keeps no TLS staging buffer (see conn.rs's own
     /// read buffer).
     pub fn release(&mut self) {
-        if let Stream::Tls { session, .. } = self {
-            session.release();
+        match self {
+            Stream::Plain(_) => {}
+            Stream::Tls { session, .. } => session.release(),
+            Stream::RustlsTls { session, .. } => session.release(),
         }
     }
 
@@ -61,9 +70,12 @@ impl Stream<'_> {
         timeout: Option<Duration>,
         watch: bool,
     ) -> io::Result<Ready> {
-        if let Stream::Tls { session, .. } = self
-            && session.has_input()
-        {
+        let held = match self {
+            Stream::Plain(_) => false,
+            Stream::Tls { session, .. } => session.has_input(),
+            Stream::RustlsTls { session, .. } => session.has_input(),
+        };
+        if held {
             return Ok(Ready::Socket);
         }
         wake.wait(self.tcp(), timeout, watch)
@@ -75,6 +87,17 @@ impl Stream<'_> {
         match self {
             Stream::Plain(s) => s.read(buf),
             Stream::Tls { session, sock } => session.read(sock, buf),
+            Stream::RustlsTls { session, sock } => session.read(sock, buf),
+        }
+    }
+
+    /// After a read returned the end of input: how a TLS session ended
+    /// (None for plain TCP, where an EOF is always clean).
+    pub fn tls_ending(&self) -> Option<Ending> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls { session, .. } => Some(session.ending()),
+            Stream::RustlsTls { session, .. } => Some(session.ending()),
         }
     }
 
@@ -87,14 +110,17 @@ impl Stream<'_> {
                 Ok(())
             }
             Stream::Tls { session, .. } => session.seal(data, out),
+            Stream::RustlsTls { session, .. } => session.seal(data, out),
         }
     }
 
     /// At shutdown: the last thing floodwall writes after a handshake.
     /// One non-blocking write: a client whose window is closed misses it.
     pub fn close_notify(&mut self) {
-        if let Stream::Tls { session, sock } = self {
-            session.close_notify(sock);
+        match self {
+            Stream::Plain(_) => {}
+            Stream::Tls { session, sock } => session.close_notify(sock),
+            Stream::RustlsTls { session, sock } => session.close_notify(sock),
         }
     }
 }
@@ -147,12 +173,10 @@ mod tests {
         let (sock, _) = listener.accept().unwrap();
         let wake = Wake::new().unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let session = crate::tls::handshake(server_config, &sock, deadline, &wake).unwrap();
+        let taken =
+            crate::tls::handshake(server_config, &sock, deadline, &wake, Default::default());
         sock.set_nonblocking(true).unwrap();
-        let mut stream = Stream::Tls {
-            session,
-            sock: &sock,
-        };
+        let mut stream = taken.unwrap().stream(&sock);
         let mut got = Vec::new();
         let mut largest = 0;
         let mut buf = vec![0u8; 64 << 10];

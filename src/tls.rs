@@ -38,10 +38,11 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::alerts::{Throttle, suppressed};
-use crate::config::{Config, ServerTlsConfig, SinkTlsConfig, TlsVersion};
+use crate::config::{Config, RecordLayer, ServerTlsConfig, SinkTlsConfig, TlsVersion};
 use crate::stats::Stats;
 use crate::stream::Stream;
 use crate::tls_record::{STAGING_MIN, Session};
+use crate::tls_rustls::RustlsSession;
 use crate::wake::{Ready, Wake};
 
 /// A TLS file that cannot be used; the message names the key and the file.
@@ -380,6 +381,7 @@ pub enum HandshakeEnd {
 struct Current {
     config: Arc<ServerConfig>,
     handshake_timeout: Duration,
+    record_layer: RecordLayer,
     files: String,
 }
 
@@ -416,6 +418,7 @@ impl ServerTls {
             current: RwLock::new(Arc::new(Current {
                 config: server_config(tls)?,
                 handshake_timeout: tls.handshake_timeout,
+                record_layer: tls.record_layer,
                 files: describe(tls),
             })),
             refused: Throttle::default(),
@@ -432,6 +435,7 @@ impl ServerTls {
         *self.current.write() = Arc::new(Current {
             config,
             handshake_timeout: tls.handshake_timeout,
+            record_layer: tls.record_layer,
             files: files.clone(),
         });
         info!("TLS reloaded for new connections {files}");
@@ -451,10 +455,16 @@ impl ServerTls {
     ) -> Result<Stream<'a>, HandshakeEnd> {
         let current = self.current.read().clone();
         let deadline = Instant::now() + current.handshake_timeout;
-        match handshake(current.config.clone(), tcp, deadline, wake) {
+        match handshake(
+            current.config.clone(),
+            tcp,
+            deadline,
+            wake,
+            current.record_layer,
+        ) {
             // conn.rs takes over the socket (non-blocking, polled); the
             // only write left is a close_notify at shutdown.
-            Ok(session) => Ok(Stream::Tls { session, sock: tcp }),
+            Ok(taken) => Ok(taken.stream(tcp)),
             Err(HandshakeEnd::Refused(reason)) => Err(self.refused(peer, stats, reason)),
             Err(end) => Err(end),
         }
@@ -484,8 +494,46 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
+/// Who reads a session after its handshake.
+pub enum Taken {
+    /// floodwall's record layer (src/tls_record.rs).
+    Floodwall(Box<Session>),
+    /// rustls's reader (src/tls_rustls.rs): `record_layer = "rustls"`, or
+    /// a suite floodwall's layer cannot open.
+    Rustls(Box<RustlsSession>),
+}
+
+impl Taken {
+    pub fn stream(self, sock: &TcpStream) -> Stream<'_> {
+        match self {
+            Taken::Floodwall(session) => Stream::Tls { session, sock },
+            Taken::Rustls(session) => Stream::RustlsTls { session, sock },
+        }
+    }
+}
+
+/// The take-over check: floodwall's record layer opens exactly these
+/// suites (AES-GCM and ChaCha20-Poly1305, TLS 1.3 and 1.2); a session on
+/// any other (a provider may offer more one day) stays with rustls.
+pub fn record_layer_opens(suite: rustls::CipherSuite) -> bool {
+    use rustls::CipherSuite as S;
+    matches!(
+        suite,
+        S::TLS13_AES_128_GCM_SHA256
+            | S::TLS13_AES_256_GCM_SHA384
+            | S::TLS13_CHACHA20_POLY1305_SHA256
+            | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+            | S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+            | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
+            | S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+    )
+}
+
 /// The handshake loop, on rustls's unbuffered connection over our own
-/// input buffer, which then becomes the session's (src/tls_record.rs).
+/// input buffer, which then becomes the session's (src/tls_record.rs, or
+/// src/tls_rustls.rs: see [`Taken`]).
 /// Every wait for input is a poll bounded by what is left before
 /// `deadline` (and woken at shutdown), every write has that as its
 /// timeout, so a client trickling one byte at a time cannot stretch it.
@@ -494,7 +542,8 @@ pub(crate) fn handshake(
     tcp: &TcpStream,
     deadline: Instant,
     wake: &Wake,
-) -> Result<Box<Session>, HandshakeEnd> {
+    layer: RecordLayer,
+) -> Result<Taken, HandshakeEnd> {
     let refused = |why: String| HandshakeEnd::Refused(why);
     let mut conn = new_session(config).map_err(|e| refused(format!("cannot start TLS: {e}")))?;
     let mut sock = tcp;
@@ -620,8 +669,27 @@ pub(crate) fn handshake(
         // of them send at once: an idle session holds no buffer.
         input = Vec::new();
     }
+    let ours = layer == RecordLayer::Floodwall
+        && conn
+            .negotiated_cipher_suite()
+            .is_some_and(|s| record_layer_opens(s.suite()));
+    if !ours {
+        return Ok(Taken::Rustls(Box::new(RustlsSession::new(
+            conn,
+            input,
+            end,
+            early,
+            peer_closed,
+        ))));
+    }
     let parts = extract(conn).map_err(|e| refused(format!("cannot take over the session: {e}")))?;
-    Ok(take_over(parts, input, end, early, peer_closed))
+    Ok(Taken::Floodwall(take_over(
+        parts,
+        input,
+        end,
+        early,
+        peer_closed,
+    )))
 }
 
 /// rustls's keys and key schedule, out of the finished handshake. Out of

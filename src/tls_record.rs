@@ -59,6 +59,20 @@ const WARNING: u8 = 1;
 /// returns when `out` fills or the socket is empty.
 const BARREN_MAX: u8 = 32;
 
+/// How a TLS session's input ended (or not yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Still open.
+    Open,
+    /// The client sent close_notify: nothing was cut.
+    CloseNotify,
+    /// The TCP stream ended without close_notify, on a record boundary.
+    NoCloseNotify,
+    /// The TCP stream ended inside a record: its start was discarded
+    /// (it cannot be authenticated).
+    RecordCut,
+}
+
 fn broken(why: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {}", why.into()))
 }
@@ -348,10 +362,21 @@ impl Session {
         }
     }
 
+    /// After [`Session::read`] returned the end of input: how it ended.
+    /// Without close_notify the stream may have been cut (SPEC "Access
+    /// control and TLS"), and conn.rs drops the frame it left unfinished.
+    pub fn ending(&self) -> Ending {
+        match (self.closed, self.eof) {
+            (true, _) => Ending::CloseNotify,
+            (false, true) if self.start < self.end => Ending::RecordCut,
+            (false, true) => Ending::NoCloseNotify,
+            (false, false) => Ending::Open,
+        }
+    }
+
     /// Opens records into `out` until it is full or the socket has nothing
     /// more, like one plain read of that size. `Ok(0)` is the end of
-    /// input, with or without close_notify (after the handshake a close
-    /// without it is an ordinary EOF, SPEC "Access control and TLS").
+    /// input, with or without close_notify: [`Session::ending`] says which.
     pub fn read(&mut self, mut sock: &TcpStream, out: &mut [u8]) -> io::Result<usize> {
         let mut n = 0;
         loop {
@@ -590,6 +615,19 @@ pub(crate) mod tests {
     /// A server config as floodwall's (no tickets, secrets extractable) and
     /// a client that offers `suite` alone.
     pub(crate) fn configs(suite: SupportedCipherSuite) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        // The client offers one suite, so the session uses exactly it.
+        let only = CryptoProvider {
+            cipher_suites: vec![suite],
+            ..provider::default_provider()
+        };
+        configs_with(provider::default_provider(), only)
+    }
+
+    /// As [`configs`], with each side's crypto provider given.
+    pub(crate) fn configs_with(
+        server: CryptoProvider,
+        client: CryptoProvider,
+    ) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
             .unwrap()
@@ -598,26 +636,20 @@ pub(crate) mod tests {
         let der = CertificateDer::from(cert.der().to_vec());
         let both: &[&SupportedProtocolVersion] =
             &[&rustls::version::TLS13, &rustls::version::TLS12];
-        let mut server =
-            ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
-                .with_protocol_versions(both)
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(
-                    vec![der.clone()],
-                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-                )
-                .unwrap();
+        let mut server = ServerConfig::builder_with_provider(Arc::new(server))
+            .with_protocol_versions(both)
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
         server.send_tls13_tickets = 0;
         server.enable_secret_extraction = true;
         let mut roots = RootCertStore::empty();
         roots.add(der).unwrap();
-        // The client offers one suite, so the session uses exactly it.
-        let only = CryptoProvider {
-            cipher_suites: vec![suite],
-            ..provider::default_provider()
-        };
-        let client = ClientConfig::builder_with_provider(Arc::new(only))
+        let client = ClientConfig::builder_with_provider(Arc::new(client))
             .with_protocol_versions(both)
             .unwrap()
             .with_root_certificates(roots)
@@ -698,7 +730,10 @@ pub(crate) mod tests {
         let (sock, _) = listener.accept().unwrap();
         let wake = Wake::new().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        let session = crate::tls::handshake(config, &sock, deadline, &wake).unwrap();
+        let taken = crate::tls::handshake(config, &sock, deadline, &wake, Default::default());
+        let Ok(crate::tls::Taken::Floodwall(session)) = taken else {
+            panic!("not taken over by floodwall's layer");
+        };
         sock.set_nonblocking(true).unwrap();
         (sock, session)
     }
@@ -873,7 +908,13 @@ pub(crate) mod tests {
             let (sock, _) = listener.accept().unwrap();
             let wake = Wake::new().unwrap();
             let deadline = Instant::now() + Duration::from_secs(5);
-            let end = crate::tls::handshake(server_config.clone(), &sock, deadline, &wake);
+            let end = crate::tls::handshake(
+                server_config.clone(),
+                &sock,
+                deadline,
+                &wake,
+                Default::default(),
+            );
             assert!(
                 matches!(end, Err(crate::tls::HandshakeEnd::Refused(_))),
                 "cut {cut}: not refused"

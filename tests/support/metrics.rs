@@ -114,6 +114,10 @@ pub const TWINS: &[(&str, &str)] = &[
         "dropped_shutdown",
         "floodwall_messages_dropped_total{reason=\"shutdown\"}",
     ),
+    (
+        "dropped_truncated",
+        "floodwall_messages_dropped_total{reason=\"truncated\"}",
+    ),
     ("recovered", "floodwall_messages_recovered_total"),
     ("relp_resent", "floodwall_relp_resent_total"),
     ("bytes_received", "floodwall_bytes_received_total"),
@@ -154,6 +158,10 @@ pub const TWINS: &[(&str, &str)] = &[
     (
         "closed_tls",
         "floodwall_connections_closed_total{reason=\"tls\"}",
+    ),
+    (
+        "closed_tls_truncated",
+        "floodwall_connections_closed_total{reason=\"tls_truncated\"}",
     ),
     (
         "closed_proxy",

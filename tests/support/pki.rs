@@ -154,12 +154,18 @@ pub fn refused(client: &mut TlsClient, timeout: Duration) -> bool {
 }
 
 /// The `[server.tls]` table for `server` (and `client_ca` if given).
+/// `FLOODWALL_TEST_RECORD_LAYER=rustls` sets `record_layer`, so that
+/// scripts/test.sh runs the TLS tests again with rustls's reader.
 pub fn server_tls(server: &Issued, client_ca: Option<&Path>, extra: &str) -> String {
     let ca = client_ca.map_or(String::new(), |p| {
         format!("client_ca = \"{}\"\n", p.display())
     });
+    let layer = match std::env::var("FLOODWALL_TEST_RECORD_LAYER") {
+        Ok(layer) if !extra.contains("record_layer") => format!("record_layer = \"{layer}\"\n"),
+        _ => String::new(),
+    };
     format!(
-        "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n{ca}{extra}\n",
+        "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n{ca}{layer}{extra}\n",
         server.crt.display(),
         server.key.display()
     )
