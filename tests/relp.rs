@@ -801,7 +801,8 @@ fn overload_refuses_unanswered_and_loses_nothing() {
     );
     let d = Daemon::start(&relp_config(
         &sink,
-        "[queue]\ncapacity = 50\n[limits]\nsend_timeout = \"200ms\"\n",
+        "[queue]\ncapacity = 50\n[limits]\nsend_timeout = \"200ms\"\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n",
     ));
     let work = tempfile::tempdir().unwrap();
     let peer = omrelp(work.path(), relp_addr(&d), &[]);
@@ -836,5 +837,121 @@ fn overload_refuses_unanswered_and_loses_nothing() {
     );
     let last = d.stats_lines().pop().unwrap();
     assert_eq!(num(&last, "dropped_send_timeout"), 0, "{last:?}");
+    let scraped = support::metrics::scrape(support::metrics::metrics_addr(&d));
+    let metric = scraped
+        .get("floodwall_relp_refused_total")
+        .copied()
+        .unwrap_or(0.0);
+    assert!(
+        metric >= num(refused.as_ref().unwrap(), "relp_refused") as f64,
+        "metric {metric}"
+    );
     drop(peer);
+}
+
+/// 50 hostile sessions from a generator (bad numbers, letters where digits
+/// go, huge lengths, cut frames, binary junk, frames after close): each
+/// gets its error answer or is closed, none is delivered, and the
+/// daemon's threads come back to where they were.
+#[test]
+fn hostile_sessions_end_and_the_threads_come_back() {
+    let mut d = Daemon::start(&relp_config(
+        FILE_SINK,
+        "[limits]\nmax_connections = 8\nidle_timeout = \"1s\"\n",
+    ));
+    let addr = relp_addr(&d);
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let shapes: [fn(u64) -> Vec<u8>; 10] = [
+        |r| format!("{} syslog 3 abc\n", 10_000_000_000u64 + r % 1000).into_bytes(),
+        |r| format!("2 sys{}log 3 abc\n", r % 10).into_bytes(),
+        |r| format!("2 syslog {} ", 1_000_000 + r % 1_000_000).into_bytes(),
+        |r| format!("2 syslog 5 {}\n", "z".repeat(6 + (r % 20) as usize)).into_bytes(),
+        |r| {
+            (0..64)
+                .map(|i| ((r >> (i % 8)) as u8).wrapping_mul(i as u8 + 1))
+                .collect()
+        },
+        |_| b"2 syslog 0 \n".to_vec(),
+        |r| format!("{} rsp 6 200 OK\n", 2 + r % 3).into_bytes(),
+        |_| b"2 close 0\n3 syslog 2 hi\n".to_vec(),
+        |_| b"2 serverclose 0\n".to_vec(),
+        |r| format!("2 {} 0\n", "q".repeat(33 + (r % 5) as usize)).into_bytes(),
+    ];
+    for case in 0..50 {
+        let r = next();
+        let frame = shapes[case % shapes.len()](r);
+        let mut c = Client::open(addr);
+        c.sock.write_all(&frame).unwrap();
+        // An answer (500 or serverclose) or none, then the close: read
+        // to the end, bounded by the idle timeout's close.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(got) = c.read(deadline.saturating_duration_since(Instant::now())) {
+            assert!(
+                got.command == "serverclose"
+                    || got.data.starts_with(b"500 ")
+                    || got.data == b"200 OK",
+                "case {case} {:?}: {got:?}",
+                String::from_utf8_lossy(&frame)
+            );
+        }
+        assert!(Instant::now() < deadline, "case {case}: session not closed");
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || session_threads(d.pid()) == 0),
+        "{} session threads left after the hostile sessions",
+        session_threads(d.pid())
+    );
+    let last = d.stop_balanced(Duration::from_secs(10));
+    assert_eq!(
+        num(&last, "delivered"),
+        0,
+        "nothing hostile delivered: {last:?}"
+    );
+}
+
+/// Live RELP session threads (`fw-relp-<id>`) of process `pid`.
+fn session_threads(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("fw-relp-"))
+        .count()
+}
+
+#[test]
+fn config_errors_name_the_relp_keys_and_a_taken_port_is_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let bad = write("bad.toml", "[relp]\nlisten = \"nowhere\"\n");
+    let (code, _, err) = support::run_bin(&["--config", &bad, "--check-config"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("relp.listen"), "{err}");
+    let notls = write(
+        "notls.toml",
+        "[relp]\nlisten = \"127.0.0.1:0\"\ntls = true\n",
+    );
+    let (code, _, err) = support::run_bin(&["--config", &notls]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("relp.tls"), "{err}");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let busy = write(
+        "busy.toml",
+        &format!("[server]\nlisten = \"127.0.0.1:0\"\n[relp]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let (code, _, err) = support::run_bin(&["--config", &busy]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("relp.listen"), "{err}");
 }
