@@ -955,3 +955,30 @@ fn config_errors_name_the_relp_keys_and_a_taken_port_is_exit_3() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("relp.listen"), "{err}");
 }
+
+/// With the nats sink a message is answered only once JetStream stored
+/// it: every acked message is in the stream when its rsp arrives.
+#[test]
+fn nats_sink_answers_after_the_stream_ack() {
+    use support::nats::{NatsServer, stream_count};
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(dir.path(), "relp");
+    let urls = vec![nats.url()];
+    let sink = format!(
+        "type = \"nats\"\nservers = [{:?}]\nsubject = \"logs.relp\"\nstream = \"RELP\"",
+        urls[0]
+    );
+    let mut d = Daemon::start(&relp_config(&sink, ""));
+    let mut c = Client::open(relp_addr(&d));
+    let mut total = 0u64;
+    for round in 0..5 {
+        let sent = messages(&format!("nats{round}"), 200, 30);
+        let txnrs = c.send_all(&sent);
+        assert_eq!(c.acks(sent.len(), Duration::from_secs(30)), txnrs);
+        total += sent.len() as u64;
+        // Answered = stored: the stream already holds all of them.
+        assert!(stream_count(&urls, "RELP") >= total, "round {round}");
+    }
+    let last = d.stop_balanced(Duration::from_secs(20));
+    assert_eq!(num(&last, "delivered"), total);
+}
