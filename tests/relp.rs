@@ -982,3 +982,60 @@ fn nats_sink_answers_after_the_stream_ack() {
     let last = d.stop_balanced(Duration::from_secs(20));
     assert_eq!(num(&last, "delivered"), total);
 }
+
+/// rsyslog omrelp into floodwall with [spool]: kill -9 floodwall mid-run,
+/// start it again on the same port; omrelp resends what was not answered
+/// and the file ends up with every message at least once.
+#[test]
+fn rsyslog_omrelp_survives_a_kill_9_with_spool() {
+    const N: usize = 6000;
+    let keep = tempfile::tempdir().unwrap();
+    let out = keep.path().join("out.log");
+    let config = |relp: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[relp]\nlisten = \"{relp}\"\n\
+             [sink]\ntype = \"file\"\npath = \"{}\"\nflush_interval = \"10ms\"\n\
+             [spool]\ndir = \"{}\"\nsync = \"50ms\"\n[log]\nstats_interval = \"100ms\"\n",
+            out.display(),
+            keep.path().join("spool").display()
+        )
+    };
+    let first = Daemon::start(&config("127.0.0.1:0"));
+    let addr = relp_addr(&first);
+    let work = tempfile::tempdir().unwrap();
+    let peer = omrelp(work.path(), addr, &[]);
+    let sent = peers::payloads("omrelp-kill", N);
+    feed(peer.port, &sent);
+    assert!(
+        wait_until(Duration::from_secs(60), || peers::line_count(&out) >= N / 3),
+        "{} lines before the kill",
+        peers::line_count(&out)
+    );
+    assert!(
+        Process::new("kill")
+            .arg("-9")
+            .arg(first.pid().to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    drop(first);
+    // The port the first run was given, so omrelp finds the second.
+    let mut second = Daemon::start(&config(&addr.to_string()));
+    let want: HashSet<String> = sent.iter().cloned().collect();
+    let delivered = || lines_of(&out).into_iter().collect::<HashSet<_>>();
+    assert!(
+        wait_until(Duration::from_secs(60), || want.is_subset(&delivered())),
+        "{} of {N} missing after the restart; floodwall:\n{}\nrsyslog:\n{}",
+        want.difference(&delivered()).count(),
+        second.log_text(),
+        peer.internal_log()
+    );
+    drop(peer);
+    let lines = lines_of(&out).len();
+    eprintln!(
+        "{N} messages, {lines} lines: {} delivered twice (unanswered at the kill)",
+        lines - N
+    );
+    second.stop_balanced(Duration::from_secs(10));
+}
