@@ -1039,3 +1039,49 @@ fn rsyslog_omrelp_survives_a_kill_9_with_spool() {
     );
     second.stop_balanced(Duration::from_secs(10));
 }
+
+/// One connection bound for both listeners: with two plain connections
+/// live and max_connections = 2, a RELP client is turned away (policy
+/// "reject"), and admitted once a plain one has gone.
+#[test]
+fn the_relp_listener_shares_max_connections_with_server() {
+    let mut d = Daemon::start(&relp_config(
+        FILE_SINK,
+        "[limits]\nmax_connections = 2\non_connection_limit = \"reject\"\n",
+    ));
+    let addr = relp_addr(&d);
+    let plain: Vec<TcpStream> = (0..2).map(|_| d.connect()).collect();
+    assert!(
+        d.wait_stats(Duration::from_secs(10), |s| num(s, "conns_active") == 2)
+            .is_some(),
+        "two plain connections live"
+    );
+    let mut refused = Client::connect(addr);
+    let asked = Instant::now();
+    let _ = refused
+        .sock
+        .write_all(b"1 open 30 relp_version=0\ncommands=syslog\n");
+    assert_eq!(
+        refused.read(Duration::from_secs(5)),
+        None,
+        "no answer: closed"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "closed at once, not timed out"
+    );
+    assert!(
+        d.wait_stats(Duration::from_secs(10), |s| num(s, "conns_rejected") == 1)
+            .is_some()
+    );
+    drop(plain);
+    assert!(
+        d.wait_stats(Duration::from_secs(10), |s| num(s, "conns_active") == 0)
+            .is_some()
+    );
+    let mut c = Client::open(addr);
+    let txnrs = c.send_all(&messages("admitted", 3, 5));
+    assert_eq!(c.acks(3, Duration::from_secs(10)), txnrs);
+    drop(c);
+    d.stop_balanced(Duration::from_secs(10));
+}
