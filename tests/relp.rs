@@ -1085,3 +1085,56 @@ fn the_relp_listener_shares_max_connections_with_server() {
     drop(c);
     d.stop_balanced(Duration::from_secs(10));
 }
+
+/// `server.allow` and the per-IP cap hold on the RELP listener too.
+#[test]
+fn the_relp_listener_applies_allow_and_the_per_ip_cap() {
+    let mut d = Daemon::start(&relp_config(FILE_SINK, "").replace(
+        "[server]\nlisten = \"127.0.0.1:0\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.2/32\"]\nmax_connections_per_ip = 1\n",
+    ));
+    let addr = relp_addr(&d);
+    // 127.0.0.1 is not allowed: closed at accept, counted.
+    let mut denied = Client::connect(addr);
+    let _ = denied
+        .sock
+        .write_all(b"1 open 30 relp_version=0\ncommands=syslog\n");
+    assert_eq!(denied.read(Duration::from_secs(5)), None);
+    assert!(
+        d.wait_stats(Duration::from_secs(10), |s| num(s, "conns_denied") == 1)
+            .is_some()
+    );
+    // 127.0.0.2 is: one session, and a second one is over the cap.
+    let from = |addr: SocketAddr| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        s.connect(&addr.into()).unwrap();
+        Client {
+            sock: s.into(),
+            next: 1,
+            buf: Vec::new(),
+        }
+    };
+    let mut first = from(addr);
+    first.send_command(Command::Open, b"relp_version=0\ncommands=syslog");
+    assert!(
+        first
+            .read(Duration::from_secs(5))
+            .unwrap()
+            .data
+            .starts_with(b"200 OK")
+    );
+    let mut second = from(addr);
+    let _ = second
+        .sock
+        .write_all(b"1 open 30 relp_version=0\ncommands=syslog\n");
+    assert_eq!(second.read(Duration::from_secs(5)), None);
+    assert!(
+        d.wait_stats(Duration::from_secs(10), |s| num(s, "conns_over_ip_limit")
+            == 1)
+            .is_some()
+    );
+    drop(first);
+    d.stop_balanced(Duration::from_secs(10));
+}
