@@ -801,7 +801,8 @@ fn overload_refuses_unanswered_and_loses_nothing() {
     );
     let d = Daemon::start(&relp_config(
         &sink,
-        "[queue]\ncapacity = 50\n[limits]\nsend_timeout = \"200ms\"\n",
+        "[queue]\ncapacity = 50\n[limits]\nsend_timeout = \"200ms\"\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n",
     ));
     let work = tempfile::tempdir().unwrap();
     let peer = omrelp(work.path(), relp_addr(&d), &[]);
@@ -836,5 +837,304 @@ fn overload_refuses_unanswered_and_loses_nothing() {
     );
     let last = d.stats_lines().pop().unwrap();
     assert_eq!(num(&last, "dropped_send_timeout"), 0, "{last:?}");
+    let scraped = support::metrics::scrape(support::metrics::metrics_addr(&d));
+    let metric = scraped
+        .get("floodwall_relp_refused_total")
+        .copied()
+        .unwrap_or(0.0);
+    assert!(
+        metric >= num(refused.as_ref().unwrap(), "relp_refused") as f64,
+        "metric {metric}"
+    );
     drop(peer);
+}
+
+/// 50 hostile sessions from a generator (bad numbers, letters where digits
+/// go, huge lengths, cut frames, binary junk, frames after close): each
+/// gets its error answer or is closed, none is delivered, and the
+/// daemon's threads come back to where they were.
+#[test]
+fn hostile_sessions_end_and_the_threads_come_back() {
+    let mut d = Daemon::start(&relp_config(
+        FILE_SINK,
+        "[limits]\nmax_connections = 8\nidle_timeout = \"1s\"\n",
+    ));
+    let addr = relp_addr(&d);
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let shapes: [fn(u64) -> Vec<u8>; 10] = [
+        |r| format!("{} syslog 3 abc\n", 10_000_000_000u64 + r % 1000).into_bytes(),
+        |r| format!("2 sys{}log 3 abc\n", r % 10).into_bytes(),
+        |r| format!("2 syslog {} ", 1_000_000 + r % 1_000_000).into_bytes(),
+        |r| format!("2 syslog 5 {}\n", "z".repeat(6 + (r % 20) as usize)).into_bytes(),
+        |r| {
+            (0..64)
+                .map(|i| ((r >> (i % 8)) as u8).wrapping_mul(i as u8 + 1))
+                .collect()
+        },
+        |_| b"2 syslog 0 \n".to_vec(),
+        |r| format!("{} rsp 6 200 OK\n", 2 + r % 3).into_bytes(),
+        |_| b"2 close 0\n3 syslog 2 hi\n".to_vec(),
+        |_| b"2 serverclose 0\n".to_vec(),
+        |r| format!("2 {} 0\n", "q".repeat(33 + (r % 5) as usize)).into_bytes(),
+    ];
+    for case in 0..50 {
+        let r = next();
+        let frame = shapes[case % shapes.len()](r);
+        let mut c = Client::open(addr);
+        c.sock.write_all(&frame).unwrap();
+        // An answer (500 or serverclose) or none, then the close: read
+        // to the end, bounded by the idle timeout's close.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(got) = c.read(deadline.saturating_duration_since(Instant::now())) {
+            assert!(
+                got.command == "serverclose"
+                    || got.data.starts_with(b"500 ")
+                    || got.data == b"200 OK",
+                "case {case} {:?}: {got:?}",
+                String::from_utf8_lossy(&frame)
+            );
+        }
+        assert!(Instant::now() < deadline, "case {case}: session not closed");
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || session_threads(d.pid()) == 0),
+        "{} session threads left after the hostile sessions",
+        session_threads(d.pid())
+    );
+    let last = d.stop_balanced(Duration::from_secs(10));
+    assert_eq!(
+        num(&last, "delivered"),
+        0,
+        "nothing hostile delivered: {last:?}"
+    );
+}
+
+/// Live RELP session threads (`fw-relp-<id>`) of process `pid`.
+fn session_threads(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("fw-relp-"))
+        .count()
+}
+
+#[test]
+fn config_errors_name_the_relp_keys_and_a_taken_port_is_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let bad = write("bad.toml", "[relp]\nlisten = \"nowhere\"\n");
+    let (code, _, err) = support::run_bin(&["--config", &bad, "--check-config"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("relp.listen"), "{err}");
+    let notls = write(
+        "notls.toml",
+        "[relp]\nlisten = \"127.0.0.1:0\"\ntls = true\n",
+    );
+    let (code, _, err) = support::run_bin(&["--config", &notls]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("relp.tls"), "{err}");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let busy = write(
+        "busy.toml",
+        &format!("[server]\nlisten = \"127.0.0.1:0\"\n[relp]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let (code, _, err) = support::run_bin(&["--config", &busy]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("relp.listen"), "{err}");
+}
+
+/// With the nats sink a message is answered only once JetStream stored
+/// it: every acked message is in the stream when its rsp arrives.
+#[test]
+fn nats_sink_answers_after_the_stream_ack() {
+    use support::nats::{NatsServer, stream_count};
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(dir.path(), "relp");
+    let urls = vec![nats.url()];
+    let sink = format!(
+        "type = \"nats\"\nservers = [{:?}]\nsubject = \"logs.relp\"\nstream = \"RELP\"",
+        urls[0]
+    );
+    let mut d = Daemon::start(&relp_config(&sink, ""));
+    let mut c = Client::open(relp_addr(&d));
+    let mut total = 0u64;
+    for round in 0..5 {
+        let sent = messages(&format!("nats{round}"), 200, 30);
+        let txnrs = c.send_all(&sent);
+        assert_eq!(c.acks(sent.len(), Duration::from_secs(30)), txnrs);
+        total += sent.len() as u64;
+        // Answered = stored: the stream already holds all of them.
+        assert!(stream_count(&urls, "RELP") >= total, "round {round}");
+    }
+    let last = d.stop_balanced(Duration::from_secs(20));
+    assert_eq!(num(&last, "delivered"), total);
+}
+
+/// rsyslog omrelp into floodwall with [spool]: kill -9 floodwall mid-run,
+/// start it again on the same port; omrelp resends what was not answered
+/// and the file ends up with every message at least once.
+#[test]
+fn rsyslog_omrelp_survives_a_kill_9_with_spool() {
+    const N: usize = 6000;
+    let keep = tempfile::tempdir().unwrap();
+    let out = keep.path().join("out.log");
+    let config = |relp: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[relp]\nlisten = \"{relp}\"\n\
+             [sink]\ntype = \"file\"\npath = \"{}\"\nflush_interval = \"10ms\"\n\
+             [spool]\ndir = \"{}\"\nsync = \"50ms\"\n[log]\nstats_interval = \"100ms\"\n",
+            out.display(),
+            keep.path().join("spool").display()
+        )
+    };
+    let first = Daemon::start(&config("127.0.0.1:0"));
+    let addr = relp_addr(&first);
+    let work = tempfile::tempdir().unwrap();
+    let peer = omrelp(work.path(), addr, &[]);
+    let sent = peers::payloads("omrelp-kill", N);
+    feed(peer.port, &sent);
+    assert!(
+        wait_until(Duration::from_secs(60), || peers::line_count(&out) >= N / 3),
+        "{} lines before the kill",
+        peers::line_count(&out)
+    );
+    assert!(
+        Process::new("kill")
+            .arg("-9")
+            .arg(first.pid().to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    drop(first);
+    // The port the first run was given, so omrelp finds the second.
+    let mut second = Daemon::start(&config(&addr.to_string()));
+    let want: HashSet<String> = sent.iter().cloned().collect();
+    let delivered = || lines_of(&out).into_iter().collect::<HashSet<_>>();
+    assert!(
+        wait_until(Duration::from_secs(60), || want.is_subset(&delivered())),
+        "{} of {N} missing after the restart; floodwall:\n{}\nrsyslog:\n{}",
+        want.difference(&delivered()).count(),
+        second.log_text(),
+        peer.internal_log()
+    );
+    drop(peer);
+    let lines = lines_of(&out).len();
+    eprintln!(
+        "{N} messages, {lines} lines: {} delivered twice (unanswered at the kill)",
+        lines - N
+    );
+    second.stop_balanced(Duration::from_secs(10));
+}
+
+/// One connection bound for both listeners: with two plain connections
+/// live and max_connections = 2, a RELP client is turned away (policy
+/// "reject"), and admitted once a plain one has gone.
+#[test]
+fn the_relp_listener_shares_max_connections_with_server() {
+    let mut d = Daemon::start(&relp_config(
+        FILE_SINK,
+        "[limits]\nmax_connections = 2\non_connection_limit = \"reject\"\n",
+    ));
+    let addr = relp_addr(&d);
+    let plain: Vec<TcpStream> = (0..2).map(|_| d.connect()).collect();
+    assert!(
+        d.wait_stats(Duration::from_secs(10), |s| num(s, "conns_active") == 2)
+            .is_some(),
+        "two plain connections live"
+    );
+    let mut refused = Client::connect(addr);
+    let asked = Instant::now();
+    let _ = refused
+        .sock
+        .write_all(b"1 open 30 relp_version=0\ncommands=syslog\n");
+    assert_eq!(
+        refused.read(Duration::from_secs(5)),
+        None,
+        "no answer: closed"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "closed at once, not timed out"
+    );
+    assert!(
+        d.wait_stats(Duration::from_secs(10), |s| num(s, "conns_rejected") == 1)
+            .is_some()
+    );
+    drop(plain);
+    assert!(
+        d.wait_stats(Duration::from_secs(10), |s| num(s, "conns_active") == 0)
+            .is_some()
+    );
+    let mut c = Client::open(addr);
+    let txnrs = c.send_all(&messages("admitted", 3, 5));
+    assert_eq!(c.acks(3, Duration::from_secs(10)), txnrs);
+    drop(c);
+    d.stop_balanced(Duration::from_secs(10));
+}
+
+/// `server.allow` and the per-IP cap hold on the RELP listener too.
+#[test]
+fn the_relp_listener_applies_allow_and_the_per_ip_cap() {
+    let mut d = Daemon::start(&relp_config(FILE_SINK, "").replace(
+        "[server]\nlisten = \"127.0.0.1:0\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.2/32\"]\nmax_connections_per_ip = 1\n",
+    ));
+    let addr = relp_addr(&d);
+    // 127.0.0.1 is not allowed: closed at accept, counted.
+    let mut denied = Client::connect(addr);
+    let _ = denied
+        .sock
+        .write_all(b"1 open 30 relp_version=0\ncommands=syslog\n");
+    assert_eq!(denied.read(Duration::from_secs(5)), None);
+    assert!(
+        d.wait_stats(Duration::from_secs(10), |s| num(s, "conns_denied") == 1)
+            .is_some()
+    );
+    // 127.0.0.2 is: one session, and a second one is over the cap.
+    let from = |addr: SocketAddr| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        s.connect(&addr.into()).unwrap();
+        Client {
+            sock: s.into(),
+            next: 1,
+            buf: Vec::new(),
+        }
+    };
+    let mut first = from(addr);
+    first.send_command(Command::Open, b"relp_version=0\ncommands=syslog");
+    assert!(
+        first
+            .read(Duration::from_secs(5))
+            .unwrap()
+            .data
+            .starts_with(b"200 OK")
+    );
+    let mut second = from(addr);
+    let _ = second
+        .sock
+        .write_all(b"1 open 30 relp_version=0\ncommands=syslog\n");
+    assert_eq!(second.read(Duration::from_secs(5)), None);
+    assert!(
+        d.wait_stats(Duration::from_secs(10), |s| num(s, "conns_over_ip_limit")
+            == 1)
+            .is_some()
+    );
+    drop(first);
+    d.stop_balanced(Duration::from_secs(10));
 }

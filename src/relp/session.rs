@@ -546,7 +546,7 @@ impl Session<'_, '_> {
         }
         self.reading = false;
         let deadline = Instant::now() + FAREWELL_WRITE;
-        while !self.out.is_empty() {
+        while self.write_out().is_ok() && !self.out.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || self.wait(Some(left), false).is_err() {
                 debug!(

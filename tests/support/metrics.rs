@@ -176,6 +176,7 @@ pub const TWINS: &[(&str, &str)] = &[
     ("queue_depth", "floodwall_queue_messages"),
     ("queue_capacity", "floodwall_queue_capacity_messages"),
     ("spool_bytes", "floodwall_spool_bytes"),
+    ("relp_refused", "floodwall_relp_refused_total"),
 ];
 
 /// Asserts that every twin of `stats` has the same value in `m`
