@@ -17,5 +17,5 @@ fi
 rm -rf target/assets
 target/release/floodwall --generate target/assets
 gzip -9n target/assets/floodwall.1
-cargo deb "${build[@]}" --output target/debian/ >&2
+cargo deb "${build[@]}" --strip --output target/debian/ >&2
 ls target/debian/floodwall_*.deb | tail -n1

@@ -170,6 +170,18 @@ mod tests {
     }
 
     #[test]
+    fn segments_are_created_0640_like_the_file_sink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        SegmentWriter::create(dir.path(), 1).unwrap();
+        let mode = fs::metadata(path(dir.path(), 1))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640, "{mode:o}");
+    }
+
+    #[test]
     fn appended_records_read_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = SegmentWriter::create(dir.path(), 7).unwrap();
