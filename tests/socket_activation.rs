@@ -4,7 +4,8 @@
 //! stopped by SIGTERM: five restarts. Clients keep opening connections,
 //! sending and closing the whole time. Not one connection is refused (they
 //! wait in the socket's backlog while the next process starts), and with
-//! `[spool]` every line sent reaches the file sink.
+//! `[spool]` every line sent reaches the file sink. A second passed socket,
+//! named `metrics`, serves /metrics in every round.
 
 mod support;
 
@@ -65,6 +66,8 @@ path = "{d}/out.log"
 flush_interval = "50ms"
 [spool]
 dir = "{d}/spool"
+[metrics]
+listen = "127.0.0.1:1"   # on: the passed socket named "metrics" serves it
 [log]
 stats_interval = "0s"
 [shutdown]
@@ -83,6 +86,13 @@ timeout = "5s"
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
+    let metrics_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
+    let metrics_listen = metrics.to_string();
     // Each round: a shell whose pid floodwall keeps (exec) sets LISTEN_PID.
     let script = format!(
         "for i in {}; do sh -c 'export LISTEN_PID=$$; exec \"$FW_BIN\" --config \"$FW_CONF\" --pid-file \"$FW_PID\"'; done",
@@ -95,7 +105,9 @@ timeout = "5s"
         .args([
             "-l",
             &addr,
-            "--fdname=server",
+            "-l",
+            &metrics_listen,
+            "--fdname=server:metrics",
             "-E",
             "PATH",
             "-E",
@@ -168,6 +180,11 @@ timeout = "5s"
                 read(&dir.path().join("daemon.log"))
             )
         });
+        let answer = support::metrics::get(metrics, "/metrics");
+        assert!(
+            answer.status == 200 && answer.body.contains("floodwall_messages_received_total"),
+            "round {round}: /metrics on the passed socket: {answer:?}"
+        );
         // Let this process deliver something before it is stopped.
         let len = read(&out).len();
         assert!(
