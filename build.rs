@@ -18,16 +18,25 @@ fn main() {
         .ok()
         .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
         .unwrap_or_else(|| "unknown".to_string());
-    // Rebuild when HEAD moves: HEAD itself (a branch switch) and the
-    // branch's ref (a commit). Paths come from git, so worktrees work too.
+    // Rebuild when HEAD moves: HEAD itself (a branch switch), its reflog
+    // and the branch's ref (a commit). Paths come from git, so worktrees
+    // work too.
     let branch = git(&["rev-parse", "--symbolic-full-name", "HEAD"]);
-    for file in ["HEAD"].into_iter().chain(branch.as_deref()) {
-        if let Some(p) = git(&["rev-parse", "--git-path", file]) {
-            println!("cargo:rerun-if-changed={p}");
-        }
+    // Only paths that exist: cargo reruns the script (and rebuilds the
+    // crate) every time for a missing one, e.g. a branch whose ref is
+    // packed.
+    let mut watch: Vec<String> = ["HEAD", "logs/HEAD"]
+        .into_iter()
+        .chain(branch.as_deref())
+        .filter_map(|file| git(&["rev-parse", "--git-path", file]))
+        .collect();
+    if let Some(dir) = git(&["rev-parse", "--git-common-dir"]) {
+        watch.push(format!("{dir}/packed-refs"));
     }
-    if let Some(p) = git(&["rev-parse", "--git-common-dir"]) {
-        println!("cargo:rerun-if-changed={p}/packed-refs");
+    for path in watch {
+        if std::path::Path::new(&path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
     }
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rustc-env=FLOODWALL_COMMIT={commit}");
