@@ -482,7 +482,15 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text)
+        Config::parse(&text).map_err(|e| match e {
+            // A syntax error (or an unknown table) names the file, not
+            // just "config".
+            ConfigError::Parse { path: p, message } if p == "config" => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            e => e,
+        })
     }
 
     /// Parses and validates TOML text.
@@ -993,11 +1001,17 @@ fn resolve(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
 }
 
 /// " (line N)" for a TOML syntax error at byte `span`.
+/// Where a syntax error is: line and column (both from 1) and the text
+/// of that line, so that the reader sees what the parser saw.
 fn at_line(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     match span {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!(" (line {line})")
+            let start = span.start.min(text.len());
+            let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+            let line = text[..start].matches('\n').count() + 1;
+            let column = text[line_start..start].chars().count() + 1;
+            let shown = text[line_start..].lines().next().unwrap_or("").trim_end();
+            format!(" (line {line}, column {column}: `{shown}`)")
         }
         None => String::new(),
     }

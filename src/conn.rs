@@ -210,6 +210,7 @@ pub fn serve(ctx: &ConnContext, stream: &mut Stream<'_>, peer: SocketAddr) -> (C
         bucket: (ctx.rate_per_connection > 0).then(|| Bucket::new(ctx.rate_per_connection)),
         run_ends: Vec::new(),
         shedding: false,
+        timed_out: 0,
         totals: Totals::default(),
     };
     let close = conn.run();
@@ -268,6 +269,9 @@ struct Connection<'a, 'b> {
     /// Policy "drop" and the last send timed out: drop without waiting
     /// until a send succeeds again.
     shedding: bool,
+    /// Messages of the batch whose send timed out under policy "close":
+    /// the warning adds what is unread at the close.
+    timed_out: u64,
     totals: Totals,
 }
 
@@ -573,6 +577,10 @@ impl Connection<'_, '_> {
                 let mut batch = self.ctx.queue.batch(range.len() + 1, self.peer);
                 batch.push(&self.buf[self.start + range.start..self.start + range.end]);
                 if let Some(close) = self.enqueue(batch) {
+                    if close == Close::SendTimeout {
+                        // Nothing is unread after EOF.
+                        self.warn_send_timeout(self.timed_out, true);
+                    }
                     return close;
                 }
             }
@@ -683,14 +691,12 @@ impl Connection<'_, '_> {
                 });
                 let close = self.ctx.on_send_timeout == OnSendTimeout::Close;
                 self.shedding = !close;
-                if let Some(s) = self.ctx.alerts.send_timeout.allow() {
-                    warn!(
-                        "send timeout: queue full for {:?}, dropped {n} messages peer={}{}{}",
-                        self.ctx.send_timeout,
-                        self.peer,
-                        if close { ", connection closed" } else { "" },
-                        suppressed(s)
-                    );
+                if close {
+                    // Warned as the connection closes, with what is
+                    // still unread then counted in (see `closing`).
+                    self.timed_out = n;
+                } else {
+                    self.warn_send_timeout(n, false);
                 }
                 close.then_some(Close::SendTimeout)
             }
@@ -726,11 +732,32 @@ impl Connection<'_, '_> {
     /// the peer already sent.
     fn closing(&mut self, close: Close) -> Close {
         match close {
-            Close::SendTimeout => self.count_unread(Unread::SendTimeout),
-            Close::Shutdown => self.count_unread(Unread::Shutdown),
+            Close::SendTimeout => {
+                let unread = self.count_unread(Unread::SendTimeout);
+                self.warn_send_timeout(self.timed_out + unread, true);
+            }
+            Close::Shutdown => {
+                self.count_unread(Unread::Shutdown);
+            }
             _ => {}
         }
         close
+    }
+
+    /// The send-timeout warning, naming every message the timeout cost
+    /// this connection: the batch that waited and, when it closes, what
+    /// it had sent that was still unread (all counted
+    /// `dropped_send_timeout`).
+    fn warn_send_timeout(&self, dropped: u64, closed: bool) {
+        if let Some(s) = self.ctx.alerts.send_timeout.allow() {
+            warn!(
+                "send timeout: queue full for {:?}, dropped {dropped} messages peer={}{}{}",
+                self.ctx.send_timeout,
+                self.peer,
+                if closed { ", connection closed" } else { "" },
+                suppressed(s)
+            );
+        }
     }
 
     /// Before closing with input left: frames what the peer already sent
@@ -738,7 +765,7 @@ impl Connection<'_, '_> {
     /// and counts it dropped, so that closing does not make those messages
     /// vanish uncounted. Bounded by `UNREAD_BUDGET` bytes and by what is
     /// readable without waiting (the socket is non-blocking).
-    fn count_unread(&mut self, why: Unread) {
+    fn count_unread(&mut self, why: Unread) -> u64 {
         let mut budget = UNREAD_BUDGET;
         let mut dropped = 0u64;
         let mut dropped_bytes = 0u64;
@@ -810,6 +837,7 @@ impl Connection<'_, '_> {
         });
         Stats::add(&stats.bytes_received, dropped_bytes);
         self.totals.messages += dropped;
+        dropped
     }
 
     /// Per-connection rate limit: how many messages may be framed now,

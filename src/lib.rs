@@ -28,9 +28,13 @@
 //! main turns that into an exit code. A panic in any floodwall thread
 //! fires the shutdown too ([`threads`]) and makes the exit code 1.
 
-#![forbid(unsafe_code)]
+// Denied, not forbidden: src/activation.rs owns the descriptors systemd
+// passes, by number, which only `unsafe` can express (its one block says
+// why it is sound).
+#![deny(unsafe_code)]
 
 pub mod access;
+pub mod activation;
 pub mod alerts;
 pub mod config;
 pub mod conn;
@@ -42,12 +46,14 @@ pub mod proxy;
 pub mod queue;
 pub mod rate;
 pub mod relp;
+pub mod rlimits;
 pub mod server;
 pub mod shutdown;
 pub mod sink;
 pub mod spool;
 pub mod stats;
 pub mod stream;
+pub mod systemd;
 pub mod threads;
 pub mod tls;
 pub mod tls_record;
@@ -95,9 +101,14 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot listen on {addr} (relp.listen): {source}")]
+    #[error("relp.listen: cannot listen on {addr}: {source}")]
     RelpBind {
         addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("metrics.listen: cannot listen on {addr}: {source}")]
+    MetricsBind {
+        addr: String,
         source: std::io::Error,
     },
     #[error("cannot open sink: {0}")]
@@ -120,6 +131,7 @@ impl Error {
             Error::Config(_) | Error::Tls(_) => 2,
             Error::Bind { .. }
             | Error::RelpBind { .. }
+            | Error::MetricsBind { .. }
             | Error::Sink(_)
             | Error::Spool(_)
             | Error::Thread { .. }
@@ -189,6 +201,37 @@ pub struct Daemon {
     /// Set after the drain (the endpoint serves through it): fw-metrics ends.
     metrics_stop: Arc<AtomicBool>,
     metrics_thread: Option<JoinHandle<()>>,
+    /// Set after the drain: fw-notify (under systemd only) ends.
+    notify_stop: Arc<AtomicBool>,
+    notify_thread: Option<JoinHandle<()>>,
+}
+
+/// `--check-config`'s look beyond the file: what start-up would fail on
+/// with exit 3. Binds the listener and the metrics port (and lets them
+/// go), opens the file sink's path for appending, and writes a file in
+/// the spool directory. A path that did not exist is left as it was.
+pub fn probe(config: &Config) -> Result<(), Error> {
+    let addr = config.listen_addr()?;
+    if addr.port() != 0 {
+        server::bind(addr, 1).map_err(|source| Error::Bind { addr, source })?;
+    }
+    if let Some(addr) = config.metrics_addr()?
+        && addr.port() != 0
+    {
+        metrics::bind(addr).map_err(|source| Error::MetricsBind {
+            addr: addr.to_string(),
+            source,
+        })?;
+    }
+    if config.sink.kind == config::SinkType::File
+        && let Some(path) = &config.sink.path
+    {
+        sink::FileSink::probe(path).map_err(Error::Sink)?;
+    }
+    if let Some(spool) = &config.spool {
+        spool::probe(&spool.dir).map_err(Error::Spool)?;
+    }
+    Ok(())
 }
 
 /// Runs a daemon until `shutdown` fires; returns how the drain went.
@@ -231,8 +274,16 @@ fn start_workers(
         None => None,
     };
     let addr = config.listen_addr()?;
-    let listener =
-        server::bind(addr, config.server.backlog).map_err(|source| Error::Bind { addr, source })?;
+    // A listener passed by the service manager (src/activation.rs) is
+    // used as it is; else floodwall binds its own.
+    let activated = activation::take(activation::SERVER);
+    let passed_server = activated.is_some();
+    let listener = match activated {
+        Some(socket) => server::adopt(socket, config.server.backlog)
+            .map_err(|source| Error::Bind { addr, source })?,
+        None => server::bind(addr, config.server.backlog)
+            .map_err(|source| Error::Bind { addr, source })?,
+    };
     let local_addr = listener
         .local_addr()
         .ok()
@@ -240,14 +291,30 @@ fn start_workers(
         .unwrap_or(addr);
     // Bound before any thread starts: a taken metrics port is exit 3.
     let metrics_listener = match config.metrics_addr()? {
-        Some(addr) => Some(metrics::bind(addr).map_err(|source| Error::Bind { addr, source })?),
+        Some(addr) => Some(match activation::take(activation::METRICS) {
+            Some(socket) => metrics::adopt(socket).map_err(|source| Error::MetricsBind {
+                addr: addr.to_string(),
+                source,
+            })?,
+            None => metrics::bind(addr).map_err(|source| Error::MetricsBind {
+                addr: addr.to_string(),
+                source,
+            })?,
+        }),
         None => None,
     };
     // The RELP listener, bound before any thread starts like the others.
+    let mut passed_relp = false;
     let relp_listener = match config.relp_addr()? {
         Some(addr) => Some(
-            server::bind(addr, config.server.backlog)
-                .map_err(|source| Error::RelpBind { addr, source })?,
+            match activation::take(activation::RELP) {
+                Some(socket) => {
+                    passed_relp = true;
+                    server::adopt(socket, config.server.backlog)
+                }
+                None => server::bind(addr, config.server.backlog),
+            }
+            .map_err(|source| Error::RelpBind { addr, source })?,
         ),
         None => None,
     };
@@ -255,6 +322,13 @@ fn start_workers(
         .as_ref()
         .and_then(|l| l.local_addr().ok())
         .and_then(|a| a.as_socket());
+    if passed_server {
+        info!("socket activation: server.listen is the passed socket {local_addr}");
+    }
+    for name in activation::leftover() {
+        log::warn!("socket activation: no listener is configured for the passed socket {name:?}");
+    }
+    rlimits::check(&config);
     let metrics_addr = metrics_listener
         .as_ref()
         .and_then(|l| l.local_addr().ok())
@@ -301,6 +375,7 @@ fn start_workers(
         .flush_interval
         .unwrap_or(Duration::from_secs(1))
         .min(Duration::from_millis(250));
+    let liveness = Arc::new(systemd::Liveness::new(sinks.len()));
     let mut sink_threads = Vec::new();
     for (n, sink) in sinks.into_iter().enumerate() {
         let ctx = SinkContext {
@@ -312,6 +387,8 @@ fn start_workers(
             abandon: abandon.clone(),
             shutdown: shutdown.clone(),
             spool: spool.as_ref().map(|(s, _)| s.clone()),
+            liveness: liveness.clone(),
+            worker: n,
         };
         let done = done_tx.clone();
         sink_threads.push(spawn(
@@ -368,7 +445,9 @@ fn start_workers(
                 limiter.clone(),
                 access.clone(),
                 panics.clone(),
-            );
+            )
+            // The watchdog vouches for the main accept loop only.
+            .passed(passed_relp);
             Some(spawn(
                 "fw-accept-relp".to_string(),
                 Box::new(move || acceptor.run()),
@@ -396,7 +475,9 @@ fn start_workers(
         limiter,
         access,
         panics.clone(),
-    );
+    )
+    .passed(passed_server)
+    .liveness(liveness.clone());
     let accept = spawn("fw-accept".to_string(), Box::new(move || acceptor.run()))?;
 
     // The periodic stats line.
@@ -437,7 +518,29 @@ fn start_workers(
         ),
         None => None,
     };
+    // Under a service manager: the watchdog's pings and the drain's status.
+    let notify_stop = Arc::new(AtomicBool::new(false));
+    let notify_thread = if systemd::supervised() {
+        Some(
+            systemd::Notifier {
+                liveness,
+                stats: stats.clone(),
+                depth: depth.clone(),
+                shutdown: shutdown.clone(),
+                stop: notify_stop.clone(),
+            }
+            .spawn(&panics)
+            .map_err(|source| Error::Thread {
+                name: "fw-notify",
+                source,
+            })?,
+        )
+    } else {
+        None
+    };
     Ok(Daemon {
+        notify_stop,
+        notify_thread,
         metrics_addr,
         metrics_stop,
         metrics_thread,
@@ -511,6 +614,7 @@ impl Daemon {
     pub fn wait(self) -> Report {
         self.shutdown.wait();
         self.wake.fire();
+        systemd::stopping(&systemd::drain_status(&self.stats, &self.depth));
         let deadline = self
             .shutdown
             .deadline(self.shutdown_timeout)
@@ -563,7 +667,21 @@ impl Daemon {
         if !panicked.is_empty() {
             error!("exiting 1: thread(s) panicked: {}", panicked.join(", "));
         }
+        // drained=true says nothing was lost; say too what the spool keeps.
+        let spooled = stats
+            .queue_depth
+            .saturating_sub(self.memory.in_memory() as u64);
+        if spooled > 0 {
+            info!(
+                "shutdown: {spooled} messages stay spooled on disk for the next start (not lost)"
+            );
+        }
         info!("shutdown drained={drained} lost={lost}");
+        self.notify_stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.notify_thread {
+            let _ = t.join(); // a panic was logged and recorded already
+        }
+        systemd::status(&format!("stopped: drained={drained} lost={lost}"));
         self.metrics_stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.metrics_thread {
             let _ = t.join(); // a panic was logged and recorded already

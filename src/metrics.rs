@@ -65,6 +65,12 @@ pub fn bind(addr: SocketAddr) -> io::Result<Socket> {
     crate::server::bind(addr, BACKLOG)
 }
 
+/// Takes the metrics listener passed by the service manager
+/// (`FileDescriptorName=metrics`, src/activation.rs).
+pub fn adopt(socket: Socket) -> io::Result<Socket> {
+    crate::server::adopt(socket, BACKLOG)
+}
+
 /// What the endpoint reads.
 pub struct Endpoint {
     /// Has a receive timeout ([`POLL`]), so accept() returns to look at

@@ -20,7 +20,10 @@
 //! At shutdown the loop closes the listener (new clients are refused at
 //! once, so a balancer sends them elsewhere), wakes every worker, and
 //! stays to join them until they have drained; at the drain deadline it
-//! aborts the queue so that no worker waits on it any longer.
+//! aborts the queue so that no worker waits on it any longer. A listener
+//! passed by the service manager is not ours to shrink: clients waiting
+//! in its backlog at shutdown stay there for the next process (a restart
+//! refuses nobody), so the loop neither drains nor resizes it.
 
 use std::collections::HashMap;
 use std::io;
@@ -44,6 +47,7 @@ use crate::proxy::{self, Header, ProxyError};
 use crate::queue::QueueDepth;
 use crate::stats::Stats;
 use crate::stream::Stream;
+use crate::systemd::Liveness;
 use crate::threads::{self, Panics};
 use crate::tls::{HandshakeEnd, ServerTls};
 
@@ -72,6 +76,17 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    socket.set_read_timeout(Some(POLL))?;
+    Ok(socket)
+}
+
+/// Takes a listening socket passed by the service manager
+/// (src/activation.rs): the configured backlog (listen(2) again only
+/// resizes the queue; clients already in it stay) and the same receive
+/// timeout as [`bind`].
+pub fn adopt(socket: Socket, backlog: u32) -> io::Result<Socket> {
+    socket.set_nonblocking(false)?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     socket.set_read_timeout(Some(POLL))?;
     Ok(socket)
@@ -120,6 +135,12 @@ pub struct Acceptor {
     backlog: usize,
     /// What the workers speak.
     protocol: Speaks,
+    /// The listener was passed by the service manager, which keeps it
+    /// open after we exit: clients still in its backlog at shutdown are
+    /// left there for the next process (src/activation.rs).
+    passed: bool,
+    /// Where the loop shows it is alive (the watchdog, src/systemd.rs).
+    liveness: Arc<Liveness>,
 }
 
 /// What a listener's connections speak.
@@ -206,12 +227,27 @@ impl Acceptor {
             next_id: 0,
             backlog: config.server.backlog as usize,
             protocol,
+            passed: false,
+            liveness: Arc::new(Liveness::new(0)),
         }
+    }
+
+    /// The listener came from the service manager: see `passed`.
+    pub fn passed(mut self, passed: bool) -> Acceptor {
+        self.passed = passed;
+        self
+    }
+
+    /// Beats `liveness` as the loop goes round.
+    pub fn liveness(mut self, liveness: Arc<Liveness>) -> Acceptor {
+        self.liveness = liveness;
+        self
     }
 
     /// The accept loop; returns at shutdown.
     pub fn run(mut self) {
         while !self.ctx.shutdown.is_triggered() {
+            self.liveness.accept_beat();
             self.reap();
             if !self.wait_below_watermark() {
                 break;
@@ -263,7 +299,9 @@ impl Acceptor {
             self.spawn(socket, peer, permit, slot);
         }
         self.ctx.wake.fire();
-        self.drain_backlog();
+        if !self.passed {
+            self.drain_backlog();
+        }
         // No new connections now: refuse them at once.
         self.listener = None;
         self.drain_workers();
@@ -484,6 +522,7 @@ impl Acceptor {
             if self.depth.get() < self.resume_below.max(1) {
                 break;
             }
+            self.liveness.accept_beat();
             if self.ctx.shutdown.wait_timeout(PAUSE_POLL) {
                 self.ctx.stats.accept_paused.store(false, Ordering::Relaxed);
                 return false;

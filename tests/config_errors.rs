@@ -1,7 +1,8 @@
 //! Acceptance 9 (issue 2) and SPEC.md's exit codes: a bad config or
 //! command line exits 2 with a message naming the key; `--check-config`
 //! prints the effective config and exits 0; `--version` and `--help` exit
-//! 0; a port in use or an unopenable file sink exits 3 at start-up.
+//! 0; a port in use, an unopenable file sink or spool exits 3 at start-up
+//! and at `--check-config`, which probes them.
 
 mod support;
 
@@ -103,7 +104,7 @@ fn check_config_prints_the_effective_config_and_exits_0() {
     let dir = tempfile::tempdir().expect("temp dir");
     let sink_path = dir.path().join("check.log");
     let toml = format!(
-        "[limits]\nmax_connections = 7\n[sink]\ntype = \"file\"\npath = \"{}\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_connections = 7\n[sink]\ntype = \"file\"\npath = \"{}\"\n",
         sink_path.display()
     );
     let (code, out, err) = run_config(dir.path(), &toml, &["--check-config"]);
@@ -127,9 +128,10 @@ fn check_config_prints_the_effective_config_and_exits_0() {
         Some("1s"),
         "{out}"
     );
+    // (Port 0: --check-config binds the port to probe it.)
     assert_eq!(
-        parsed["server"]["listen"].as_str(),
-        Some("127.0.0.1:5140"),
+        parsed["server"]["backlog"].as_integer(),
+        Some(1024),
         "{out}"
     );
     assert_eq!(
@@ -137,7 +139,10 @@ fn check_config_prints_the_effective_config_and_exits_0() {
         Some(65536),
         "{out}"
     );
-    assert!(!sink_path.exists(), "--check-config opened the sink");
+    assert!(
+        !sink_path.exists(),
+        "--check-config left the sink file it probed"
+    );
     assert!(
         !err.contains("listening addr="),
         "--check-config started the daemon: {err}"
@@ -154,12 +159,27 @@ fn version_and_help_exit_0_and_a_bad_flag_exits_2() {
     let (code, out, _) = run(&["--version"]);
     assert_eq!(code, 0);
     assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
+    assert!(
+        out.contains("(commit "),
+        "--version names the commit: {out}"
+    );
     let (code, out, _) = run(&["--help"]);
     assert_eq!(code, 0);
     assert!(
         out.contains("--config") && out.contains("--check-config"),
         "{out}"
     );
+    // Each flag with an example, and a section of whole commands.
+    for flag in ["--config", "--check-config", "--print", "--pid-file"] {
+        assert!(
+            out.lines()
+                .skip_while(|l| !l.trim_start().starts_with(flag))
+                .take(3)
+                .any(|l| l.contains("Example: ")),
+            "{flag} has no example:\n{out}"
+        );
+    }
+    assert!(out.contains("Examples:"), "{out}");
     let (code, _, err) = run(&["--no-such-flag"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--no-such-flag"), "{err}");
@@ -195,5 +215,88 @@ fn an_unopenable_file_sink_exits_3() {
     assert!(
         err.contains("out.log"),
         "stderr does not name the path: {err}"
+    );
+}
+
+/// `--check-config` probes what start-up would fail on with exit 3, and
+/// says so with the same exit code and message: before, it returned 0
+/// and the unit's start failed later.
+#[test]
+fn check_config_exits_3_for_a_port_in_use_an_unwritable_sink_or_a_spool_that_is_a_file() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let toml = format!("[server]\nlisten = \"{addr}\"\n[sink]\ntype = \"null\"\n");
+    let (code, _, err) = run_config(dir.path(), &toml, &["--check-config"]);
+    assert_eq!(code, 3, "port in use: {err}");
+    assert!(err.contains(&addr.to_string()), "{err}");
+
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"{addr}\"\n[sink]\ntype = \"null\"\n"
+    );
+    let (code, _, err) = run_config(dir.path(), &toml, &["--check-config"]);
+    assert_eq!(code, 3, "metrics port in use: {err}");
+    assert!(err.contains("metrics.listen"), "names the key: {err}");
+
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[sink]\ntype = \"file\"\npath = \"{}\"\n",
+        dir.path().join("no/such/dir/out.log").display()
+    );
+    let (code, _, err) = run_config(dir.path(), &toml, &["--check-config"]);
+    assert_eq!(code, 3, "unopenable sink: {err}");
+    assert!(err.contains("out.log"), "{err}");
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[sink]\ntype = \"null\"\n[spool]\ndir = \"{}\"\n",
+        file.display()
+    );
+    for extra in [&["--check-config"][..], &[]] {
+        let (code, _, err) = run_config(dir.path(), &toml, extra);
+        assert_eq!(code, 3, "{extra:?} spool dir is a file: {err}");
+        assert!(
+            err.contains("spool.dir") && err.contains("not a directory"),
+            "{extra:?}: {err}"
+        );
+    }
+}
+
+/// A TOML syntax error names the file, the line and column, and shows
+/// the line.
+#[test]
+fn a_syntax_error_names_the_file_line_column_and_text() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (code, _, err) = run_config(
+        dir.path(),
+        "[server]\nlisten = 1.2.3\n",
+        &["--check-config"],
+    );
+    assert_eq!(code, 2, "{err}");
+    let file = dir.path().join("floodwall.toml");
+    assert!(
+        err.contains(&file.display().to_string()),
+        "names the file: {err}"
+    );
+    assert!(err.contains("line 2, column 13"), "line and column: {err}");
+    assert!(err.contains("`listen = 1.2.3`"), "shows the text: {err}");
+}
+
+/// A busy metrics port is named as such at start-up, not like the main
+/// listener's.
+#[test]
+fn a_busy_metrics_port_names_metrics_listen() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"{addr}\"\n[sink]\ntype = \"null\"\n"
+    );
+    let (code, _, err) = run_config(dir.path(), &toml, &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("metrics.listen") && err.contains(&addr.to_string()),
+        "{err}"
     );
 }

@@ -44,6 +44,15 @@ fn a_shutdown_keeps_the_spool_and_the_next_start_delivers_it() {
     assert_eq!(num(&last, "queue_depth"), N as u64, "what stays spooled");
     assert_eq!(num(&last, "delivered"), 0);
     assert!(d.log_text().contains("shutdown drained=true lost=0"));
+    // drained=true alone reads as "all delivered": the line before it says
+    // what stays on disk.
+    assert!(
+        d.log_text().contains(&format!(
+            "shutdown: {N} messages stay spooled on disk for the next start (not lost)"
+        )),
+        "log:\n{}",
+        d.log_text()
+    );
 
     let collector = Collector::start(1 << 16, 0);
     let mut d = Daemon::start(&config(&tcp_sink(collector.addr), spool.path(), ""));

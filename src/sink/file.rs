@@ -39,6 +39,20 @@ impl FileSink {
     }
 }
 
+impl FileSink {
+    /// Whether the path can be opened for appending (`--check-config`);
+    /// a file this creates is removed again.
+    pub fn probe(path: &Path) -> io::Result<()> {
+        let existed = path.exists();
+        open_append(path)?;
+        if !existed {
+            std::fs::remove_file(path)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
+}
+
 fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .append(true)

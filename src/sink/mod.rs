@@ -45,6 +45,7 @@ use crate::queue::{Batch, QueueReceiver};
 use crate::shutdown::{Reopen, Shutdown};
 use crate::spool::{Spool, Taken};
 use crate::stats::Stats;
+use crate::systemd::Liveness;
 
 pub use file::FileSink;
 pub use nats::NatsSink;
@@ -193,6 +194,10 @@ pub struct SinkContext {
     /// With `[spool]`: read from it instead of the queue (the spool
     /// writer is then the queue's only reader).
     pub spool: Option<Arc<Spool>>,
+    /// Where this thread shows it is not wedged in a write (the
+    /// watchdog, src/systemd.rs), and its index there.
+    pub liveness: Arc<Liveness>,
+    pub worker: usize,
 }
 
 /// The sink thread body.
@@ -344,7 +349,9 @@ fn write_all(
     let mut warned = false;
     loop {
         let started = Instant::now();
+        ctx.liveness.write_begins(ctx.worker);
         let result = sink.write(batches);
+        ctx.liveness.write_ends(ctx.worker);
         ctx.stats.sink_write.observe(started.elapsed());
         Stats::add(&ctx.stats.relp_resent, sink.take_resent());
         health.set(result.is_ok());

@@ -165,6 +165,27 @@ pub enum Taken {
     Closed,
 }
 
+/// Whether `dir` can hold the spool (`--check-config`): it is (or can be
+/// made) a directory where files can be created. The probe file is
+/// removed; a directory this creates stays (start-up would make it too).
+pub fn probe(dir: &Path) -> io::Result<()> {
+    let with_path = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", dir.display()));
+    if dir.exists() && !dir.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("spool.dir: {} exists and is not a directory", dir.display()),
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(with_path)?;
+    let file = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&file)
+        .map_err(with_path)?;
+    std::fs::remove_file(&file).map_err(with_path)
+}
+
 /// Opens the spool in `settings.dir`: creates the directory, recovers
 /// what the last run left (counting `recovered` and `spool_corrupt`),
 /// and starts a new segment. An error here is an unusable directory
@@ -172,6 +193,13 @@ pub enum Taken {
 pub fn open(settings: Settings, stats: Arc<Stats>) -> io::Result<(Arc<Spool>, SpoolWriter)> {
     let dir = settings.dir.clone();
     let with_path = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", dir.display()));
+    // create_dir_all on a path that is a file says only "File exists".
+    if dir.exists() && !dir.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("spool.dir: {} exists and is not a directory", dir.display()),
+        ));
+    }
     std::fs::create_dir_all(&dir).map_err(with_path)?;
     // Before any segment exists: no record is named under a lost identity.
     let id = identity::load_or_create(&dir).map_err(with_path)?;

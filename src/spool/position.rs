@@ -19,6 +19,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::queue::SpoolPos;
@@ -71,6 +72,7 @@ impl PositionFile {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(super::segment::SPOOL_FILE_MODE)
             .open(&path)?;
         let mut best: Option<(u64, SpoolPos)> = None;
         for slot in 0..2 {

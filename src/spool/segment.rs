@@ -13,6 +13,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::record::{self, Parsed};
@@ -55,13 +56,18 @@ pub struct SegmentWriter {
     pub len: u64,
 }
 
+/// Mode of every file the spool creates (segments, position, identity).
+pub const SPOOL_FILE_MODE: u32 = 0o640;
+
 impl SegmentWriter {
     /// Creates segment `seq` (which must not exist). The directory entry
     /// is made durable by the caller's next directory sync.
     pub fn create(dir: &Path, seq: u64) -> io::Result<SegmentWriter> {
+        // 0640, as the file sink's output: messages are not for everyone.
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(SPOOL_FILE_MODE)
             .open(path(dir, seq))?;
         Ok(SegmentWriter { seq, file, len: 0 })
     }
@@ -161,6 +167,18 @@ mod tests {
             b.push(m.as_bytes());
         }
         b
+    }
+
+    #[test]
+    fn segments_are_created_0640_like_the_file_sink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        SegmentWriter::create(dir.path(), 1).unwrap();
+        let mode = fs::metadata(path(dir.path(), 1))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640, "{mode:o}");
     }
 
     #[test]

@@ -114,12 +114,19 @@ impl Daemon {
     }
 
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Daemon {
+        Daemon::start_in_env(dir, config, &[])
+    }
+
+    /// Like [`Daemon::start_in`], with extra environment variables
+    /// (NOTIFY_SOCKET, WATCHDOG_USEC, ...).
+    pub fn start_in_env(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Daemon {
         let config = config.replace("{dir}", &dir.path().display().to_string());
         let path = dir.path().join("floodwall.toml");
         std::fs::write(&path, config).expect("write config");
         let mut child = Command::new(bin())
             .arg("--config")
             .arg(&path)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
