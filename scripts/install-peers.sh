@@ -6,8 +6,7 @@
 #     because the Debian packages rsyslog and syslog-ng-core conflict), plus its
 #     runtime libraries (apt); also provides `loggen`
 #   - socat and util-linux `logger`
-#   - rsyslog-openssl (TLS driver), rsyslog-relp (imrelp, omrelp), nats-server,
-#     haproxy, prometheus + promtool,
+#   - rsyslog-openssl (TLS driver), rsyslog-relp (omrelp/imrelp), nats-server, haproxy, prometheus + promtool,
 #     openssl (apt; their services are never started)
 #
 # Idempotent: a second run does nothing but check. Quiet on success (one summary
@@ -147,14 +146,13 @@ logger --help 2>&1 | grep -q -- '--octet-count' || die "logger is not util-linux
 # packages may try to start system services: policy-rc.d blocks that, and
 # the tests run their own instances in the foreground.
 block_service_start
-apt_install rsyslog-openssl nats-server haproxy prometheus openssl
+apt_install rsyslog-openssl rsyslog-relp nats-server haproxy prometheus openssl
 for b in nats-server haproxy prometheus promtool openssl; do
     command -v "$b" >/dev/null 2>&1 || die "$b not found after install"
 done
 ls /usr/lib/*/rsyslog/lmnsd_ossl.so >/dev/null 2>&1 || die "rsyslog ossl driver (lmnsd_ossl.so) not found after install"
 # rsyslog-relp: imrelp and omrelp (librelp), the RELP peers of the relp
 # listener and relp sink tests.
-apt_install rsyslog-relp
 ls /usr/lib/*/rsyslog/imrelp.so /usr/lib/*/rsyslog/omrelp.so >/dev/null 2>&1 || die "rsyslog-relp (imrelp.so, omrelp.so) not found after install"
 # A service started anyway (no policy-rc.d honoured): stop it, our tests
 # bind their own ports and must not share a machine-wide instance.
@@ -217,5 +215,5 @@ grep -q -- '--stream' <<<"$lg_out" || die "loggen cannot load its plugins: $lg_o
 rs_ver=$(/usr/sbin/rsyslogd -v 2>/dev/null | head -n1 | awk '{print $2}' | tr -d ,)
 
 elapsed=$(awk -v s="$START_TS" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}')
-echo "install-peers: ok in ${elapsed}s (rsyslogd ${rs_ver}, syslog-ng $(awk -F": " "/^Installer-Version/{print \$2}" <<<"$ver_out") in $SNG_DIR, socat, logger, rsyslog-openssl, nats-server, haproxy, prometheus, openssl)"
+echo "install-peers: ok in ${elapsed}s (rsyslogd ${rs_ver}, syslog-ng $(awk -F": " "/^Installer-Version/{print \$2}" <<<"$ver_out") in $SNG_DIR, socat, logger, rsyslog-openssl, rsyslog-relp, nats-server, haproxy, prometheus, openssl)"
 rm -f "$LOG"

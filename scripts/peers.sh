@@ -13,6 +13,7 @@
 #   scripts/peers.sh start-syslogng-tls-file    PORT OUT WORKDIR CA CERT KEY
 #   scripts/peers.sh start-syslogng-tls-forward PORT TARGET_PORT WORKDIR CA CERT KEY
 #   scripts/peers.sh start-rsyslog-relp-file    PORT OUT WORKDIR [CA CERT KEY]
+#   scripts/peers.sh start-rsyslog-relp-forward PORT TARGET_PORT WORKDIR [CA CERT KEY [PEER_NAME]]
 #   scripts/peers.sh stop                   PID|PIDFILE|PEERDIR
 #   scripts/peers.sh peer-bin               [rsyslogd|syslog-ng|loggen|syslog-ng-ctl]
 #   scripts/peers.sh loggen                 LOGGEN-ARGS...   (loggen with its env set)
@@ -40,6 +41,12 @@
 # that chains to CA (authmode certvalid).
 # FLOODWALL_RSYSLOG_RELP_QUEUE=memory (benchmarks) uses rsyslog's default
 # in-memory main queue instead: faster, but an ack no longer means written.
+#
+# start-rsyslog-relp-forward reads plain TCP on PORT and forwards with
+# omrelp (librelp, rsyslog-relp) to 127.0.0.1:TARGET_PORT; with CA CERT KEY
+# over TLS (tls="on", tls.tlslib="openssl", mutual: its own certificate,
+# the server's name checked against PEER_NAME, default localhost). Env
+# FLOODWALL_RELP_WINDOW sets omrelp's windowSize (default 128).
 #
 # start-* print the daemon's pid on stdout once its port accepts connections
 # (bounded wait, FLOODWALL_PEER_START_TIMEOUT, default 10 s); on failure they
@@ -531,6 +538,36 @@ EOF
     _peers_launch_syslogng "$dir" "$port"
 }
 
+peers_start_rsyslog_relp_forward() {
+    _peers_check_args start-rsyslog-relp-forward 3 "$@" || return
+    local port="$1" tport="$2" dir tls="" name="${7:-localhost}"
+    local window="${FLOODWALL_RELP_WINDOW:-128}"
+    [[ $tport =~ ^[0-9]+$ ]] || { _peers_err "start-rsyslog-relp-forward: bad target port '$tport'"; return 2; }
+    if [[ -n ${4:-} ]]; then
+        local ca cert key f
+        ca="$(_peers_abs "$4")"; cert="$(_peers_abs "${5:-}")"; key="$(_peers_abs "${6:-}")"
+        for f in "$ca" "$cert" "$key"; do
+            [[ -r $f ]] || { _peers_err "cannot read $f"; return 1; }
+        done
+        tls="tls=\"on\" tls.tlslib=\"openssl\" tls.caCert=\"$ca\" tls.myCert=\"$cert\" tls.myPrivKey=\"$key\" tls.authMode=\"name\" tls.permittedPeer=[\"$name\"]"
+    fi
+    dir="$(_peers_mkdir rsyslog-relp-forward "$port" "$3")" || return 1
+    local conf="$dir/rsyslog.conf"
+    {
+        _peers_rsyslog_head "$dir" "$port"
+        cat <<EOF
+module(load="omrelp")
+template(name="floodwall_fwd_raw" type="string" string="%rawmsg%")
+ruleset(name="in") {
+  action(type="omrelp" target="127.0.0.1" port="$tport" template="floodwall_fwd_raw"
+         windowSize="$window" $tls
+         action.resumeRetryCount="-1" action.resumeInterval="1")
+}
+EOF
+    } >"$conf"
+    _peers_launch "$dir" "$port" "$(peers_peer_bin rsyslogd)" -n -f "$conf" -i "$dir/pid"
+}
+
 _peers_usage() {
     sed -n '2,/^$/p' "$_PEERS_SELF" | sed 's/^# \{0,1\}//' >&2
 }
@@ -540,7 +577,7 @@ peers() {
     [[ -n $cmd ]] || { _peers_usage; return 2; }
     shift
     case "$cmd" in
-        start-rsyslog-file|start-rsyslog-forward|start-syslogng-file|start-rsyslog-tls-forward|start-rsyslog-tls-file|start-rsyslog-relp-file|start-syslogng-tls-forward|start-syslogng-tls-file|stop|peer-bin|loggen|free-port|wait-port|wait-lines)
+        start-rsyslog-file|start-rsyslog-forward|start-syslogng-file|start-rsyslog-tls-forward|start-rsyslog-tls-file|start-rsyslog-relp-file|start-rsyslog-relp-forward|start-syslogng-tls-forward|start-syslogng-tls-file|stop|peer-bin|loggen|free-port|wait-port|wait-lines)
             "peers_${cmd//-/_}" "$@" ;;
         -h|--help|help) _peers_usage ;;
         *) _peers_err "unknown command '$cmd'"; _peers_usage; return 2 ;;

@@ -90,6 +90,10 @@ pub struct Alerts {
     pub sink_recovered: Throttle,
     pub sink_reopen: Throttle,
     pub sink_gone: Throttle,
+    /// RELP: messages refused for want of room (the session is closed).
+    pub relp_refused: Throttle,
+    /// RELP: a frame or command the protocol does not allow.
+    pub relp_protocol: Throttle,
 }
 
 #[cfg(test)]

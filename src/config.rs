@@ -47,6 +47,9 @@ pub struct Config {
     /// Present = a disk spool between the queue and the sink.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spool: Option<SpoolConfig>,
+    /// Present = a RELP listener beside `[server]`'s (docs/relp.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relp: Option<RelpConfig>,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
@@ -294,6 +297,37 @@ impl Default for SinkConfig {
             window: None,
             tls: None,
         }
+    }
+}
+
+/// `[relp]`: a table present only when the RELP listener is wanted. It
+/// shares `[limits]` (connections, timeouts), `server.allow` and the per-IP
+/// cap with the main listener; `tls = true` takes `[server.tls]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelpConfig {
+    /// "host:port"; port 0 picks a free port. Required.
+    pub listen: String,
+    /// Speak TLS with `[server.tls]`'s certificate and client checks.
+    pub tls: bool,
+}
+
+impl RelpConfig {
+    fn validate(&self, server: &ServerConfig) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(invalid(
+                "relp.listen",
+                "\"\" is not an address; allowed: \"host:port\" such as \"127.0.0.1:2514\" (leave out [relp] to turn RELP off)",
+            ));
+        }
+        resolve("relp.listen", &self.listen)?;
+        if self.tls && server.tls.is_none() {
+            return Err(invalid(
+                "relp.tls",
+                "true but there is no [server.tls]; allowed: false, or true with a [server.tls] table (cert, key)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -581,6 +615,9 @@ impl Config {
         if let Some(spool) = &self.spool {
             spool.validate()?;
         }
+        if let Some(relp) = &self.relp {
+            relp.validate(&self.server)?;
+        }
         self.metrics_addr()?;
         Ok(self)
     }
@@ -605,6 +642,14 @@ impl Config {
         match self.metrics.listen.as_str() {
             "" => Ok(None),
             listen => resolve("metrics.listen", listen).map(Some),
+        }
+    }
+
+    /// The RELP listener's address, resolved; None when it is off.
+    pub fn relp_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match &self.relp {
+            None => Ok(None),
+            Some(relp) => resolve("relp.listen", &relp.listen).map(Some),
         }
     }
 
@@ -1389,6 +1434,21 @@ mod tests {
         );
         let e = err("[sink]\ntype = \"stdout\"\n[sink.tls]\nca = \"ca.pem\"\n");
         assert!(e.starts_with("sink.tls:"), "{e}");
+    }
+
+    #[test]
+    fn relp_is_off_by_default_and_validated() {
+        assert_eq!(Config::parse("").unwrap().relp, None);
+        let c = Config::parse("[relp]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+        assert_eq!(c.relp_addr().unwrap(), Some("127.0.0.1:0".parse().unwrap()));
+        let e = err("[relp]\n");
+        assert!(e.starts_with("relp.listen:"), "{e}");
+        let e = err("[relp]\nlisten = \"2514\"\n");
+        assert!(e.starts_with("relp.listen:"), "{e}");
+        let e = err("[relp]\nlisten = \"127.0.0.1:0\"\ntls = true\n");
+        assert!(e.starts_with("relp.tls:"), "{e}");
+        let e = err("[relp]\nlisten = \"127.0.0.1:0\"\nwindow = 3\n");
+        assert!(e.contains("window"), "{e}");
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub enum Close {
 
 impl Close {
     /// The stats counter of connections closed for this reason.
-    fn counter(self, stats: &Stats) -> &AtomicU64 {
+    pub(crate) fn counter(self, stats: &Stats) -> &AtomicU64 {
         match self {
             Close::Eof => &stats.closed_eof,
             Close::Idle => &stats.closed_idle,

@@ -66,10 +66,12 @@ pub use shutdown::{Reopen, Shutdown};
 pub use sink::Sink;
 pub use stats::Snapshot;
 
+use access::Access;
 use alerts::Alerts;
 use conn::ConnContext;
+use limiter::Limiter;
 use queue::QueueDepth;
-use server::Acceptor;
+use server::{Acceptor, Speaks};
 use sink::SinkContext;
 use stats::Stats;
 use threads::Panics;
@@ -92,6 +94,11 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen on {addr} (relp.listen): {source}")]
+    RelpBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot open sink: {0}")]
     Sink(std::io::Error),
     #[error("cannot use the spool directory: {0}")]
@@ -111,6 +118,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Tls(_) => 2,
             Error::Bind { .. }
+            | Error::RelpBind { .. }
             | Error::Sink(_)
             | Error::Spool(_)
             | Error::Thread { .. }
@@ -165,6 +173,9 @@ pub struct Daemon {
     /// Threads that panicked; shared with every spawned thread.
     panics: Panics,
     accept: JoinHandle<()>,
+    /// The RELP listener's accept loop, with `[relp]`.
+    relp_accept: Option<JoinHandle<()>>,
+    relp_addr: Option<SocketAddr>,
     stats_thread: Option<JoinHandle<()>>,
     /// Every sink thread holds a sender; all dropped = all sinks done.
     sinks_done: crossbeam_channel::Receiver<()>,
@@ -231,6 +242,18 @@ fn start_workers(
         Some(addr) => Some(metrics::bind(addr).map_err(|source| Error::Bind { addr, source })?),
         None => None,
     };
+    // The RELP listener, bound before any thread starts like the others.
+    let relp_listener = match config.relp_addr()? {
+        Some(addr) => Some(
+            server::bind(addr, config.server.backlog)
+                .map_err(|source| Error::RelpBind { addr, source })?,
+        ),
+        None => None,
+    };
+    let relp_local = relp_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .and_then(|a| a.as_socket());
     let metrics_addr = metrics_listener
         .as_ref()
         .and_then(|l| l.local_addr().ok())
@@ -313,7 +336,45 @@ fn start_workers(
     };
     drop(rx);
 
-    // The accept loop, which spawns one worker per connection.
+    // The accept loops, which spawn one worker per connection. Both
+    // listeners share one connection bound and one per-IP count.
+    let limiter = Limiter::new(config.limits.max_connections);
+    let access = Arc::new(Access::new(&config.server));
+    let relp_accept = match relp_listener {
+        Some(listener) => {
+            let mut ctx = ConnContext::new(
+                &config,
+                tx.clone(),
+                stats.clone(),
+                alerts.clone(),
+                shutdown.clone(),
+                wake.clone(),
+            );
+            ctx.proxy_header_timeout = None;
+            let relp_tls = config
+                .relp
+                .as_ref()
+                .is_some_and(|r| r.tls)
+                .then(|| tls.clone())
+                .flatten();
+            let acceptor = Acceptor::new(
+                &config,
+                Speaks::Relp,
+                listener,
+                memory.clone(),
+                Arc::new(ctx),
+                relp_tls,
+                limiter.clone(),
+                access.clone(),
+                panics.clone(),
+            );
+            Some(spawn(
+                "fw-accept-relp".to_string(),
+                Box::new(move || acceptor.run()),
+            )?)
+        }
+        None => None,
+    };
     let ctx = Arc::new(ConnContext::new(
         &config,
         tx,
@@ -326,10 +387,13 @@ fn start_workers(
     // spool absorbs must not pause accepting.
     let acceptor = Acceptor::new(
         &config,
+        Speaks::Plain,
         listener,
         memory.clone(),
         ctx,
         tls.clone(),
+        limiter,
+        access,
         panics.clone(),
     );
     let accept = spawn("fw-accept".to_string(), Box::new(move || acceptor.run()))?;
@@ -351,6 +415,9 @@ fn start_workers(
     };
 
     info!("listening addr={local_addr}");
+    if let Some(addr) = relp_local {
+        info!("relp listening addr={addr}");
+    }
     let metrics_stop = Arc::new(AtomicBool::new(false));
     let metrics_thread = match metrics_listener {
         Some(listener) => Some(
@@ -385,6 +452,8 @@ fn start_workers(
         wake,
         panics,
         accept,
+        relp_accept,
+        relp_addr: relp_local,
         stats_thread,
         sinks_done,
         sink_threads,
@@ -397,6 +466,11 @@ impl Daemon {
     /// The address actually bound (the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The RELP listener's bound address, with `[relp]`.
+    pub fn relp_addr(&self) -> Option<SocketAddr> {
+        self.relp_addr
     }
 
     /// The metrics endpoint's bound address, when `metrics.listen` is set.
@@ -449,6 +523,9 @@ impl Daemon {
         // A panic was logged by the hook and recorded by its guard
         // (src/threads.rs): it shows in `panicked` below.
         let _ = self.accept.join();
+        if let Some(t) = self.relp_accept {
+            let _ = t.join();
+        }
         let sinks_finished = matches!(
             self.sinks_done.recv_deadline(deadline),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected)

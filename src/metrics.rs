@@ -385,6 +385,12 @@ pub fn render(out: &mut String, s: &Snapshot, extra: &Extra) {
         ],
     );
     f.one(
+        "floodwall_relp_refused_total",
+        "counter",
+        "RELP messages refused (no room within send_timeout): never acknowledged, resent by the client; not received, not dropped (stats relp_refused).",
+        s.relp_refused,
+    );
+    f.one(
         "floodwall_messages_recovered_total",
         "counter",
         "Messages replayed from the spool at start (stats recovered).",
@@ -609,6 +615,7 @@ mod tests {
             "floodwall_messages_dropped_total{reason=\"send_timeout\"} 0",
             "floodwall_messages_dropped_total{reason=\"shutdown\"} 0",
             "# TYPE floodwall_messages_recovered_total counter",
+            "# TYPE floodwall_relp_refused_total counter",
             "# TYPE floodwall_relp_resent_total counter",
             "# TYPE floodwall_bytes_received_total counter",
             "# TYPE floodwall_bytes_delivered_total counter",

@@ -35,6 +35,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use crate::relp::ack::Ack;
 use parking_lot::{Condvar, Mutex};
 
 /// Messages of one read, stored back to back, each followed by LF so that
@@ -51,6 +53,9 @@ pub struct Batch {
     /// Where the batch sits in the disk spool, for a batch read back from
     /// it (None otherwise): a stable name for its messages across restarts.
     origin: Option<SpoolPos>,
+    /// A RELP session's acknowledgement, fired by whoever makes the batch
+    /// durable (src/relp/ack.rs); None for plain TCP.
+    ack: Option<Ack>,
 }
 
 /// A record's place in the spool: segment number and byte offset. With the
@@ -74,6 +79,7 @@ impl Batch {
             ends: Vec::with_capacity(messages),
             peer: None,
             origin: None,
+            ack: None,
         }
     }
 
@@ -93,6 +99,7 @@ impl Batch {
             ends,
             peer: None,
             origin: None,
+            ack: None,
         })
     }
 
@@ -108,6 +115,29 @@ impl Batch {
 
     pub fn set_origin(&mut self, origin: Option<SpoolPos>) {
         self.origin = origin;
+    }
+
+    /// Attaches a RELP session's acknowledgement.
+    pub fn set_ack(&mut self, ack: Ack) {
+        self.ack = Some(ack);
+    }
+
+    /// Whether a RELP client waits for this batch's acknowledgement.
+    pub fn has_ack(&self) -> bool {
+        self.ack.is_some()
+    }
+
+    /// Takes the acknowledgement to fire once the batch is durable (or,
+    /// with a spool, to hand to the sync that will make it so).
+    pub fn take_ack(&mut self) -> Option<Ack> {
+        self.ack.take()
+    }
+
+    /// Fires the acknowledgement, if any: the batch is durable.
+    pub fn acknowledge(&mut self) {
+        if let Some(ack) = self.ack.take() {
+            ack.fire();
+        }
     }
 
     /// The client that sent these messages, if known.
@@ -182,6 +212,7 @@ impl Batch {
         self.ends.clear();
         self.peer = None;
         self.origin = None;
+        self.ack = None;
     }
 }
 

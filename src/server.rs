@@ -118,6 +118,17 @@ pub struct Acceptor {
     next_id: u64,
     /// The listen backlog: bounds the accepts of the shutdown drain.
     backlog: usize,
+    /// What the workers speak.
+    protocol: Speaks,
+}
+
+/// What a listener's connections speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaks {
+    /// `[server]`: framed messages (SPEC "Framing").
+    Plain,
+    /// `[relp]`: RELP sessions (src/relp/session.rs).
+    Relp,
 }
 
 /// A worker thread the accept loop has not joined yet.
@@ -153,12 +164,18 @@ impl Leaving {
 }
 
 impl Acceptor {
+    /// `limiter` and `access` are shared by every listener: one
+    /// connection bound and one per-IP count for `[server]` and `[relp]`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
+        protocol: Speaks,
         listener: Socket,
         depth: QueueDepth,
         ctx: Arc<ConnContext>,
         tls: Option<Arc<ServerTls>>,
+        limiter: Limiter,
+        access: Arc<Access>,
         panics: Panics,
     ) -> Acceptor {
         let capacity = config.queue.capacity as f64;
@@ -174,21 +191,21 @@ impl Acceptor {
             tcp_keepalive: config.server.tcp_keepalive,
             pause_above: ((config.queue.pause_accept_above * capacity).ceil() as usize).max(1),
             resume_below: (config.queue.resume_accept_below * capacity).ceil() as usize,
-            limiter: Limiter::new(config.limits.max_connections),
+            limiter,
             // Validated before start: a list that did not parse never
             // gets here (and an empty one would only refuse everyone).
-            trusted_proxies: config
-                .server
-                .proxy_protocol
+            // The RELP listener takes no PROXY header.
+            trusted_proxies: (config.server.proxy_protocol && protocol == Speaks::Plain)
                 .then(|| config.trusted_proxies().unwrap_or_default()),
             depth,
             ctx,
-            access: Arc::new(Access::new(&config.server)),
+            access,
             tls,
             spare: None,
             panics,
             next_id: 0,
             backlog: config.server.backlog as usize,
+            protocol,
         }
     }
 
@@ -581,17 +598,17 @@ impl Acceptor {
         let ended = self.ended_tx.clone();
         let tls = self.tls.clone();
         let access = self.access.clone();
-        let spawned = threads::spawn(
-            format!("fw-conn-{id}"),
-            Some(WORKER_STACK),
-            &self.panics,
-            move || {
-                // The source IP's count is the worker's: released as it
-                // ends, not when the accept loop gets round to joining it.
-                let _slot = slot;
-                worker(id, peer, stream, ctx, tls, &access, ended)
-            },
-        );
+        let protocol = self.protocol;
+        let name = match protocol {
+            Speaks::Plain => format!("fw-conn-{id}"),
+            Speaks::Relp => format!("fw-relp-{id}"),
+        };
+        let spawned = threads::spawn(name, Some(WORKER_STACK), &self.panics, move || {
+            // The source IP's count is the worker's: released as it
+            // ends, not when the accept loop gets round to joining it.
+            let _slot = slot;
+            worker(id, peer, stream, ctx, tls, &access, ended, protocol)
+        });
         match spawned {
             Ok(handle) => {
                 let w = Worker { handle, permit };
@@ -640,6 +657,7 @@ struct Ended {
 
 /// The worker thread's body. Its guard reports the end to the accept loop
 /// (also on unwind), which joins the thread and returns its permit.
+#[allow(clippy::too_many_arguments)]
 fn worker(
     id: u64,
     peer: SocketAddr,
@@ -648,6 +666,7 @@ fn worker(
     tls: Option<Arc<ServerTls>>,
     access: &Access,
     ended: Sender<Ended>,
+    protocol: Speaks,
 ) {
     let _alive = WorkerGuard::new(&ctx.stats, id, ended);
     let started = Instant::now();
@@ -681,7 +700,10 @@ fn worker(
             }
         },
     };
-    let (close, totals) = conn::serve(&ctx, &mut reader, peer);
+    let (close, totals) = match protocol {
+        Speaks::Plain => conn::serve(&ctx, &mut reader, peer),
+        Speaks::Relp => crate::relp::session::serve(&ctx, &mut reader, peer),
+    };
     if close == conn::Close::Shutdown {
         reader.close_notify();
     }

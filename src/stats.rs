@@ -56,6 +56,10 @@ pub struct Stats {
     pub spool_bytes: AtomicU64,
     /// Messages lost to spool damage (torn or corrupt records).
     pub spool_corrupt: AtomicU64,
+    /// RELP messages that found no room within send_timeout: never
+    /// acknowledged, so the client resends them; not received, not
+    /// dropped (nothing is lost).
+    pub relp_refused: AtomicU64,
     /// relp sink: messages sent again on a new session because the last
     /// one ended before acknowledging them (each a possible duplicate).
     pub relp_resent: AtomicU64,
@@ -141,6 +145,7 @@ impl Stats {
             recovered,
             spool_bytes: get(&self.spool_bytes),
             spool_corrupt: get(&self.spool_corrupt),
+            relp_refused: get(&self.relp_refused),
             relp_resent: get(&self.relp_resent),
             bytes_received: get(&self.bytes_received),
             bytes_delivered: get(&self.bytes_delivered),
@@ -177,6 +182,7 @@ pub struct Snapshot {
     pub recovered: u64,
     pub spool_bytes: u64,
     pub spool_corrupt: u64,
+    pub relp_refused: u64,
     pub relp_resent: u64,
     pub bytes_received: u64,
     pub bytes_delivered: u64,
@@ -205,7 +211,7 @@ impl fmt::Display for Snapshot {
              closed_send_timeout={} closed_framing={} closed_error={} sink_errors={} \
              dropped_shutdown={} closed_eof={} closed_shutdown={} conns_denied={} \
              conns_over_ip_limit={} closed_tls={} closed_proxy={} recovered={} \
-             spool_bytes={} spool_corrupt={} relp_resent={} bytes_received={} \
+             spool_bytes={} spool_corrupt={} relp_refused={} relp_resent={} bytes_received={} \
              bytes_delivered={}",
             self.conns_active,
             self.conns_total,
@@ -233,6 +239,7 @@ impl fmt::Display for Snapshot {
             self.recovered,
             self.spool_bytes,
             self.spool_corrupt,
+            self.relp_refused,
             self.relp_resent,
             self.bytes_received,
             self.bytes_delivered,
@@ -271,6 +278,7 @@ mod tests {
             "recovered",
             "spool_bytes",
             "spool_corrupt",
+            "relp_refused",
             "relp_resent",
         ] {
             assert!(

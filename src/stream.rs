@@ -46,6 +46,12 @@ impl Stream<'_> {
         self.tcp().set_nonblocking(on)
     }
 
+    /// Input already sits in the TLS session (plaintext, a whole record,
+    /// its end): a read gives something without polling the socket.
+    pub fn has_input(&self) -> bool {
+        matches!(self, Stream::Tls { session, .. } if session.has_input())
+    }
+
     /// [`Wake::wait`] on the socket, except that input the session already
     /// holds (plaintext, a whole record, the client's close_notify) counts
     /// at once.
@@ -72,7 +78,19 @@ impl Stream<'_> {
         }
     }
 
-    /// At shutdown: the one thing floodwall writes after a handshake.
+    /// Appends `data` to `out` as it goes on the wire: as is, or sealed
+    /// in TLS records (a RELP session's answers).
+    pub fn seal(&mut self, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        match self {
+            Stream::Plain(_) => {
+                out.extend_from_slice(data);
+                Ok(())
+            }
+            Stream::Tls { session, .. } => session.seal(data, out),
+        }
+    }
+
+    /// At shutdown: the last thing floodwall writes after a handshake.
     /// One non-blocking write: a client whose window is closed misses it.
     pub fn close_notify(&mut self) {
         if let Stream::Tls { session, sock } = self {

@@ -14,8 +14,9 @@
 //!
 //! What this owns: record framing (RFC 8446 5, RFC 5246 6.2), nonces and
 //! additional data (RFC 8446 5.3, RFC 5288, RFC 7905), the TLS 1.3 inner
-//! content type and padding, alerts from the client, KeyUpdate, and the one
-//! record floodwall writes after a handshake: close_notify at shutdown.
+//! content type and padding, alerts from the client, KeyUpdate, and the
+//! records floodwall writes after a handshake: close_notify at shutdown,
+//! and a RELP session's answers ([`Session::seal`]).
 //! What ends the connection (as rustls ends it, but without an alert: a
 //! client that never reads would only be reset by one): a record that does
 //! not authenticate or is too long, an alert other than close_notify and
@@ -183,39 +184,46 @@ impl Cipher {
 
     /// The close_notify alert as one sealed record.
     fn close_notify(&mut self, tls12: bool) -> io::Result<Vec<u8>> {
+        let mut record = Vec::new();
+        self.seal(tls12, ALERT, &[WARNING, CLOSE_NOTIFY], &mut record)?;
+        Ok(record)
+    }
+
+    /// Seals `content` of TLS content type `typ` (at most one record's
+    /// worth) as one record appended to `out`.
+    fn seal(&mut self, tls12: bool, typ: u8, content: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
         let nonce = self.xor_nonce();
-        let (typ, mut payload, explicit) = if tls12 {
+        let mut payload = content.to_vec();
+        let (outer, explicit) = if tls12 {
             // rustls's TLS 1.2 GCM sender also uses IV XOR counter and
             // sends the nonce's last 8 bytes.
             let explicit = if self.explicit { &nonce[4..] } else { &[][..] };
-            (ALERT, vec![WARNING, CLOSE_NOTIFY], explicit)
+            (typ, explicit)
         } else {
-            (
-                APPLICATION_DATA,
-                vec![WARNING, CLOSE_NOTIFY, ALERT],
-                &[][..],
-            )
+            // TLS 1.3: the real type travels inside, last.
+            payload.push(typ);
+            (APPLICATION_DATA, &[][..])
         };
         let len = u16::try_from(explicit.len() + payload.len() + TAG)
             .map_err(|_| broken("record overflow"))?;
-        let mut header = [typ, 3, 3, 0, 0];
+        let mut header = [outer, 3, 3, 0, 0];
         header[3..].copy_from_slice(&len.to_be_bytes());
-        let nonce = Nonce::assume_unique_for_key(nonce);
+        let sealing = Nonce::assume_unique_for_key(nonce);
         let tag = if tls12 {
-            let aad = self.aad12(ALERT, [3, 3], payload.len())?;
+            let aad = self.aad12(typ, [3, 3], payload.len())?;
             self.key
-                .seal_in_place_separate_tag(nonce, Aad::from(aad), &mut payload)
+                .seal_in_place_separate_tag(sealing, Aad::from(aad), &mut payload)
         } else {
             self.key
-                .seal_in_place_separate_tag(nonce, Aad::from(header), &mut payload)
+                .seal_in_place_separate_tag(sealing, Aad::from(header), &mut payload)
         }
         .map_err(|_| broken("cannot seal"))?;
         self.count()?;
-        let mut record = header.to_vec();
-        record.extend_from_slice(explicit);
-        record.extend_from_slice(&payload);
-        record.extend_from_slice(tag.as_ref());
-        Ok(record)
+        out.extend_from_slice(&header);
+        out.extend_from_slice(explicit);
+        out.extend_from_slice(&payload);
+        out.extend_from_slice(tag.as_ref());
+        Ok(())
     }
 }
 
@@ -243,8 +251,10 @@ impl Rx {
 /// not yet handed out, and the keys to open it.
 pub struct Session {
     rx: Rx,
-    /// The sending side's secrets, for the close_notify at shutdown.
+    /// The sending side's secrets, for the close_notify at shutdown
+    /// and what a RELP session answers; expanded on the first write.
     tx: Option<(u64, ConnectionTrafficSecrets)>,
+    tx_key: Option<Box<Cipher>>,
     /// rustls's key schedule, for a TLS 1.3 KeyUpdate.
     kernel: KernelConnection<ServerConnectionData>,
     tls12: bool,
@@ -285,6 +295,7 @@ impl Session {
         Session {
             rx: Rx::Secrets(secrets.rx.0, secrets.rx.1),
             tx: Some(secrets.tx),
+            tx_key: None,
             kernel,
             tls12,
             buf: staged,
@@ -391,17 +402,40 @@ impl Session {
         }
     }
 
-    /// At shutdown: the one record floodwall writes after a handshake.
+    /// At shutdown: the last record floodwall writes after a handshake.
     /// One non-blocking write: a client whose window is closed misses it.
     pub fn close_notify(&mut self, mut sock: &TcpStream) {
-        let Some((seq, secrets)) = self.tx.take() else {
-            return;
-        };
-        let record =
-            Cipher::new(&secrets, seq, self.tls12).and_then(|mut c| c.close_notify(self.tls12));
+        let tls12 = self.tls12;
+        let record = self.tx_cipher().and_then(|c| c.close_notify(tls12));
+        self.tx = None;
+        self.tx_key = None;
         if let Ok(record) = record {
             let _ = sock.set_nonblocking(true);
             let _ = sock.write(&record);
+        }
+    }
+
+    /// Seals `data` as application data records appended to `out` (the
+    /// caller writes them): what a RELP session answers its client.
+    pub fn seal(&mut self, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        let tls12 = self.tls12;
+        let cipher = self.tx_cipher()?;
+        for chunk in data.chunks(MAX_PLAINTEXT) {
+            cipher.seal(tls12, APPLICATION_DATA, chunk, out)?;
+        }
+        Ok(())
+    }
+
+    fn tx_cipher(&mut self) -> io::Result<&mut Cipher> {
+        if self.tx_key.is_none() {
+            let Some((seq, secrets)) = &self.tx else {
+                return Err(broken("the sending side is closed"));
+            };
+            self.tx_key = Some(Box::new(Cipher::new(secrets, *seq, self.tls12)?));
+        }
+        match &mut self.tx_key {
+            Some(key) => Ok(key),
+            None => unreachable!("the key was set just above"),
         }
     }
 

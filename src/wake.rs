@@ -56,6 +56,12 @@ impl Wake {
         let _ = (&self.fire).write(&[1]);
     }
 
+    /// What the pipe's waiters poll (a RELP session builds its own poll
+    /// with it beside its socket and its ack bell).
+    pub fn watch(&self) -> &UnixStream {
+        &self.watch
+    }
+
     /// Waits until `socket` is readable, the pipe fires (when `watch` is
     /// true) or `timeout` passes (`None`: no timeout).
     pub fn wait(

@@ -290,3 +290,551 @@ fn hostile_lengths_are_refused_before_the_data() {
         Err(FrameError::BadDatalen)
     );
 }
+
+// ---------------------------------------------------------------------
+// The listener: a raw RELP client, then rsyslog's omrelp (librelp).
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
+use std::time::{Duration, Instant};
+
+use support::peers::{self, Peer};
+use support::pki::{self, Ca};
+use support::{Daemon, num, wait_until};
+
+/// The RELP listener's address, from its start-up line.
+fn relp_addr(d: &Daemon) -> SocketAddr {
+    let line = d
+        .wait_log(Duration::from_secs(10), |l| {
+            l.contains("relp listening addr=")
+        })
+        .unwrap_or_else(|| panic!("no `relp listening addr=` line; log:\n{}", d.log_text()));
+    line.split("relp listening addr=")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// One decoded frame, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Got {
+    txnr: u32,
+    command: String,
+    data: Vec<u8>,
+}
+
+/// A RELP client written from the spec (over the codec under test).
+struct Client {
+    sock: TcpStream,
+    next: u32,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let sock = TcpStream::connect(addr).expect("connect to the relp listener");
+        Client {
+            sock,
+            next: 1,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Connects and opens the session (rsp 200 with floodwall's offers).
+    fn open(addr: SocketAddr) -> Client {
+        let mut c = Client::connect(addr);
+        let txnr = c.send_command(
+            Command::Open,
+            b"relp_version=0\nrelp_software=test\ncommands=syslog",
+        );
+        let rsp = c.read(Duration::from_secs(10)).expect("an answer to open");
+        assert_eq!((rsp.txnr, rsp.command.as_str()), (txnr, "rsp"));
+        assert!(
+            rsp.data.starts_with(b"200 OK\n"),
+            "{:?}",
+            String::from_utf8_lossy(&rsp.data)
+        );
+        assert!(codec::offers_command(
+            &codec::parse_offers(&rsp.data[7..]),
+            Command::Syslog
+        ));
+        c
+    }
+
+    fn send_command(&mut self, command: Command, data: &[u8]) -> u32 {
+        let txnr = self.next;
+        let mut out = vec![];
+        codec::encode(&mut out, txnr, command, data);
+        self.sock.write_all(&out).expect("send a frame");
+        self.next = codec::next_txnr(txnr);
+        txnr
+    }
+
+    /// Sends `messages` as syslog frames in one write; their txnrs.
+    fn send_all(&mut self, messages: &[String]) -> Vec<u32> {
+        let mut out = vec![];
+        let mut txnrs = vec![];
+        for m in messages {
+            codec::encode(&mut out, self.next, Command::Syslog, m.as_bytes());
+            txnrs.push(self.next);
+            self.next = codec::next_txnr(self.next);
+        }
+        self.sock.write_all(&out).expect("send syslog frames");
+        txnrs
+    }
+
+    /// The next frame from the server within `timeout`; None on timeout
+    /// or when the server closed.
+    fn read(&mut self, timeout: Duration) -> Option<Got> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((f, used)) = codec::decode(&self.buf, 1 << 20).expect("server frames parse")
+            {
+                let got = Got {
+                    txnr: f.txnr,
+                    command: String::from_utf8_lossy(f.command).into_owned(),
+                    data: f.data.to_vec(),
+                };
+                self.buf.drain(..used);
+                return Some(got);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 64 << 10];
+            match self.sock.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// `rsp 200` answers read until `want` of them came or `timeout`
+    /// passed; panics on any other frame.
+    fn acks(&mut self, want: usize, timeout: Duration) -> Vec<u32> {
+        let deadline = Instant::now() + timeout;
+        let mut acked = vec![];
+        while acked.len() < want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(got) = self.read(left) else { break };
+            assert_eq!(got.command, "rsp", "{got:?}");
+            assert!(got.data.starts_with(b"200 OK"), "{got:?}");
+            acked.push(got.txnr);
+        }
+        acked
+    }
+}
+
+fn messages(tag: &str, n: usize, pad: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("<13>{tag} {i:06} {}", "x".repeat(pad)))
+        .collect()
+}
+
+fn lines_of(path: &Path) -> Vec<String> {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default())
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A FIFO as the file sink: nobody reads it until [`Fifo::drain`], so the
+/// sink stalls once the pipe's 64 KiB are full.
+struct Fifo {
+    path: PathBuf,
+    reader: std::fs::File,
+}
+
+impl Fifo {
+    fn new(path: PathBuf) -> Fifo {
+        assert!(
+            Process::new("mkfifo")
+                .arg(&path)
+                .status()
+                .expect("run mkfifo")
+                .success()
+        );
+        // Opened first, non-blocking, so the daemon's open does not wait.
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .expect("open fifo");
+        Fifo { path, reader }
+    }
+
+    /// Reads what the pipe holds into `out`, until `until` holds or
+    /// `timeout` passes.
+    fn drain(&mut self, out: &mut Vec<u8>, timeout: Duration, until: impl Fn(&[u8]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        let mut chunk = [0u8; 64 << 10];
+        while !until(out) && Instant::now() < deadline {
+            match self.reader.read(&mut chunk) {
+                Ok(n) if n > 0 => out.extend_from_slice(&chunk[..n]),
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+}
+
+fn count_lines(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'\n').count()
+}
+
+fn relp_config(sink: &str, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[relp]\nlisten = \"127.0.0.1:0\"\n\
+         [sink]\n{sink}\n[log]\nstats_interval = \"100ms\"\n{extra}"
+    )
+}
+
+const FILE_SINK: &str = "type = \"file\"\npath = \"{dir}/out.log\"\nflush_interval = \"1s\"";
+
+#[test]
+fn acks_arrive_in_order_only_once_written() {
+    let mut d = Daemon::start(&relp_config(FILE_SINK, ""));
+    let mut c = Client::open(relp_addr(&d));
+    let sent = messages("ordered", 500, 20);
+    let txnrs = c.send_all(&sent);
+    // flush_interval is 1 s, but a batch a RELP client waits for does not
+    // linger: the acks come well before it.
+    let started = Instant::now();
+    let acked = c.acks(sent.len(), Duration::from_secs(20));
+    assert_eq!(acked, txnrs, "every message acked once, in txnr order");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "acks took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(lines_of(&d.path("out.log")), sent, "acked = written");
+    let close = c.send_command(Command::Close, b"");
+    let rsp = c.read(Duration::from_secs(5)).expect("close answered");
+    assert_eq!(
+        (rsp.txnr, rsp.command.as_str(), &rsp.data[..]),
+        (close, "rsp", &b"200 OK"[..])
+    );
+    assert!(
+        c.read(Duration::from_secs(5)).is_none(),
+        "session ends after close"
+    );
+    let last = d.stop_balanced(Duration::from_secs(10));
+    assert_eq!(num(&last, "received"), 500);
+    assert_eq!(num(&last, "relp_refused"), 0);
+}
+
+#[test]
+fn acks_wait_for_a_stalled_sink_and_come_once_it_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fifo = Fifo::new(dir.path().join("out.fifo"));
+    let sink = format!(
+        "type = \"file\"\npath = \"{}\"\nflush_interval = \"10ms\"",
+        fifo.path.display()
+    );
+    let mut d = Daemon::start(&relp_config(&sink, ""));
+    let mut c = Client::open(relp_addr(&d));
+    // 400 KiB: far more than the pipe's 64 KiB.
+    let sent = messages("stalled", 400, 1000);
+    let txnrs = c.send_all(&sent);
+    let early = c.acks(sent.len(), Duration::from_secs(2));
+    assert!(
+        early.len() < sent.len(),
+        "all {} acked while the sink was stalled",
+        early.len()
+    );
+    assert_eq!(early[..], txnrs[..early.len()], "acks in txnr order");
+    // The sink drains: the rest are acked, and every message arrives.
+    let mut out = Vec::new();
+    let total: usize = sent.iter().map(|m| m.len() + 1).sum();
+    let reader = std::thread::spawn(move || {
+        fifo.drain(&mut out, Duration::from_secs(30), |o| o.len() >= total);
+        out
+    });
+    let rest = c.acks(sent.len() - early.len(), Duration::from_secs(30));
+    assert_eq!([early, rest].concat(), txnrs);
+    let out = reader.join().unwrap();
+    let want: Vec<u8> = sent
+        .iter()
+        .flat_map(|m| format!("{m}\n").into_bytes())
+        .collect();
+    assert!(
+        out == want,
+        "output differs ({} of {} bytes)",
+        out.len(),
+        want.len()
+    );
+    d.stop_balanced(Duration::from_secs(10));
+}
+
+#[test]
+fn protocol_errors_are_answered_and_close_the_session() {
+    let mut d = Daemon::start(&relp_config(FILE_SINK, ""));
+    let addr = relp_addr(&d);
+    // An unknown command: rsp 500 for its txnr, then the close.
+    let mut c = Client::open(addr);
+    c.sock.write_all(b"2 frobnicate 0\n").unwrap();
+    let rsp = c.read(Duration::from_secs(5)).expect("an answer");
+    assert_eq!((rsp.txnr, rsp.command.as_str()), (2, "rsp"));
+    assert!(rsp.data.starts_with(b"500 "), "{rsp:?}");
+    assert!(
+        c.read(Duration::from_secs(5)).is_none(),
+        "closed after the error"
+    );
+    // A wrong DATALEN (data longer than announced): serverclose, close.
+    let mut c = Client::open(addr);
+    c.sock.write_all(b"2 syslog 3 abcdef\n").unwrap();
+    let got = c.read(Duration::from_secs(5)).expect("serverclose");
+    assert_eq!((got.txnr, got.command.as_str()), (0, "serverclose"));
+    assert!(c.read(Duration::from_secs(5)).is_none());
+    // syslog before open, and a txnr out of sequence.
+    let mut c = Client::connect(addr);
+    c.sock.write_all(b"1 syslog 2 hi\n").unwrap();
+    assert!(
+        c.read(Duration::from_secs(5))
+            .unwrap()
+            .data
+            .starts_with(b"500 ")
+    );
+    let mut c = Client::open(addr);
+    c.sock.write_all(b"7 syslog 2 hi\n").unwrap();
+    assert!(
+        c.read(Duration::from_secs(5))
+            .unwrap()
+            .data
+            .starts_with(b"500 ")
+    );
+    assert!(c.read(Duration::from_secs(5)).is_none());
+    let last = d.stop_balanced(Duration::from_secs(10));
+    assert!(num(&last, "closed_framing") >= 4, "{last:?}");
+    assert_eq!(
+        num(&last, "received"),
+        0,
+        "nothing of the bad sessions delivered"
+    );
+}
+
+#[test]
+fn shutdown_answers_what_is_durable_then_sends_serverclose() {
+    let mut d = Daemon::start(&relp_config(FILE_SINK, ""));
+    let mut c = Client::open(relp_addr(&d));
+    let sent = messages("closing", 100, 10);
+    let txnrs = c.send_all(&sent);
+    assert_eq!(c.acks(sent.len(), Duration::from_secs(10)), txnrs);
+    d.signal("TERM");
+    let got = c
+        .read(Duration::from_secs(10))
+        .expect("serverclose at shutdown");
+    assert_eq!(
+        (got.txnr, got.command.as_str(), got.data.len()),
+        (0, "serverclose", 0)
+    );
+    assert!(c.read(Duration::from_secs(5)).is_none(), "then the close");
+    let status = d.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "log:\n{}", d.log_text());
+    assert_eq!(lines_of(&d.path("out.log")), sent);
+}
+
+#[test]
+fn kill_9_with_spool_loses_nothing_that_was_acked() {
+    let keep = tempfile::tempdir().unwrap();
+    let out = keep.path().join("out.log");
+    let config = relp_config(
+        &format!(
+            "type = \"file\"\npath = \"{}\"\nflush_interval = \"10ms\"",
+            out.display()
+        ),
+        &format!(
+            "[spool]\ndir = \"{}\"\nsync = \"50ms\"\n",
+            keep.path().join("spool").display()
+        ),
+    );
+    let d = Daemon::start(&config);
+    let mut c = Client::open(relp_addr(&d));
+    let sent = messages("crash", 3000, 40);
+    let mut acked = HashSet::new();
+    // Windows of 300: wait for most acks of one before the next, and
+    // kill -9 while the last ones are in flight.
+    for (i, window) in sent.chunks(300).enumerate() {
+        let txnrs = c.send_all(window);
+        let got = c.acks(
+            if i == 9 { 0 } else { window.len() },
+            Duration::from_secs(20),
+        );
+        for t in got {
+            acked.insert(sent[(t - 2) as usize].clone());
+        }
+        assert!(txnrs.len() == window.len());
+    }
+    let pid = d.pid();
+    assert!(
+        Process::new("kill")
+            .arg("-9")
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    drop(d);
+    assert!(acked.len() >= 2700, "acked {}", acked.len());
+    // The next run replays the spool: every acked message is in the file.
+    let mut d = Daemon::start(&config);
+    let delivered = || lines_of(&out).into_iter().collect::<HashSet<_>>();
+    assert!(
+        wait_until(Duration::from_secs(20), || acked.is_subset(&delivered())),
+        "acked messages missing after the restart: {} of {}",
+        acked.difference(&delivered()).count(),
+        acked.len()
+    );
+    d.stop_balanced(Duration::from_secs(10));
+}
+
+// ---- rsyslog's omrelp ---------------------------------------------------
+
+/// Sends `lines` to a peer's plain TCP input, LF-framed.
+fn feed(port: u16, lines: &[String]) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to peer input");
+    let bytes: Vec<u8> = lines
+        .iter()
+        .flat_map(|l| format!("{l}\n").into_bytes())
+        .collect();
+    s.write_all(&bytes).expect("send to peer");
+}
+
+fn omrelp(work: &Path, target: SocketAddr, tls: &[String]) -> Peer {
+    peers::require("rsyslogd");
+    let target = target.port().to_string();
+    Peer::start("start-rsyslog-relp-forward", work, |port| {
+        let mut args = vec![port.to_string(), target.clone(), work.display().to_string()];
+        args.extend(tls.iter().cloned());
+        args
+    })
+}
+
+#[test]
+fn rsyslog_omrelp_delivers_every_message_exactly() {
+    const N: usize = 5000;
+    let mut d = Daemon::start(&relp_config(FILE_SINK, ""));
+    let work = tempfile::tempdir().unwrap();
+    let peer = omrelp(work.path(), relp_addr(&d), &[]);
+    let sent = peers::payloads("omrelp", N);
+    feed(peer.port, &sent);
+    let out = d.path("out.log");
+    assert!(
+        wait_until(Duration::from_secs(60), || peers::line_count(&out) >= N),
+        "{} of {N} lines; log:\n{}",
+        peers::line_count(&out),
+        d.log_text()
+    );
+    drop(peer);
+    let last = d.stop_balanced(Duration::from_secs(10));
+    assert_eq!(lines_of(&out), sent, "byte-exact, in order, once each");
+    assert_eq!(num(&last, "received"), N as u64);
+}
+
+#[test]
+fn rsyslog_omrelp_over_mutual_tls() {
+    const N: usize = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let server = ca.issue(
+        dir.path(),
+        "server",
+        "localhost",
+        &["localhost", "127.0.0.1"],
+        false,
+    );
+    let client = ca.issue(
+        dir.path(),
+        "client",
+        "relp.clients.example",
+        &["relp.clients.example"],
+        false,
+    );
+    let config = format!(
+        "{}{}",
+        relp_config(FILE_SINK, "").replace(
+            "[relp]\nlisten = \"127.0.0.1:0\"\n",
+            "[relp]\nlisten = \"127.0.0.1:0\"\ntls = true\n"
+        ),
+        pki::server_tls(
+            &server,
+            Some(&ca.crt),
+            "permitted_peers = [\"*.clients.example\"]"
+        )
+    );
+    let mut d = Daemon::start(&config);
+    let work = tempfile::tempdir().unwrap();
+    let tls = [&ca.crt, &client.crt, &client.key].map(|p| p.display().to_string());
+    let peer = omrelp(work.path(), relp_addr(&d), &tls);
+    let sent = peers::payloads("omrelp-tls", N);
+    feed(peer.port, &sent);
+    let out = d.path("out.log");
+    assert!(
+        wait_until(Duration::from_secs(60), || peers::line_count(&out) >= N),
+        "{} of {N} lines; floodwall log:\n{}\nrsyslog:\n{}",
+        peers::line_count(&out),
+        d.log_text(),
+        peer.internal_log()
+    );
+    drop(peer);
+    let last = d.stop_balanced(Duration::from_secs(10));
+    assert_eq!(lines_of(&out), sent);
+    assert_eq!(num(&last, "closed_tls"), 0);
+}
+
+#[test]
+fn overload_refuses_unanswered_and_loses_nothing() {
+    const N: usize = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut fifo = Fifo::new(dir.path().join("out.fifo"));
+    let sink = format!(
+        "type = \"file\"\npath = \"{}\"\nflush_interval = \"10ms\"",
+        fifo.path.display()
+    );
+    let d = Daemon::start(&relp_config(
+        &sink,
+        "[queue]\ncapacity = 50\n[limits]\nsend_timeout = \"200ms\"\n",
+    ));
+    let work = tempfile::tempdir().unwrap();
+    let peer = omrelp(work.path(), relp_addr(&d), &[]);
+    // 330-byte messages: the pipe holds ~200, the queue 50 more, and
+    // omrelp keeps up to 128 unanswered: the queue overflows.
+    let sent: Vec<String> = peers::payloads("overload", N)
+        .into_iter()
+        .map(|p| format!("{p} {}", "y".repeat(300)))
+        .collect();
+    feed(peer.port, &sent);
+    let refused = d.wait_stats(Duration::from_secs(30), |s| num(s, "relp_refused") > 0);
+    assert!(refused.is_some(), "no relp_refused; log:\n{}", d.log_text());
+    // The stall ends: every message arrives (resent after the refusal).
+    let mut out = Vec::new();
+    let want: HashSet<String> = sent.iter().cloned().collect();
+    fifo.drain(&mut out, Duration::from_secs(60), |o| {
+        let got: HashSet<String> = String::from_utf8_lossy(o)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        want.is_subset(&got)
+    });
+    let got: HashSet<String> = String::from_utf8_lossy(&out)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        want.is_subset(&got),
+        "{} of {N} messages missing; {} lines",
+        want.difference(&got).count(),
+        count_lines(&out)
+    );
+    let last = d.stats_lines().pop().unwrap();
+    assert_eq!(num(&last, "dropped_send_timeout"), 0, "{last:?}");
+    drop(peer);
+}

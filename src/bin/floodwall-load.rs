@@ -14,6 +14,10 @@
 //! - `--churn`: short connections: each of `--connections` threads
 //!   connects, sends `--per-conn` messages, closes, and again (with
 //!   `--tls-ca`, a full handshake each time); reports connections/s.
+//! - `--relp`: RELP sessions (src/bin/floodwall_load/relp.rs): each of
+//!   `--connections` keeps up to `--window` syslog frames unanswered and
+//!   counts a message when its `rsp 200` comes; reports acknowledged
+//!   msg/s and the ack latency (send to rsp) p50/p99.
 //! - `--tls-ca PATH` (send and --idle): speak TLS, trusting PATH, verifying
 //!   `--tls-name`; `--tls-cert`/`--tls-key` add a client certificate. Like
 //!   a syslog sender, it never reads what the server sends.
@@ -31,6 +35,8 @@ mod histogram;
 mod listen;
 #[path = "floodwall_load/payload.rs"]
 mod payload;
+#[path = "floodwall_load/relp.rs"]
+mod relp;
 #[path = "floodwall_load/send.rs"]
 mod send;
 
@@ -106,6 +112,14 @@ struct Args {
     /// With --churn: messages per connection.
     #[arg(long, value_name = "N", default_value_t = 1, requires = "churn")]
     per_conn: u64,
+    /// Speak RELP to ADDR (a `[relp]` listener, rsyslog imrelp): count
+    /// acknowledged messages and their ack latency.
+    #[arg(long, conflicts_with_all = ["idle", "churn", "rate", "reconnect", "tls_ca"])]
+    relp: bool,
+    /// With --relp: unanswered messages per connection (omrelp's
+    /// windowSize).
+    #[arg(long, value_name = "N", default_value_t = 128, requires = "relp")]
+    window: usize,
     /// Speak TLS to ADDR, trusting the PEM CA bundle at PATH.
     #[arg(long, value_name = "PATH")]
     tls_ca: Option<std::path::PathBuf>,
@@ -200,6 +214,9 @@ fn run(args: Args) -> Result<ExitCode, String> {
     }
     if args.churn {
         return churn_mode(&args, addr, &stop);
+    }
+    if args.relp {
+        return relp_mode(&args, addr, &stop);
     }
     send_mode(&args, addr, &stop)
 }
@@ -433,6 +450,69 @@ fn churn_mode(args: &Args, addr: SocketAddr, stop: &Arc<AtomicBool>) -> Result<E
     );
     let _ = std::io::stdout().flush();
     Ok(ExitCode::from(if conns == 0 { 1 } else { 0 }))
+}
+
+fn relp_mode(args: &Args, addr: SocketAddr, stop: &Arc<AtomicBool>) -> Result<ExitCode, String> {
+    if args.connections == 0 || args.window == 0 {
+        return usage("--connections and --window must be at least 1");
+    }
+    let duration = match (args.duration, args.count) {
+        (None, None) => Some(Duration::from_secs(10)),
+        (d, _) => d,
+    };
+    let plan = Arc::new(relp::Plan {
+        addr,
+        threads: args.connections,
+        window: args.window,
+        size: args.size,
+        duration,
+        per_thread: args.count.map(|n| n.div_ceil(args.connections as u64)),
+    });
+    let counters = Arc::new(relp::Counters::default());
+    let barrier = Arc::new(Barrier::new(args.connections + 1));
+    let cpu0 = cpu_seconds();
+    let handles = relp::spawn(plan, counters.clone(), stop.clone(), barrier.clone());
+    barrier.wait();
+    let t0 = Instant::now();
+    let finished = || counters.live.load(Ordering::SeqCst) == 0;
+    let (mut last, mut tick) = (0, 1u32);
+    while !finished() {
+        sleep_until(t0 + Duration::from_secs(u64::from(tick)), stop, finished);
+        if stop.load(Ordering::Relaxed) || finished() {
+            break;
+        }
+        let n = counters.acked.load(Ordering::SeqCst);
+        if !args.quiet {
+            eprintln!("[fwl] t={tick}s acked={n} rate={} msg/s", n - last);
+        }
+        (last, tick) = (n, tick + 1);
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let acked = counters.acked.load(Ordering::SeqCst);
+    let latency = counters.latency.lock();
+    let (p50, p99) = (latency.quantile(0.5), latency.quantile(0.99));
+    println!(
+        "{acked} messages acknowledged in {secs:.3} s: {:.0} msg/s, ack latency p50 {p50} us p99 {p99} us, client cpu {cpu:.2} s",
+        acked as f64 / secs
+    );
+    println!(
+        "fwl_result mode=relp connections={} window={} size={} secs={secs:.3} acked={acked} \
+         refused={} errors={} msgs_per_s={:.0} ack_p50_us={p50} ack_p99_us={p99} ack_max_us={} \
+         client_cpu_s={cpu:.2}",
+        args.connections,
+        args.window,
+        args.size,
+        counters.refused.load(Ordering::SeqCst),
+        counters.errors.load(Ordering::SeqCst),
+        acked as f64 / secs,
+        latency.max(),
+    );
+    let _ = std::io::stdout().flush();
+    Ok(ExitCode::from(if acked == 0 { 1 } else { 0 }))
 }
 
 fn framing_name(f: Framing) -> &'static str {

@@ -6,5 +6,9 @@
 //! [`codec`] is the wire format alone (frames, `rsp` data, `open`
 //! offers), shared by the listener here and the RELP sink. It owns no
 //! socket and no policy: when to acknowledge is the session's business.
+//! [`session`] serves one client on the `[relp]` listener; [`ack`] is how
+//! it learns that a batch it queued is durable (docs/relp.md).
 
+pub mod ack;
 pub mod codec;
+pub mod session;

@@ -13,7 +13,9 @@
 //! credits: lingering must never be what keeps a sender out, so a
 //! lingering sink also writes at once when it holds a quarter of the
 //! queue ([`LINGER_SHARE`]) or when a sender waits for room (the queue's
-//! `wanted` bell). At shutdown nothing lingers.
+//! `wanted` bell). At shutdown nothing lingers, nor does a batch whose
+//! RELP client waits for its acknowledgement (src/relp/ack.rs): the
+//! runner fires it once the batch is written.
 //!
 //! The thread ends when the queue disconnects (every sender gone) and all
 //! it holds is written, or when the shutdown deadline abandons it.
@@ -209,6 +211,9 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
     // When the oldest pending batch arrived (lingering sinks only).
     let mut oldest: Option<Instant> = None;
     let mut disconnected = false;
+    // A pending batch whose RELP client waits for its ack: its window is
+    // stalled until we write, so nothing lingers then.
+    let mut awaited = false;
     loop {
         if ctx.abandon.load(Ordering::SeqCst) {
             // Past the drain deadline: what is still queued is lost (and
@@ -226,6 +231,7 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
                     Ok(batch) => {
                         bytes += batch.byte_len();
                         held += batch.len();
+                        awaited |= batch.has_ack();
                         pending.push(batch);
                     }
                     Err(_) => disconnected = true,
@@ -241,6 +247,7 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
                 Ok(batch) => {
                     bytes += batch.byte_len();
                     held += batch.len();
+                    awaited |= batch.has_ack();
                     pending.push(batch);
                 }
                 Err(TryRecvError::Empty) => break,
@@ -260,6 +267,7 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
             None => true,
             Some(l) => {
                 disconnected
+                    || awaited
                     || bytes >= GATHER_BYTES
                     || pending.len() >= GATHER_BATCHES
                     || held >= share
@@ -279,11 +287,14 @@ pub fn run(mut sink: Box<dyn Sink>, ctx: SinkContext) {
             Stats::add(&ctx.stats.delivered, n as u64);
             ctx.queue.written(n);
         });
-        for batch in pending.drain(..) {
+        for mut batch in pending.drain(..) {
+            // Written: a RELP session may acknowledge it now.
+            batch.acknowledge();
             ctx.queue.recycle(batch);
         }
         bytes = 0;
         held = 0;
+        awaited = false;
         oldest = None;
     }
 }

@@ -261,6 +261,26 @@ struct Message {
     /// Shared by the messages of one batch.
     peer: Arc<str>,
     payload: Bytes,
+    /// A RELP session's acknowledgement of the message's batch, shared
+    /// by its messages: fired when the last of them is acked.
+    ack: Option<Arc<BatchAck>>,
+}
+
+/// A batch's RELP acknowledgement and how many of its messages still
+/// await the stream's ack.
+#[derive(Debug)]
+struct BatchAck {
+    left: AtomicUsize,
+    ack: crate::relp::ack::Ack,
+}
+
+impl BatchAck {
+    /// One more message of the batch is stored in the stream.
+    fn stored(&self) {
+        if self.left.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.ack.fire();
+        }
+    }
 }
 
 type AckResult = Result<jetstream::publish::PublishAck, jetstream::context::PublishError>;
@@ -636,7 +656,13 @@ impl Pipeline {
     /// each followed by LF), and one peer string for all of them. A slow
     /// message keeps its batch's copy alive until its ack: at most
     /// `max_in_flight` batches' worth, far below what the queue may hold.
-    fn accept(&mut self, batch: Batch) {
+    fn accept(&mut self, mut batch: Batch) {
+        let ack = batch.take_ack().map(|ack| {
+            Arc::new(BatchAck {
+                left: batch.len().into(),
+                ack,
+            })
+        });
         let peer: Arc<str> = batch.peer().map(peer_text).unwrap_or_default().into();
         let data = Bytes::copy_from_slice(batch.as_lines());
         let origin = batch.origin();
@@ -663,6 +689,7 @@ impl Pipeline {
                 id,
                 peer: peer.clone(),
                 payload: data.slice(start..end),
+                ack: ack.clone(),
             });
             start = end + 1;
         }
@@ -777,6 +804,9 @@ impl Pipeline {
                     }
                     delivered += 1;
                     bytes += message.payload.len() as u64;
+                    if let Some(ack) = &message.ack {
+                        ack.stored();
+                    }
                     self.settled(message.id);
                 }
                 Err(e) => self.failed(message, &e),

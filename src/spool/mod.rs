@@ -67,6 +67,7 @@ use log::{error, info, warn};
 use parking_lot::{Condvar, Mutex};
 
 use crate::queue::{Batch, QueueReceiver, SpoolPos};
+use crate::relp::ack::Ack;
 use crate::stats::Stats;
 use position::PositionFile;
 use segment::{Read, SegmentReader, SegmentWriter};
@@ -234,6 +235,7 @@ pub fn open(settings: Settings, stats: Arc<Stats>) -> io::Result<(Arc<Spool>, Sp
         buf: Vec::new(),
         pending: Vec::new(),
         dirty: false,
+        unsynced: Vec::new(),
         last_sync: Instant::now(),
         last_commit: Instant::now(),
         outage: None,
@@ -401,6 +403,9 @@ pub struct SpoolWriter {
     pending: Vec<Batch>,
     /// Appended since the last data sync.
     dirty: bool,
+    /// RELP acknowledgements of appended batches, fired once a data sync
+    /// covers them (src/relp/ack.rs).
+    unsynced: Vec<Ack>,
     last_sync: Instant,
     last_commit: Instant,
     /// Since when appends fail (disk full): one warning per outage.
@@ -498,6 +503,8 @@ impl SpoolWriter {
             info!("spool writing again outage={:?}", since.elapsed());
         }
         self.dirty = true;
+        self.unsynced
+            .extend(self.pending.iter_mut().filter_map(Batch::take_ack));
         if self.settings.sync.is_zero() {
             // Durable before the credits return.
             self.sync_data();
@@ -573,6 +580,13 @@ impl SpoolWriter {
             match self.active.sync() {
                 Ok(()) => self.dirty = false,
                 Err(e) => error!("spool: data sync failed error=\"{e}\""),
+            }
+        }
+        // Everything appended is on disk now (a sealed segment was synced
+        // as it was sealed): its RELP clients may be told.
+        if !self.dirty {
+            for ack in self.unsynced.drain(..) {
+                ack.fire();
             }
         }
         self.last_sync = Instant::now();
