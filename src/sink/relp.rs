@@ -52,6 +52,11 @@ const OPEN_TXNR: u32 = 1;
 const RSP_DATA_MAX: usize = 64 << 10;
 /// Bytes read from the socket per call.
 const READ_CHUNK: usize = 16 << 10;
+/// Frames sent at most before the answers are read again: with a large
+/// window, writing it all first could fill both directions' socket
+/// buffers (the server blocked writing answers nobody reads, so it stops
+/// reading) until `write_timeout` broke the session.
+const SEND_CHUNK: usize = 256 << 10;
 /// How long the `close` at shutdown waits for its answer, at most.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -162,13 +167,20 @@ impl RelpSink {
                 answer?;
                 break;
             }
-            if Instant::now() >= deadline {
-                return Err(io::Error::new(
+            let late = || {
+                io::Error::new(
                     io::ErrorKind::TimedOut,
                     "no answer to open within connect_timeout",
-                ));
+                )
+            };
+            if Instant::now() >= deadline {
+                return Err(late());
             }
-            session.fill()?;
+            match session.fill() {
+                Ok(()) => {}
+                Err(e) if is_timeout(&e) => return Err(late()),
+                Err(e) => return Err(e),
+            }
         }
         session
             .conn
@@ -195,7 +207,7 @@ impl RelpSink {
             .as_mut()
             .expect("step runs with an open session");
         self.out.clear();
-        while session.unacked.len() < self.window {
+        while session.unacked.len() < self.window && self.out.len() < SEND_CHUNK {
             let index = if let Some(index) = self.progress.resend.pop_front() {
                 self.resent += 1;
                 index
