@@ -34,7 +34,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use spool_support::{Rng, message};
+use spool_support::{Rng, message, spooled_max};
 use support::nats::{Cluster, NatsServer, create_stream, read_stream, stream_count};
 use support::{Daemon, num};
 
@@ -61,32 +61,6 @@ fn config(urls: &[String], spool_dir: &Path, shutdown: &str) -> String {
         "250ms",
         &format!("[shutdown]\ntimeout = \"{shutdown}\""),
     )
-}
-
-/// Raises `max[client]` to the highest sequence number of each client's
-/// messages in the spool's segment files (a record being appended right
-/// now is simply not seen yet; a segment deleted since the last look was
-/// seen then, as deletion waits for a durable position).
-fn spooled_max(dir: &Path, max: &mut HashMap<usize, usize>) {
-    use floodwall::spool::record::{self, Parsed};
-    use floodwall::spool::segment;
-    for seq in segment::list(dir).expect("list the spool's segments") {
-        let Ok(bytes) = std::fs::read(segment::path(dir, seq)) else {
-            continue; // deleted meanwhile
-        };
-        let mut at = 0;
-        while let Parsed::Record { len, .. } = record::parse(&bytes[at..]) {
-            if let Some(batch) = record::decode(&bytes[at..at + len]) {
-                for m in batch.messages() {
-                    if let Some((c, s)) = spool_support::parse(&String::from_utf8_lossy(m)) {
-                        let top = max.entry(c).or_default();
-                        *top = (*top).max(s);
-                    }
-                }
-            }
-            at += len;
-        }
-    }
 }
 
 /// `CLIENTS` connections each send their messages `from..to` in writes
