@@ -6,7 +6,8 @@
 #     because the Debian packages rsyslog and syslog-ng-core conflict), plus its
 #     runtime libraries (apt); also provides `loggen`
 #   - socat and util-linux `logger`
-#   - rsyslog-openssl (TLS driver), rsyslog-relp (omrelp/imrelp), nats-server, haproxy, prometheus + promtool,
+#   - rsyslog-openssl (TLS driver), rsyslog-relp (imrelp, omrelp), nats-server,
+#     haproxy, prometheus + promtool,
 #     openssl (apt; their services are never started)
 #
 # Idempotent: a second run does nothing but check. Quiet on success (one summary
@@ -151,8 +152,6 @@ for b in nats-server haproxy prometheus promtool openssl; do
     command -v "$b" >/dev/null 2>&1 || die "$b not found after install"
 done
 ls /usr/lib/*/rsyslog/lmnsd_ossl.so >/dev/null 2>&1 || die "rsyslog ossl driver (lmnsd_ossl.so) not found after install"
-# rsyslog-relp: imrelp and omrelp (librelp), the RELP peers of the relp
-# listener and relp sink tests.
 ls /usr/lib/*/rsyslog/imrelp.so /usr/lib/*/rsyslog/omrelp.so >/dev/null 2>&1 || die "rsyslog-relp (imrelp.so, omrelp.so) not found after install"
 # A service started anyway (no policy-rc.d honoured): stop it, our tests
 # bind their own ports and must not share a machine-wide instance.

@@ -41,7 +41,6 @@
 # that chains to CA (authmode certvalid).
 # FLOODWALL_RSYSLOG_RELP_QUEUE=memory (benchmarks) uses rsyslog's default
 # in-memory main queue instead: faster, but an ack no longer means written.
-#
 # start-rsyslog-relp-forward reads plain TCP on PORT and forwards with
 # omrelp (librelp, rsyslog-relp) to 127.0.0.1:TARGET_PORT; with CA CERT KEY
 # over TLS (tls="on", tls.tlslib="openssl", mutual: its own certificate,
