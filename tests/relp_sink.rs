@@ -13,7 +13,7 @@
 //!   were in flight are sent again and counted (`relp_resent`), and the
 //!   duplicates in the file are at most that count.
 //!
-//! - With `[spool]`: floodwall killed (-9) twice while it delivers from
+//! - With `[spool]`: floodwall killed (-9) three times while it delivers from
 //!   its spool and restarted on it: every message that was spooled
 //!   reaches rsyslog (at least once).
 //!
@@ -269,8 +269,8 @@ fn a_downstream_stopped_and_killed_mid_stream_loses_nothing_and_resends_are_coun
 /// so each kill waits until the round's messages are in segment files).
 #[test]
 fn with_a_spool_kill_9_of_floodwall_mid_delivery_loses_nothing_spooled() {
-    const ROUNDS: usize = 2;
-    const PER_ROUND: usize = 20_000;
+    const ROUNDS: usize = 3;
+    const PER_ROUND: usize = 30_000;
     let work = tempfile::tempdir().expect("peer dir");
     let out = work.path().join("out.log");
     let peer = imrelp(work.path(), &out, &[]);
