@@ -1,7 +1,9 @@
 //! `[spool]` with the nats sink, against a real nats-server: kill -9
 //! floodwall while it delivers from its spool, restart it on the same
 //! spool, several times; in the end the stream holds every message that
-//! was spooled before each kill exactly once. And a shutdown while the
+//! was spooled before each kill exactly once: 5 kills during 200,000
+//! messages, into a single server's stream and into an R3 stream on a
+//! 3-node cluster (the fleet set-up). And a shutdown while the
 //! server is away keeps the spool for the next start, which publishes it
 //! with each message's `Floodwall-Peer`.
 //!
@@ -32,8 +34,8 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use spool_support::{Rng, message};
-use support::nats::{NatsServer, create_stream, read_stream, stream_count};
+use spool_support::{Rng, message, spooled_max};
+use support::nats::{Cluster, NatsServer, create_stream, read_stream, stream_count};
 use support::{Daemon, num};
 
 const ROUNDS: usize = 5;
@@ -46,10 +48,12 @@ const SIZE: usize = 100;
 const STREAM: &str = "SPOOLED";
 const SUBJECT: &str = "logs.spooled";
 
-fn config(url: &str, spool_dir: &Path, shutdown: &str) -> String {
+fn config(urls: &[String], spool_dir: &Path, shutdown: &str) -> String {
+    let servers: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
     spool_support::config_with_sync(
         &format!(
-            "type = \"nats\"\nservers = [\"{url}\"]\nsubject = \"{SUBJECT}\"\nstream = \"{STREAM}\""
+            "type = \"nats\"\nservers = [{}]\nsubject = \"{SUBJECT}\"\nstream = \"{STREAM}\"",
+            servers.join(", ")
         ),
         spool_dir,
         // A kill finds up to 250 ms of acked messages not yet durably
@@ -57,32 +61,6 @@ fn config(url: &str, spool_dir: &Path, shutdown: &str) -> String {
         "250ms",
         &format!("[shutdown]\ntimeout = \"{shutdown}\""),
     )
-}
-
-/// Raises `max[client]` to the highest sequence number of each client's
-/// messages in the spool's segment files (a record being appended right
-/// now is simply not seen yet; a segment deleted since the last look was
-/// seen then, as deletion waits for a durable position).
-fn spooled_max(dir: &Path, max: &mut HashMap<usize, usize>) {
-    use floodwall::spool::record::{self, Parsed};
-    use floodwall::spool::segment;
-    for seq in segment::list(dir).expect("list the spool's segments") {
-        let Ok(bytes) = std::fs::read(segment::path(dir, seq)) else {
-            continue; // deleted meanwhile
-        };
-        let mut at = 0;
-        while let Parsed::Record { len, .. } = record::parse(&bytes[at..]) {
-            if let Some(batch) = record::decode(&bytes[at..at + len]) {
-                for m in batch.messages() {
-                    if let Some((c, s)) = spool_support::parse(&String::from_utf8_lossy(m)) {
-                        let top = max.entry(c).or_default();
-                        *top = (*top).max(s);
-                    }
-                }
-            }
-            at += len;
-        }
-    }
 }
 
 /// `CLIENTS` connections each send their messages `from..to` in writes
@@ -121,14 +99,33 @@ fn recovered(d: &Daemon) -> u64 {
 
 #[test]
 fn kill_9_mid_delivery_leaves_each_spooled_message_in_the_stream_once() {
-    let mut rng = Rng::from_env_or_time();
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsServer::start(dir.path(), "spooled");
     let urls = vec![nats.url()];
     // Default duplicate window: 2 min, far longer than this test.
     create_stream(&urls, STREAM, SUBJECT, 1);
-    let spool_dir = dir.path().join("spool");
-    let cfg = config(&nats.url(), &spool_dir, "20s");
+    kill_9_rounds(&urls, dir.path());
+}
+
+/// The same into a stream replicated on a 3-node cluster (the fleet's
+/// set-up, docs/fleet.md): an ack means stored on a quorum.
+#[test]
+fn kill_9_mid_delivery_into_an_r3_stream_leaves_each_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path());
+    let urls = cluster.urls();
+    create_stream(&urls, STREAM, SUBJECT, 3);
+    kill_9_rounds(&urls, dir.path());
+}
+
+/// `ROUNDS` kills of floodwall (spool + nats sink into `urls`' stream)
+/// while it delivers, then a last start that delivers the rest: the
+/// stream holds every message exactly once.
+fn kill_9_rounds(urls: &[String], dir: &Path) {
+    let mut rng = Rng::from_env_or_time();
+    let urls = urls.to_vec();
+    let spool_dir = dir.join("spool");
+    let cfg = config(&urls, &spool_dir, "20s");
     let started = Instant::now();
 
     // Messages each client sent so far (its next sequence number).
@@ -282,7 +279,7 @@ fn a_shutdown_with_the_server_away_keeps_the_spool_for_the_next_start() {
     let port = NatsServer::vacated_port(dir.path(), "away");
     let url = format!("nats://127.0.0.1:{port}");
     let spool_dir = dir.path().join("spool");
-    let mut d = Daemon::start(&config(&url, &spool_dir, "2s"));
+    let mut d = Daemon::start(&config(std::slice::from_ref(&url), &spool_dir, "2s"));
     const N: usize = 500;
     let locals = send(d.addr, 0, N);
     // 20 s: framing and appending 200 KB on a busy machine.
@@ -303,7 +300,7 @@ fn a_shutdown_with_the_server_away_keeps_the_spool_for_the_next_start() {
     assert!(d.log_text().contains("shutdown drained=true lost=0"));
 
     let nats = NatsServer::start_with(dir.path(), "away", Some(port), None);
-    let mut d = Daemon::start(&config(&url, &spool_dir, "20s"));
+    let mut d = Daemon::start(&config(std::slice::from_ref(&url), &spool_dir, "20s"));
     // 30 s: connecting (back-off) and publishing on a busy machine.
     let s = d
         .wait_stats(Duration::from_secs(30), |s| num(s, "queue_depth") == 0)

@@ -52,6 +52,11 @@ const OPEN_TXNR: u32 = 1;
 const RSP_DATA_MAX: usize = 64 << 10;
 /// Bytes read from the socket per call.
 const READ_CHUNK: usize = 16 << 10;
+/// Frames sent at most before the answers are read again: with a large
+/// window, writing it all first could fill both directions' socket
+/// buffers (the server blocked writing answers nobody reads, so it stops
+/// reading) until `write_timeout` broke the session.
+const SEND_CHUNK: usize = 256 << 10;
 /// How long the `close` at shutdown waits for its answer, at most.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -162,13 +167,20 @@ impl RelpSink {
                 answer?;
                 break;
             }
-            if Instant::now() >= deadline {
-                return Err(io::Error::new(
+            let late = || {
+                io::Error::new(
                     io::ErrorKind::TimedOut,
                     "no answer to open within connect_timeout",
-                ));
+                )
+            };
+            if Instant::now() >= deadline {
+                return Err(late());
             }
-            session.fill()?;
+            match session.fill() {
+                Ok(()) => {}
+                Err(e) if is_timeout(&e) => return Err(late()),
+                Err(e) => return Err(e),
+            }
         }
         session
             .conn
@@ -195,7 +207,7 @@ impl RelpSink {
             .as_mut()
             .expect("step runs with an open session");
         self.out.clear();
-        while session.unacked.len() < self.window {
+        while session.unacked.len() < self.window && self.out.len() < SEND_CHUNK {
             let index = if let Some(index) = self.progress.resend.pop_front() {
                 self.resent += 1;
                 index
@@ -485,5 +497,151 @@ impl Drop for RelpSink {
         {
             session.close();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SinkType;
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::mpsc;
+
+    fn sink(addr: std::net::SocketAddr, write_timeout: Duration) -> RelpSink {
+        let config = SinkConfig {
+            kind: SinkType::Relp,
+            address: Some(addr.to_string()),
+            window: Some(128),
+            connect_timeout: Some(Duration::from_secs(5)),
+            write_timeout: Some(write_timeout),
+            ..SinkConfig::default()
+        };
+        RelpSink::new(&config).unwrap()
+    }
+
+    fn batch(messages: &[&str]) -> Vec<Batch> {
+        let mut b = Batch::new();
+        for m in messages {
+            b.push(m.as_bytes());
+        }
+        vec![b]
+    }
+
+    /// The server side of a test: reads one whole frame (blocking).
+    fn frame(s: &mut TcpStream, input: &mut Vec<u8>) -> (u32, String, Vec<u8>) {
+        loop {
+            if let Some((f, used)) = codec::decode(input, 1 << 20).unwrap() {
+                let got = (
+                    f.txnr,
+                    String::from_utf8_lossy(f.command).into_owned(),
+                    f.data.to_vec(),
+                );
+                input.drain(..used);
+                return got;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "the sink closed the connection");
+            input.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn rsp(s: &mut TcpStream, txnr: u32, body: &[u8]) {
+        let mut out = Vec::new();
+        codec::encode_rsp(&mut out, txnr, 200, "OK", body);
+        s.write_all(&out).unwrap();
+    }
+
+    /// Accepts a session: the open, answered with librelp's offers.
+    fn accept(l: &TcpListener) -> (TcpStream, Vec<u8>) {
+        let (mut s, _) = l.accept().unwrap();
+        // Bounded: a sink that never sends what is awaited fails the test.
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut input = Vec::new();
+        let (txnr, command, data) = frame(&mut s, &mut input);
+        assert_eq!((txnr, command.as_str()), (1, "open"));
+        assert!(String::from_utf8_lossy(&data).contains("commands=syslog"));
+        rsp(
+            &mut s,
+            txnr,
+            b"relp_version=0\nrelp_software=librelp,1.11.0\ncommands=syslog",
+        );
+        (s, input)
+    }
+
+    /// A session lost with messages in flight: the acknowledged ones are
+    /// never sent again, the others are sent first on the next session,
+    /// in order, and counted.
+    #[test]
+    fn unacked_messages_are_resent_on_the_next_session_and_counted() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, mut input) = accept(&l);
+            for k in 0..5 {
+                let (txnr, command, _) = frame(&mut s, &mut input);
+                assert_eq!((txnr, command.as_str()), (2 + k, "syslog"));
+                if k < 3 {
+                    rsp(&mut s, txnr, b"");
+                }
+            }
+            drop(s); // two unanswered
+            let (mut s, mut input) = accept(&l);
+            let mut again = Vec::new();
+            for _ in 0..2 {
+                let (txnr, _, data) = frame(&mut s, &mut input);
+                again.push(String::from_utf8(data).unwrap());
+                rsp(&mut s, txnr, b"");
+            }
+            // The sink is dropped idle: it says close.
+            let (txnr, command, _) = frame(&mut s, &mut input);
+            assert_eq!(command, "close");
+            rsp(&mut s, txnr, b"");
+            again
+        });
+        let mut sink = sink(addr, Duration::from_secs(5));
+        let batches = batch(&["m0", "m1", "m2", "m3", "m4"]);
+        let mut failures = 0;
+        while let Err(e) = sink.write(&batches) {
+            failures += 1;
+            assert!(failures < 5, "{e}");
+        }
+        assert_eq!(failures, 1);
+        assert_eq!(sink.take_resent(), 2);
+        assert_eq!(sink.take_resent(), 0);
+        drop(sink);
+        assert_eq!(server.join().unwrap(), ["m3", "m4"]);
+    }
+
+    /// No ack within write_timeout: an error, but the session stays and
+    /// the retry waits for the acks; nothing is sent twice.
+    #[test]
+    fn a_slow_server_keeps_its_session_and_nothing_is_resent() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (go, wait) = mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut s, mut input) = accept(&l);
+            let a = frame(&mut s, &mut input);
+            let b = frame(&mut s, &mut input);
+            wait.recv().unwrap(); // the sink's write timed out
+            rsp(&mut s, a.0, b"");
+            rsp(&mut s, b.0, b"");
+            let (txnr, command, _) = frame(&mut s, &mut input);
+            assert_eq!(command, "close");
+            rsp(&mut s, txnr, b"");
+            l.set_nonblocking(true).unwrap();
+            // One session only: no second connection is waiting.
+            assert!(l.accept().is_err());
+        });
+        let mut sink = sink(addr, Duration::from_millis(200));
+        let batches = batch(&["a", "b"]);
+        let e = sink.write(&batches).unwrap_err();
+        assert!(is_timeout(&e), "{e}");
+        go.send(()).unwrap();
+        sink.write(&batches).unwrap();
+        assert_eq!(sink.take_resent(), 0);
+        drop(sink);
+        server.join().unwrap();
     }
 }

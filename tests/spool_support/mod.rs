@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -328,4 +329,30 @@ pub fn fill_spool(spool_dir: &std::path::Path, conns: usize, per_conn: usize) ->
         "spooled at exit"
     );
     seq as u64
+}
+
+/// Raises `max[client]` to the highest sequence number of each client's
+/// messages in the spool's segment files (a record being appended right
+/// now is simply not seen yet; a segment deleted since the last look was
+/// seen then, as deletion waits for a durable position).
+pub fn spooled_max(dir: &Path, max: &mut HashMap<usize, usize>) {
+    use floodwall::spool::record::{self, Parsed};
+    use floodwall::spool::segment;
+    for seq in segment::list(dir).expect("list the spool's segments") {
+        let Ok(bytes) = std::fs::read(segment::path(dir, seq)) else {
+            continue; // deleted meanwhile
+        };
+        let mut at = 0;
+        while let Parsed::Record { len, .. } = record::parse(&bytes[at..]) {
+            if let Some(batch) = record::decode(&bytes[at..at + len]) {
+                for m in batch.messages() {
+                    if let Some((c, s)) = parse(&String::from_utf8_lossy(m)) {
+                        let top = max.entry(c).or_default();
+                        *top = (*top).max(s);
+                    }
+                }
+            }
+            at += len;
+        }
+    }
 }
