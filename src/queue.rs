@@ -50,8 +50,11 @@ pub struct Batch {
     /// batch's. Bytes past `end` are kept initialised so that the
     /// allocation can become a read buffer again without being zeroed.
     data: Vec<u8>,
-    start: usize,
-    end: usize,
+    /// u32 like `ends`: a batch is at most a read buffer or a spool
+    /// record (far below 4 GiB), and the batch stays under the size at
+    /// which returning it in an `Err` gets costly.
+    start: u32,
+    end: u32,
     /// End offset in `data[start..]` of each message, LF excluded.
     ends: Vec<u32>,
     /// The client that sent these messages (behind a PROXY-protocol
@@ -106,7 +109,7 @@ impl Batch {
         }
         (start == data.len()).then_some(Batch {
             start: 0,
-            end: data.len(),
+            end: data.len() as u32,
             data,
             ends,
             peer: None,
@@ -163,11 +166,11 @@ impl Batch {
     }
 
     pub fn push(&mut self, message: &[u8]) {
-        self.data.truncate(self.end);
+        self.data.truncate(self.end as usize);
         self.data.extend_from_slice(message);
-        self.ends.push((self.data.len() - self.start) as u32);
+        self.ends.push((self.data.len() - self.start as usize) as u32);
         self.data.push(b'\n');
-        self.end = self.data.len();
+        self.end = self.data.len() as u32;
     }
 
     /// Appends messages that sit back to back in `lines`, each followed by
@@ -177,9 +180,9 @@ impl Batch {
         debug_assert!(ends.iter().all(|&e| lines.get(e as usize) == Some(&b'\n')));
         debug_assert_eq!(ends.last().map(|&e| e as usize + 1), Some(lines.len()));
         let base = self.byte_len() as u32;
-        self.data.truncate(self.end);
+        self.data.truncate(self.end as usize);
         self.data.extend_from_slice(lines);
-        self.end = self.data.len();
+        self.end = self.data.len() as u32;
         self.ends.extend(ends.iter().map(|&e| base + e));
     }
 
@@ -202,8 +205,8 @@ impl Batch {
             Some(run.end)
         );
         self.data = buf;
-        self.start = run.start;
-        self.end = run.end;
+        self.start = run.start as u32;
+        self.end = run.end as u32;
         self.ends.clear();
         self.ends.extend_from_slice(ends);
     }
@@ -230,12 +233,12 @@ impl Batch {
 
     /// Bytes of messages plus one LF each.
     pub fn byte_len(&self) -> usize {
-        self.end - self.start
+        (self.end - self.start) as usize
     }
 
     /// Every message followed by LF: what stdout, file and tcp-lines write.
     pub fn as_lines(&self) -> &[u8] {
-        &self.data[self.start..self.end]
+        &self.data[self.start as usize..self.end as usize]
     }
 
     pub fn messages(&self) -> impl Iterator<Item = &[u8]> + '_ {
@@ -255,10 +258,10 @@ impl Batch {
     /// to the messages in it.
     fn fit(&mut self) {
         if self.data.capacity() > 2 * self.byte_len() + LOOSE_BYTES {
-            self.data.truncate(self.end);
-            self.data.drain(..self.start);
+            self.data.truncate(self.end as usize);
+            self.data.drain(..self.start as usize);
             self.start = 0;
-            self.end = self.data.len();
+            self.end = self.data.len() as u32;
             self.data.shrink_to(self.data.len());
         }
     }
