@@ -168,7 +168,8 @@ impl Batch {
     pub fn push(&mut self, message: &[u8]) {
         self.data.truncate(self.end as usize);
         self.data.extend_from_slice(message);
-        self.ends.push((self.data.len() - self.start as usize) as u32);
+        self.ends
+            .push((self.data.len() - self.start as usize) as u32);
         self.data.push(b'\n');
         self.end = self.data.len() as u32;
     }

@@ -176,7 +176,25 @@ pub fn probe(dir: &Path) -> io::Result<()> {
             format!("spool.dir: {} exists and is not a directory", dir.display()),
         ));
     }
-    std::fs::create_dir_all(dir).map_err(with_path)?;
+    if !dir.exists() {
+        // Start-up creates it; a check creates nothing. The nearest
+        // existing ancestor must be a directory.
+        let mut up = dir.parent();
+        while let Some(p) = up {
+            if p.exists() {
+                return if p.is_dir() {
+                    Ok(())
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::NotADirectory,
+                        format!("spool.dir: {} is not a directory", p.display()),
+                    ))
+                };
+            }
+            up = p.parent();
+        }
+        return Ok(());
+    }
     let file = dir.join(format!(".probe-{}", std::process::id()));
     std::fs::OpenOptions::new()
         .write(true)
