@@ -50,6 +50,8 @@ pub mod stream;
 pub mod threads;
 pub mod tls;
 pub mod tls_record;
+#[cfg(test)]
+mod tls_record_diff;
 pub mod tls_rustls;
 pub mod wake;
 

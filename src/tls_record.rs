@@ -48,9 +48,13 @@ const ALERT: u8 = 21;
 const HANDSHAKE: u8 = 22;
 const APPLICATION_DATA: u8 = 23;
 const KEY_UPDATE: u8 = 24;
+/// The highest record type rustls knows (heartbeat): it is refused when
+/// opened, like any other type but the four.
+const HEARTBEAT: u8 = 24;
 const CLOSE_NOTIFY: u8 = 0;
 const USER_CANCELED: u8 = 90;
 const WARNING: u8 = 1;
+const FATAL: u8 = 2;
 /// Records in a row that hand out nothing (empty application data,
 /// user_canceled, KeyUpdate) before the connection ends: rustls's own
 /// bounds (32 empty records, 32 KeyUpdates). Without one, a client
@@ -155,9 +159,13 @@ impl Cipher {
                 return Err(broken("record overflow"));
             }
             let nonce = Nonce::assume_unique_for_key(self.xor_nonce());
+            // The additional data is the header with its legacy version
+            // as every sender writes it (0x0303): a receiver ignores the
+            // field (RFC 8446 5.1), as rustls does.
+            let aad = [APPLICATION_DATA, 3, 3, header[3], header[4]];
             let plain = self
                 .key
-                .open_in_place(nonce, Aad::from(&*header), body)
+                .open_in_place(nonce, Aad::from(aad), body)
                 .map_err(|_| broken("record failed to authenticate"))?;
             self.count()?;
             let Some(end) = plain.iter().rposition(|&b| b != 0) else {
@@ -281,6 +289,10 @@ pub struct Session {
     failed: Option<String>,
     /// Records in a row that handed out nothing (see `BARREN_MAX`).
     barren: u8,
+    /// A KeyUpdate split across records: its bytes so far (a KeyUpdate is
+    /// 5 bytes: type, 3 of length, the request).
+    fragment: [u8; 5],
+    fragment_len: u8,
 }
 
 impl Session {
@@ -312,6 +324,8 @@ impl Session {
             closed,
             failed: None,
             barren: 0,
+            fragment: [0; 5],
+            fragment_len: 0,
         }
     }
 
@@ -366,7 +380,7 @@ impl Session {
     /// Opens records into `out` until it is full or the socket has nothing
     /// more, like one plain read of that size. `Ok(0)` is the end of
     /// input, with or without close_notify: [`Session::ending`] says which.
-    pub fn read(&mut self, mut sock: &TcpStream, out: &mut [u8]) -> io::Result<usize> {
+    pub fn read(&mut self, mut sock: impl Read, out: &mut [u8]) -> io::Result<usize> {
         let mut n = 0;
         loop {
             n += self.hand_out(&mut out[n..]);
@@ -451,12 +465,27 @@ impl Session {
     /// staged input when all of it is there.
     fn staged_record(&self) -> io::Result<Option<usize>> {
         let staged = &self.buf[self.start..self.end];
+        // What rustls checks in a header, each field as soon as it is
+        // there: a known type, a 3.x version, no empty record but
+        // application data, at most 2^14 + 2048 (TLS 1.3's tighter limit
+        // is checked when the record is whole, as rustls does). A header
+        // failing these ends the session even if the EOF cuts its record.
+        if let Some(&typ) = staged.first()
+            && !(CHANGE_CIPHER_SPEC..=HEARTBEAT).contains(&typ)
+        {
+            return Err(broken(format!("unknown record type {typ}")));
+        }
+        if staged.len() >= 3 && staged[1] != 3 {
+            return Err(broken("unknown record version"));
+        }
         let Some(header) = staged.get(..HEADER) else {
             return Ok(None);
         };
         let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
-        let max = MAX_PLAINTEXT + if self.tls12 { 2048 } else { 256 };
-        if len > max {
+        if len == 0 && header[0] != APPLICATION_DATA {
+            return Err(broken("empty record"));
+        }
+        if len >= MAX_PLAINTEXT + 2048 {
             return Err(broken("record overflow"));
         }
         Ok((staged.len() >= HEADER + len).then_some(HEADER + len))
@@ -472,6 +501,10 @@ impl Session {
         let rx = self.rx.key(self.tls12)?;
         let (typ, range) = rx.open(self.tls12, &mut self.buf[at..at + len])?;
         let range = at + range.start..at + range.end;
+        if self.fragment_len > 0 && typ != HANDSHAKE {
+            // RFC 8446 5.1: nothing between the records of one message.
+            return Err(broken("a record inside a split KeyUpdate"));
+        }
         match typ {
             APPLICATION_DATA => self.plain = range,
             ALERT => self.alert(range)?,
@@ -500,6 +533,9 @@ impl Session {
 
     fn alert(&mut self, range: Range<usize>) -> io::Result<()> {
         match self.buf[range] {
+            [level, _] if level != WARNING && level != FATAL => {
+                Err(broken(format!("alert of unknown level {level}")))
+            }
             [_, CLOSE_NOTIFY] => {
                 self.closed = true;
                 Ok(())
@@ -510,21 +546,38 @@ impl Session {
         }
     }
 
-    /// A TLS 1.3 KeyUpdate, alone in its record (a key change may not
-    /// share a record with what follows it, RFC 8446 5.1). An
-    /// update_requested asks for ours before our next application data;
-    /// floodwall sends none, so there is nothing to answer.
+    /// A TLS 1.3 KeyUpdate: it may come split across records (RFC 8446
+    /// 5.1 lets any handshake message span records), but it must end its
+    /// last record (a key change may not share a record with what follows
+    /// it). An update_requested asks for ours before our next application
+    /// data; floodwall sends none, so there is nothing to answer. Any
+    /// other handshake message is refused at its first byte.
     fn key_update(&mut self, range: Range<usize>) -> io::Result<()> {
-        match self.buf[range] {
-            [KEY_UPDATE, 0, 0, 1, 0 | 1] => {}
-            [KEY_UPDATE, ..] => return Err(broken("malformed KeyUpdate")),
-            [other, ..] => {
-                return Err(broken(format!(
-                    "handshake message {other} after the handshake"
-                )));
-            }
-            [] => return Err(broken("empty handshake record")),
+        if range.is_empty() {
+            return Err(broken("empty handshake record"));
         }
+        for i in range {
+            let at = usize::from(self.fragment_len);
+            if at == self.fragment.len() {
+                return Err(broken("KeyUpdate must end its record"));
+            }
+            self.fragment[at] = self.buf[i];
+            self.fragment_len += 1;
+            match (at, self.fragment[at]) {
+                (0, KEY_UPDATE) => {}
+                (0, other) => {
+                    return Err(broken(format!(
+                        "handshake message {other} after the handshake"
+                    )));
+                }
+                (1 | 2, 0) | (3, 1) | (4, 0 | 1) => {}
+                _ => return Err(broken("malformed KeyUpdate")),
+            }
+        }
+        if usize::from(self.fragment_len) < self.fragment.len() {
+            return Ok(());
+        }
+        self.fragment_len = 0;
         let (seq, secrets) = self
             .kernel
             .update_rx_secret()
