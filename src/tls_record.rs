@@ -857,6 +857,54 @@ pub(crate) mod tests {
         assert!(got == sent, "{} of {} bytes", got.len(), sent.len());
     }
 
+    /// Shutdown after a client's KeyUpdates (rustls asks for ours, which
+    /// floodwall never sends, so the client still reads with its first
+    /// key): floodwall's close_notify reaches the client as one.
+    #[test]
+    fn the_shutdown_close_notify_after_a_client_key_update_reaches_the_client() {
+        let suite = provider::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256;
+        let (server_config, client_config) = configs(suite);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+        let client = thread::spawn(move || {
+            let mut c = Client::connect(client_config, addr, b"");
+            let mut sent = Vec::new();
+            for i in 0..3 {
+                c.conn.refresh_traffic_keys().unwrap();
+                let m = format!("<13>after key update {i}\n");
+                c.send(m.as_bytes());
+                sent.extend_from_slice(m.as_bytes());
+            }
+            sent_tx.send(sent).unwrap();
+            // No close of our own: the server closes, as at its shutdown.
+            c.clean_close()
+        });
+        let (sock, mut session) = accept(&listener, server_config);
+        let sent = sent_rx.recv().unwrap();
+        let wake = Wake::new().unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.len() < sent.len() {
+            assert!(Instant::now() < deadline, "the data never came");
+            match session.read(&sock, &mut buf) {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wake.wait(&sock, Some(Duration::from_secs(5)), false)
+                        .unwrap();
+                }
+                other => panic!("read: {other:?}"),
+            }
+        }
+        assert_eq!(got, sent);
+        session.close_notify(&sock);
+        assert!(
+            client.join().unwrap(),
+            "the client did not read close_notify"
+        );
+    }
+
     /// A record changed in flight: what came before it is delivered, then
     /// the connection fails, and nothing of the forged record comes out.
     #[test]

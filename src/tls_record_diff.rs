@@ -363,6 +363,13 @@ impl Op {
             // no_renegotiation warning and goes on; floodwall ends the
             // session (it writes nothing to a client after the handshake).
             Op::Handshake(1) => tls12,
+            // A handshake message floodwall does not take (any in TLS 1.2,
+            // any but KeyUpdate in TLS 1.3) is refused at its first byte;
+            // rustls waits for the whole message, so when the stream ends
+            // first it reports a truncation where floodwall reports the
+            // refusal.
+            Op::Handshake(_) => true,
+            Op::KeyUpdate(..) => tls12,
             // A TLS 1.2 warning alert other than close_notify and
             // user_canceled: rustls logs it and goes on; floodwall ends
             // the session, as TLS 1.3 requires for every such alert.
@@ -664,5 +671,184 @@ proptest! {
         let stricter = ops.iter().any(|o| o.stricter(setup.tls12));
         let wire = forge(client, setup.tls12, &ops, close);
         compare(servers, &wire, &cuts, stricter).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// What a real rustls client does after its handshake.
+#[derive(Debug, Clone)]
+enum Real {
+    /// One write (rustls cuts it into records of at most 16 KiB).
+    Write(Vec<u8>),
+    /// TLS 1.3: `refresh_traffic_keys`, a KeyUpdate with update_requested.
+    KeyUpdate,
+}
+
+/// A real rustls client's stream: its own records for `ops`, then its
+/// close (Notify: its close_notify).
+fn real(mut client: UnbufferedClientConnection, ops: &[Real], close: Close) -> Vec<u8> {
+    let mut wire = Vec::new();
+    let mut unused = Vec::new();
+    let mut nothing: Vec<u8> = Vec::new();
+    let write =
+        |w: &mut rustls::unbuffered::WriteTraffic<'_, _>, data: &[u8], wire: &mut Vec<u8>| {
+            let used = wire.len();
+            let mut room = data.len() + 4096;
+            loop {
+                wire.resize(used + room, 0);
+                match w.encrypt(data, &mut wire[used..]) {
+                    Ok(k) => {
+                        wire.truncate(used + k);
+                        return;
+                    }
+                    Err(rustls::unbuffered::EncryptError::InsufficientSize(e)) => {
+                        room = e.required_size;
+                    }
+                    Err(e) => panic!("encrypt: {e:?}"),
+                }
+            }
+        };
+    for op in ops {
+        // Anything rustls wants to send first (a KeyUpdate it queued).
+        while step!(client, nothing, wire, unused) {}
+        let status = client.process_tls_records(&mut nothing[..]);
+        let Ok(ConnectionState::WriteTraffic(mut w)) = status.state else {
+            panic!("the client cannot write");
+        };
+        match op {
+            Real::Write(data) => write(&mut w, data, &mut wire),
+            Real::KeyUpdate => {
+                let _ = w.refresh_traffic_keys();
+            }
+        }
+    }
+    while step!(client, nothing, wire, unused) {}
+    match close {
+        Close::Notify => {
+            let status = client.process_tls_records(&mut nothing[..]);
+            let Ok(ConnectionState::WriteTraffic(mut w)) = status.state else {
+                panic!("the client cannot write");
+            };
+            let mut record = [0u8; 64];
+            let k = w.queue_close_notify(&mut record).unwrap();
+            wire.extend_from_slice(&record[..k]);
+        }
+        Close::Fin => {}
+        Close::Cut(n) => {
+            let status = client.process_tls_records(&mut nothing[..]);
+            let Ok(ConnectionState::WriteTraffic(mut w)) = status.state else {
+                panic!("the client cannot write");
+            };
+            let mut last = Vec::new();
+            write(&mut w, b"cut off\n", &mut last);
+            let keep = last.len() - 1 - n % (last.len() - 1);
+            wire.extend_from_slice(&last[..keep]);
+        }
+    }
+    wire
+}
+
+fn real_op() -> impl Strategy<Value = Real> {
+    prop_oneof![
+        8 => prop_oneof![
+            4 => proptest::collection::vec(any::<u8>(), 1..200),
+            1 => (16_000..40_000usize).prop_map(|n| vec![b'r'; n]),
+        ].prop_map(Real::Write),
+        1 => Just(Real::KeyUpdate),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(2_000),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// A real rustls client's records (large writes cut into 16 KiB
+    /// records, KeyUpdates), any suite, cut anywhere.
+    #[test]
+    fn rustls_client_streams_read_the_same_as_rustls(
+        suite in 0..6usize,
+        ops in proptest::collection::vec(real_op(), 0..8),
+        close in close(),
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let setup = setup(suites()[suite]);
+        let (servers, client) = handshake(&setup);
+        let ops: Vec<Real> = ops
+            .into_iter()
+            .filter(|o| !(setup.tls12 && matches!(o, Real::KeyUpdate)))
+            .collect();
+        let wire = real(client, &ops, close);
+        compare(servers, &wire, &cuts, false).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// One stream with a bit of everything, for the tests below.
+fn medley() -> Vec<Op> {
+    vec![
+        Op::Data(b"<13>first\n".to_vec(), 0),
+        Op::Empty,
+        Op::Data(b"<13>padded\n".to_vec(), 30),
+        Op::Alert(1, 90),
+        Op::KeyUpdate(1, 2),
+        Op::Data(b"<13>after a split KeyUpdate\n".to_vec(), 0),
+        Op::KeyUpdate(0, 0),
+        Op::Data(vec![b'z'; 300], 5),
+    ]
+}
+
+/// Every offset: the medley read with a pause there, and the medley cut
+/// there (the EOF inside it), in every suite; the same outcome as rustls
+/// each time.
+#[test]
+fn every_offset_reads_the_same_as_rustls() {
+    for suite in suites() {
+        let setup = setup(suite);
+        let (_, client) = handshake(&setup);
+        let wire = forge(client, setup.tls12, &medley(), Close::Notify);
+        let stricter = medley().iter().any(|o| o.stricter(setup.tls12));
+        for at in 1..wire.len() {
+            let (servers, client) = handshake(&setup);
+            let again = forge(client, setup.tls12, &medley(), Close::Notify);
+            assert!(again == wire, "the forger is not reproducible");
+            compare(servers, &wire, &[at], stricter)
+                .unwrap_or_else(|e| panic!("{suite:?}, a pause at {at}: {e}"));
+            let (servers, _) = handshake(&setup);
+            compare(servers, &wire[..at], &[], stricter)
+                .unwrap_or_else(|e| panic!("{suite:?}, cut at {at}: {e}"));
+        }
+    }
+}
+
+/// RFC 8446 5.1: a KeyUpdate may span records. Split after each of its
+/// bytes, it is followed, and data under the next key arrives.
+#[test]
+fn a_key_update_split_across_records_is_accepted() {
+    let setup = setup(provider::cipher_suite::TLS13_AES_256_GCM_SHA384);
+    for at in 1..5 {
+        for request in [0, 1] {
+            let (servers, client) = handshake(&setup);
+            let ops = [
+                Op::Data(b"before\n".to_vec(), 0),
+                Op::KeyUpdate(request, at),
+                Op::Data(b"after\n".to_vec(), 0),
+            ];
+            let wire = forge(client, false, &ops, Close::Notify);
+            let Taken::Floodwall(mut session) = hand_over(
+                servers.ours,
+                Vec::new(),
+                0,
+                servers.ours_early,
+                false,
+                RecordLayer::Floodwall,
+            )
+            .unwrap() else {
+                panic!("not floodwall's layer");
+            };
+            let (got, end) = read_ours(&mut session, &wire, &[]);
+            assert_eq!(got, b"before\nafter\n", "split after {at}");
+            assert_eq!(end, End::Clean, "split after {at}");
+        }
     }
 }
