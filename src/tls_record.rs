@@ -17,11 +17,16 @@
 //! content type and padding, alerts from the client, KeyUpdate, and the one
 //! record floodwall writes after a handshake: close_notify at shutdown.
 //! What ends the connection (as rustls ends it, but without an alert: a
-//! client that never reads would only be reset by one): a record that does
-//! not authenticate or is too long, an alert other than close_notify and
-//! user_canceled, a change_cipher_spec, any handshake message but a
-//! TLS 1.3 KeyUpdate (so no TLS 1.2 renegotiation), and more than 32
-//! records in a row that carry no data.
+//! client that never reads would only be reset by one): a record header
+//! of unknown type or version, a record that does not authenticate or is
+//! too long, an alert other than close_notify and user_canceled (or of
+//! unknown level), a change_cipher_spec, any handshake message but a
+//! TLS 1.3 KeyUpdate (so no TLS 1.2 renegotiation; a KeyUpdate may span
+//! records), and more than 32 records in a row that carry no data.
+//! src/tls_record_diff.rs proves these rules against rustls's reader;
+//! docs/tls.md lists the few where floodwall is stricter, and why. How the
+//! input ended (close_notify or not, inside a record or not) is
+//! [`Session::ending`]: conn.rs drops a frame a cut stream left unfinished.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
