@@ -6,12 +6,12 @@
 //!
 //! Two servers with the same keys need the same handshake: both servers
 //! here draw their randomness from a constant source, sign with Ed25519
-//! (deterministic signatures) and use a stand-in key exchange under
-//! X25519's name whose shared secret depends only on the two public keys.
-//! Given the same client flight they then answer byte for byte the same
-//! (checked at every step), so the client's Finished is valid for both
-//! and they derive the same traffic keys. None of this is cryptography
-//! anyone should use: it only makes a handshake reproducible.
+//! (deterministic signatures) and use one fixed X25519 key for every key
+//! exchange. Given the same client flight they then answer byte for byte
+//! the same (checked at every step), so the client's Finished is valid for
+//! both and they derive the same traffic keys. Real clients take part
+//! unchanged (openssl s_client below). None of this is how a server should
+//! run: it only makes a handshake reproducible.
 //!
 //! The client is rustls's unbuffered client. After the handshake it either
 //! stays a real rustls client (its own records, KeyUpdates and
@@ -60,18 +60,18 @@ impl SecureRandom for Constant {
     }
 }
 
-/// A key exchange under X25519's name whose secret is a hash of both
-/// public keys: reproducible, and worthless as cryptography.
+/// X25519 with one fixed private key: every exchange the same on the
+/// server's side.
 #[derive(Debug)]
-struct StandIn;
+struct FixedX25519;
 
-struct StandInShare;
+struct FixedShare(x25519_dalek::StaticSecret, [u8; 32]);
 
-const SHARE: [u8; 32] = [0x42; 32];
-
-impl SupportedKxGroup for StandIn {
+impl SupportedKxGroup for FixedX25519 {
     fn start(&self) -> Result<Box<dyn ActiveKeyExchange>, rustls::Error> {
-        Ok(Box::new(StandInShare))
+        let secret = x25519_dalek::StaticSecret::from([0x42; 32]);
+        let public = x25519_dalek::PublicKey::from(&secret).to_bytes();
+        Ok(Box::new(FixedShare(secret, public)))
     }
 
     fn name(&self) -> NamedGroup {
@@ -79,19 +79,17 @@ impl SupportedKxGroup for StandIn {
     }
 }
 
-impl ActiveKeyExchange for StandInShare {
+impl ActiveKeyExchange for FixedShare {
     fn complete(self: Box<Self>, peer: &[u8]) -> Result<SharedSecret, rustls::Error> {
-        let (a, b) = if peer < &SHARE[..] {
-            (peer, &SHARE[..])
-        } else {
-            (&SHARE[..], peer)
-        };
-        let digest = ring::digest::digest(&ring::digest::SHA256, &[a, b].concat());
-        Ok(SharedSecret::from(digest.as_ref()))
+        let peer: [u8; 32] = peer
+            .try_into()
+            .map_err(|_| rustls::Error::General("bad X25519 share".into()))?;
+        let shared = self.0.diffie_hellman(&x25519_dalek::PublicKey::from(peer));
+        Ok(SharedSecret::from(&shared.as_bytes()[..]))
     }
 
     fn pub_key(&self) -> &[u8] {
-        &SHARE
+        &self.1
     }
 
     fn group(&self) -> NamedGroup {
@@ -99,11 +97,11 @@ impl ActiveKeyExchange for StandInShare {
     }
 }
 
-static STAND_IN: StandIn = StandIn;
+static FIXED_X25519: FixedX25519 = FixedX25519;
 
 fn reproducible() -> CryptoProvider {
     CryptoProvider {
-        kx_groups: vec![&STAND_IN],
+        kx_groups: vec![&FIXED_X25519],
         secure_random: &Constant,
         ..provider::default_provider()
     }
@@ -114,6 +112,8 @@ struct Setup {
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
     tls12: bool,
+    /// The server's certificate, for a real client to trust.
+    cert_pem: String,
 }
 
 fn setup(suite: SupportedCipherSuite) -> Setup {
@@ -154,6 +154,7 @@ fn setup(suite: SupportedCipherSuite) -> Setup {
         server: Arc::new(server),
         client: Arc::new(client),
         tls12: matches!(suite, SupportedCipherSuite::Tls12(_)),
+        cert_pem: cert.pem(),
     }
 }
 
@@ -206,6 +207,7 @@ struct Servers {
     /// Plaintext our side's handshake opened (none: the client sends
     /// after its handshake here); it leaves no input unread.
     ours_early: Vec<u8>,
+    ours_in: Vec<u8>,
     theirs: ServerConnection,
 }
 
@@ -243,6 +245,7 @@ fn handshake(setup: &Setup) -> (Servers, UnbufferedClientConnection) {
             let servers = Servers {
                 ours,
                 ours_early,
+                ours_in,
                 theirs,
             };
             return (servers, client);
@@ -560,16 +563,23 @@ fn read_theirs(conn: &mut ServerConnection, wire: &[u8], cuts: &[usize]) -> (Vec
 }
 
 /// Runs one stream through both readers and compares.
-fn compare(servers: Servers, wire: &[u8], cuts: &[usize], stricter: bool) -> Result<(), String> {
+fn compare(
+    servers: Servers,
+    wire: &[u8],
+    cuts: &[usize],
+    stricter: bool,
+) -> Result<Vec<u8>, String> {
     let Servers {
         ours,
         ours_early,
+        ours_in,
         mut theirs,
     } = servers;
+    let end = ours_in.len();
     let taken = hand_over(
         ours,
-        Vec::new(),
-        0,
+        ours_in,
+        end,
         ours_early,
         false,
         RecordLayer::Floodwall,
@@ -586,7 +596,7 @@ fn compare(servers: Servers, wire: &[u8], cuts: &[usize], stricter: bool) -> Res
                 ours.len()
             ));
         }
-        return Ok(());
+        return Ok(ours);
     }
     if ours_end != theirs_end || ours != theirs {
         return Err(format!(
@@ -600,7 +610,7 @@ fn compare(servers: Servers, wire: &[u8], cuts: &[usize], stricter: bool) -> Res
             }
         ));
     }
-    Ok(())
+    Ok(ours)
 }
 
 fn suites() -> Vec<SupportedCipherSuite> {
@@ -837,7 +847,7 @@ fn a_key_update_split_across_records_is_accepted() {
             let wire = forge(client, false, &ops, Close::Notify);
             let Taken::Floodwall(mut session) = hand_over(
                 servers.ours,
-                Vec::new(),
+                servers.ours_in,
                 0,
                 servers.ours_early,
                 false,
@@ -851,4 +861,121 @@ fn a_key_update_split_across_records_is_accepted() {
             assert_eq!(end, End::Clean, "split after {at}");
         }
     }
+}
+
+/// A real client of another TLS stack, openssl s_client, over a socket:
+/// the two servers take its handshake (floodwall's answers go back to
+/// it), then what it sent after is read by both, paused at two offsets.
+/// TLS 1.3 and 1.2, every suite; s_client sends close_notify when its
+/// input ends.
+#[test]
+fn openssl_s_client_streams_read_the_same_as_rustls() {
+    use std::net::TcpListener;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let runs: [(usize, &[&str]); 6] = [
+        (0, &["-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256"]),
+        (1, &["-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"]),
+        (
+            2,
+            &["-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"],
+        ),
+        (3, &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"]),
+        (4, &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"]),
+        (5, &["-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"]),
+    ];
+    let mut lines = Vec::new();
+    for i in 0..2000 {
+        let line = format!("<13>s_client line {i} {}\n", "o".repeat(i % 500));
+        lines.extend_from_slice(line.as_bytes());
+    }
+    for (suite, args) in runs {
+        let setup = setup(suites()[suite]);
+        let ca = dir.path().join("server.pem");
+        std::fs::write(&ca, &setup.cert_pem).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut child = Command::new("openssl")
+            .args([
+                "s_client",
+                "-quiet",
+                "-no_ign_eof",
+                "-servername",
+                "localhost",
+            ])
+            .arg("-connect")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-CAfile")
+            .arg(&ca)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl (scripts/install-peers.sh installs it)");
+        let (mut sock, _) = listener.accept().unwrap();
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let servers = handshake_over(&setup, &mut sock);
+        let mut stdin = child.stdin.take().unwrap();
+        let sent = lines.clone();
+        let writer = std::thread::spawn(move || {
+            std::io::Write::write_all(&mut stdin, &sent).unwrap();
+        });
+        let mut wire = Vec::new();
+        sock.read_to_end(&mut wire).unwrap();
+        writer.join().unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{args:?}: s_client {status:?}");
+        let cuts = [wire.len() / 3, wire.len() / 2 + 1];
+        let plain =
+            compare(servers, &wire, &cuts, false).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert!(
+            plain == lines,
+            "{args:?}: {} of {} bytes",
+            plain.len(),
+            lines.len()
+        );
+    }
+}
+
+/// [`handshake`] with a real client at the other end of `sock`.
+fn handshake_over(setup: &Setup, sock: &mut std::net::TcpStream) -> Servers {
+    use std::io::Write;
+    let mut ours = Box::new(UnbufferedServerConnection::new(setup.server.clone()).unwrap());
+    let mut theirs = ServerConnection::new(setup.server.clone()).unwrap();
+    let mut ours_in = Vec::new();
+    let mut ours_early = Vec::new();
+    let mut to_client = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    for _ in 0..100 {
+        let n = sock.read(&mut buf).unwrap();
+        assert!(n > 0, "the client left during the handshake");
+        ours_in.extend_from_slice(&buf[..n]);
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            theirs.read_tls(&mut rest).unwrap();
+            theirs.process_new_packets().expect("rustls server");
+        }
+        while step!(ours, ours_in, to_client, ours_early) {}
+        let mut theirs_out = Vec::new();
+        while theirs.wants_write() {
+            theirs.write_tls(&mut theirs_out).unwrap();
+        }
+        assert!(
+            theirs_out == to_client,
+            "the two servers answered differently"
+        );
+        sock.write_all(&to_client).unwrap();
+        to_client.clear();
+        if !ours.is_handshaking() && !theirs.is_handshaking() {
+            return Servers {
+                ours,
+                ours_early,
+                ours_in,
+                theirs,
+            };
+        }
+    }
+    panic!("no handshake in 100 rounds");
 }
