@@ -81,6 +81,19 @@ pub enum Ending {
     RecordCut,
 }
 
+impl Ending {
+    /// From a reader's flags: close_notify seen, socket EOF seen, bytes of
+    /// a record left unopened.
+    pub fn of(closed: bool, eof: bool, record_left: bool) -> Ending {
+        match (closed, eof) {
+            (true, _) => Ending::CloseNotify,
+            (false, true) if record_left => Ending::RecordCut,
+            (false, true) => Ending::NoCloseNotify,
+            (false, false) => Ending::Open,
+        }
+    }
+}
+
 fn broken(why: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {}", why.into()))
 }
@@ -374,12 +387,7 @@ impl Session {
     /// Without close_notify the stream may have been cut (SPEC "Access
     /// control and TLS"), and conn.rs drops the frame it left unfinished.
     pub fn ending(&self) -> Ending {
-        match (self.closed, self.eof) {
-            (true, _) => Ending::CloseNotify,
-            (false, true) if self.start < self.end => Ending::RecordCut,
-            (false, true) => Ending::NoCloseNotify,
-            (false, false) => Ending::Open,
-        }
+        Ending::of(self.closed, self.eof, self.start < self.end)
     }
 
     /// Opens records into `out` until it is full or the socket has nothing

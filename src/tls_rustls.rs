@@ -88,12 +88,7 @@ impl RustlsSession {
 
     /// After `read` returned the end of input: how it ended.
     pub fn ending(&self) -> Ending {
-        match (self.closed, self.eof) {
-            (true, _) => Ending::CloseNotify,
-            (false, true) if self.end > 0 => Ending::RecordCut,
-            (false, true) => Ending::NoCloseNotify,
-            (false, false) => Ending::Open,
-        }
+        Ending::of(self.closed, self.eof, self.end > 0)
     }
 
     /// As [`crate::tls_record::Session::read`]: plaintext into `out` until
