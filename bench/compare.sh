@@ -21,7 +21,10 @@
 #   TLS_CONNS   connection counts of the TLS rows (default "10 100", QUICK "10");
 #               TLS_IDLE_N idle TLS connections per server (default 1000)
 #   TLS_PARTS   subset of "rates idle handshakes" of the TLS part (default all)
-#   TLS_SERVERS subset of "fw-tls rsyslog-tls syslog-ng-tls" (default all)
+#   TLS_SERVERS subset of "fw-tls fw-tls-rustls rsyslog-tls syslog-ng-tls" (default
+#               all); fw-tls-rustls is floodwall with [server.tls] record_layer =
+#               "rustls" (rustls's reader instead of floodwall's record layer)
+#   FW_TLS_RECORD_LAYER  record_layer of the fw-tls rows (default "floodwall")
 #   CARGO_TARGET_DIR  where cargo builds (default <repo>/target)
 #   BENCH_WORK  where the servers write their output (default bench/out/work;
 #               e.g. a tmpfs such as /dev/shm/fwbench, so that a disk's write-back
@@ -51,7 +54,8 @@ SERVERS="${SERVERS:-discard fw-null fw-file rsyslog syslog-ng}"
 if [[ $QUICK == 1 ]]; then TLS_CONNS="${TLS_CONNS:-10}"; else TLS_CONNS="${TLS_CONNS:-10 100}"; fi
 TLS_IDLE_N="${TLS_IDLE_N:-1000}"
 TLS_PARTS="${TLS_PARTS:-rates idle handshakes}"
-TLS_SERVERS="${TLS_SERVERS:-fw-tls rsyslog-tls syslog-ng-tls}"
+TLS_SERVERS="${TLS_SERVERS:-fw-tls fw-tls-rustls rsyslog-tls syslog-ng-tls}"
+FW_TLS_RECORD_LAYER="${FW_TLS_RECORD_LAYER:-floodwall}"
 CLIENTS="${CLIENTS:-fwl loggen}"
 LOGGEN_RATE="${LOGGEN_RATE:-100000000}"
 SKIP="${SKIP:-}"
@@ -146,12 +150,15 @@ path = \"$SRV_OUT\"" >"$dir/fw.toml"
             SRV_OUT="$dir/messages.log"
             SRV_PID=$(peers_start_syslogng_file "$port" "$SRV_OUT" "$dir") || return 1 ;;
         # TLS (server certificate only: loggen -U presents none).
-        fw-tls)
+        fw-tls|fw-tls-rustls)
             SRV_OUT="$dir/messages.log"
+            local layer="$FW_TLS_RECORD_LAYER"
+            [[ $kind == fw-tls-rustls ]] && layer=rustls
             fw_config "$port" "type = \"file\"
 path = \"$SRV_OUT\"" "[server.tls]
 cert = \"$TLS_DIR/server.crt\"
-key = \"$TLS_DIR/server.key\"" >"$dir/fw.toml"
+key = \"$TLS_DIR/server.key\"
+record_layer = \"$layer\"" >"$dir/fw.toml"
             "$FW" --config "$dir/fw.toml" 2>"$dir/fw.log" &
             SRV_PID=$!
             peers_wait_port "$port" 10 || { cat "$dir/fw.log" >&2; kill "$SRV_PID"; return 1; } ;;
@@ -173,7 +180,7 @@ file_size() { [[ -f $1 ]] && stat -c %s "$1" || echo 0; }
 # ------------------------------------------------------------ one run
 # run_one SERVER CLIENT CONNS SIZE -> appends a CSV row to $CSV
 CSV="$OUT/results.csv"
-is_tls() { [[ $1 == *-tls ]]; }
+is_tls() { [[ $1 == *-tls || $1 == *-tls-* ]]; }
 run_one() {
     local server="$1" client="$2" conns="$3" size="$4"
     local port dir; port=$(peers_free_port) || die "no free port"

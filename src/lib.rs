@@ -57,6 +57,8 @@ pub mod systemd;
 pub mod threads;
 pub mod tls;
 pub mod tls_record;
+#[cfg(test)]
+mod tls_record_diff;
 pub mod tls_rustls;
 pub mod wake;
 

@@ -669,6 +669,22 @@ pub(crate) fn handshake(
         // of them send at once: an idle session holds no buffer.
         input = Vec::new();
     }
+    hand_over(conn, input, end, early, peer_closed, layer).map_err(refused)
+}
+
+/// The take-over, right after the handshake: floodwall's layer gets the
+/// session if it is asked to and can open its suite, else rustls keeps
+/// reading it. `input[..end]` is what the handshake left unread, `early`
+/// the plaintext rustls opened with the client's Finished.
+#[inline(never)]
+pub(crate) fn hand_over(
+    conn: Box<UnbufferedServerConnection>,
+    input: Vec<u8>,
+    end: usize,
+    early: Vec<u8>,
+    peer_closed: bool,
+    layer: RecordLayer,
+) -> Result<Taken, String> {
     let ours = layer == RecordLayer::Floodwall
         && conn
             .negotiated_cipher_suite()
@@ -682,7 +698,7 @@ pub(crate) fn handshake(
             peer_closed,
         ))));
     }
-    let parts = extract(conn).map_err(|e| refused(format!("cannot take over the session: {e}")))?;
+    let parts = extract(conn).map_err(|e| format!("cannot take over the session: {e}"))?;
     Ok(Taken::Floodwall(take_over(
         parts,
         input,

@@ -18,11 +18,16 @@
 //! records floodwall writes after a handshake: close_notify at shutdown,
 //! and a RELP session's answers ([`Session::seal`]).
 //! What ends the connection (as rustls ends it, but without an alert: a
-//! client that never reads would only be reset by one): a record that does
-//! not authenticate or is too long, an alert other than close_notify and
-//! user_canceled, a change_cipher_spec, any handshake message but a
-//! TLS 1.3 KeyUpdate (so no TLS 1.2 renegotiation), and more than 32
-//! records in a row that carry no data.
+//! client that never reads would only be reset by one): a record header
+//! of unknown type or version, a record that does not authenticate or is
+//! too long, an alert other than close_notify and user_canceled (or of
+//! unknown level), a change_cipher_spec, any handshake message but a
+//! TLS 1.3 KeyUpdate (so no TLS 1.2 renegotiation; a KeyUpdate may span
+//! records), and more than 32 records in a row that carry no data.
+//! src/tls_record_diff.rs proves these rules against rustls's reader;
+//! docs/tls.md lists the few where floodwall is stricter, and why. How the
+//! input ended (close_notify or not, inside a record or not) is
+//! [`Session::ending`]: conn.rs drops a frame a cut stream left unfinished.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -49,9 +54,13 @@ const ALERT: u8 = 21;
 const HANDSHAKE: u8 = 22;
 const APPLICATION_DATA: u8 = 23;
 const KEY_UPDATE: u8 = 24;
+/// The highest record type rustls knows (heartbeat): it is refused when
+/// opened, like any other type but the four.
+const HEARTBEAT: u8 = 24;
 const CLOSE_NOTIFY: u8 = 0;
 const USER_CANCELED: u8 = 90;
 const WARNING: u8 = 1;
+const FATAL: u8 = 2;
 /// Records in a row that hand out nothing (empty application data,
 /// user_canceled, KeyUpdate) before the connection ends: rustls's own
 /// bounds (32 empty records, 32 KeyUpdates). Without one, a client
@@ -71,6 +80,19 @@ pub enum Ending {
     /// The TCP stream ended inside a record: its start was discarded
     /// (it cannot be authenticated).
     RecordCut,
+}
+
+impl Ending {
+    /// From a reader's flags: close_notify seen, socket EOF seen, bytes of
+    /// a record left unopened.
+    pub fn of(closed: bool, eof: bool, record_left: bool) -> Ending {
+        match (closed, eof) {
+            (true, _) => Ending::CloseNotify,
+            (false, true) if record_left => Ending::RecordCut,
+            (false, true) => Ending::NoCloseNotify,
+            (false, false) => Ending::Open,
+        }
+    }
 }
 
 fn broken(why: impl Into<String>) -> io::Error {
@@ -156,9 +178,13 @@ impl Cipher {
                 return Err(broken("record overflow"));
             }
             let nonce = Nonce::assume_unique_for_key(self.xor_nonce());
+            // The additional data is the header with its legacy version
+            // as every sender writes it (0x0303): a receiver ignores the
+            // field (RFC 8446 5.1), as rustls does.
+            let aad = [APPLICATION_DATA, 3, 3, header[3], header[4]];
             let plain = self
                 .key
-                .open_in_place(nonce, Aad::from(&*header), body)
+                .open_in_place(nonce, Aad::from(aad), body)
                 .map_err(|_| broken("record failed to authenticate"))?;
             self.count()?;
             let Some(end) = plain.iter().rposition(|&b| b != 0) else {
@@ -291,6 +317,10 @@ pub struct Session {
     failed: Option<String>,
     /// Records in a row that handed out nothing (see `BARREN_MAX`).
     barren: u8,
+    /// A KeyUpdate split across records: its bytes so far (a KeyUpdate is
+    /// 5 bytes: type, 3 of length, the request).
+    fragment: [u8; 5],
+    fragment_len: u8,
 }
 
 impl Session {
@@ -323,6 +353,8 @@ impl Session {
             closed,
             failed: None,
             barren: 0,
+            fragment: [0; 5],
+            fragment_len: 0,
         }
     }
 
@@ -366,18 +398,13 @@ impl Session {
     /// Without close_notify the stream may have been cut (SPEC "Access
     /// control and TLS"), and conn.rs drops the frame it left unfinished.
     pub fn ending(&self) -> Ending {
-        match (self.closed, self.eof) {
-            (true, _) => Ending::CloseNotify,
-            (false, true) if self.start < self.end => Ending::RecordCut,
-            (false, true) => Ending::NoCloseNotify,
-            (false, false) => Ending::Open,
-        }
+        Ending::of(self.closed, self.eof, self.start < self.end)
     }
 
     /// Opens records into `out` until it is full or the socket has nothing
     /// more, like one plain read of that size. `Ok(0)` is the end of
     /// input, with or without close_notify: [`Session::ending`] says which.
-    pub fn read(&mut self, mut sock: &TcpStream, out: &mut [u8]) -> io::Result<usize> {
+    pub fn read(&mut self, mut sock: impl Read, out: &mut [u8]) -> io::Result<usize> {
         let mut n = 0;
         loop {
             n += self.hand_out(&mut out[n..]);
@@ -485,12 +512,27 @@ impl Session {
     /// staged input when all of it is there.
     fn staged_record(&self) -> io::Result<Option<usize>> {
         let staged = &self.buf[self.start..self.end];
+        // What rustls checks in a header, each field as soon as it is
+        // there: a known type, a 3.x version, no empty record but
+        // application data, at most 2^14 + 2048 (TLS 1.3's tighter limit
+        // is checked when the record is whole, as rustls does). A header
+        // failing these ends the session even if the EOF cuts its record.
+        if let Some(&typ) = staged.first()
+            && !(CHANGE_CIPHER_SPEC..=HEARTBEAT).contains(&typ)
+        {
+            return Err(broken(format!("unknown record type {typ}")));
+        }
+        if staged.len() >= 3 && staged[1] != 3 {
+            return Err(broken("unknown record version"));
+        }
         let Some(header) = staged.get(..HEADER) else {
             return Ok(None);
         };
         let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
-        let max = MAX_PLAINTEXT + if self.tls12 { 2048 } else { 256 };
-        if len > max {
+        if len == 0 && header[0] != APPLICATION_DATA {
+            return Err(broken("empty record"));
+        }
+        if len >= MAX_PLAINTEXT + 2048 {
             return Err(broken("record overflow"));
         }
         Ok((staged.len() >= HEADER + len).then_some(HEADER + len))
@@ -506,6 +548,10 @@ impl Session {
         let rx = self.rx.key(self.tls12)?;
         let (typ, range) = rx.open(self.tls12, &mut self.buf[at..at + len])?;
         let range = at + range.start..at + range.end;
+        if self.fragment_len > 0 && typ != HANDSHAKE {
+            // RFC 8446 5.1: nothing between the records of one message.
+            return Err(broken("a record inside a split KeyUpdate"));
+        }
         match typ {
             APPLICATION_DATA => self.plain = range,
             ALERT => self.alert(range)?,
@@ -534,6 +580,9 @@ impl Session {
 
     fn alert(&mut self, range: Range<usize>) -> io::Result<()> {
         match self.buf[range] {
+            [level, _] if level != WARNING && level != FATAL => {
+                Err(broken(format!("alert of unknown level {level}")))
+            }
             [_, CLOSE_NOTIFY] => {
                 self.closed = true;
                 Ok(())
@@ -544,21 +593,38 @@ impl Session {
         }
     }
 
-    /// A TLS 1.3 KeyUpdate, alone in its record (a key change may not
-    /// share a record with what follows it, RFC 8446 5.1). An
-    /// update_requested asks for ours before our next application data;
-    /// floodwall sends none, so there is nothing to answer.
+    /// A TLS 1.3 KeyUpdate: it may come split across records (RFC 8446
+    /// 5.1 lets any handshake message span records), but it must end its
+    /// last record (a key change may not share a record with what follows
+    /// it). An update_requested asks for ours before our next application
+    /// data; floodwall sends none, so there is nothing to answer. Any
+    /// other handshake message is refused at its first byte.
     fn key_update(&mut self, range: Range<usize>) -> io::Result<()> {
-        match self.buf[range] {
-            [KEY_UPDATE, 0, 0, 1, 0 | 1] => {}
-            [KEY_UPDATE, ..] => return Err(broken("malformed KeyUpdate")),
-            [other, ..] => {
-                return Err(broken(format!(
-                    "handshake message {other} after the handshake"
-                )));
-            }
-            [] => return Err(broken("empty handshake record")),
+        if range.is_empty() {
+            return Err(broken("empty handshake record"));
         }
+        for i in range {
+            let at = usize::from(self.fragment_len);
+            if at == self.fragment.len() {
+                return Err(broken("KeyUpdate must end its record"));
+            }
+            self.fragment[at] = self.buf[i];
+            self.fragment_len += 1;
+            match (at, self.fragment[at]) {
+                (0, KEY_UPDATE) => {}
+                (0, other) => {
+                    return Err(broken(format!(
+                        "handshake message {other} after the handshake"
+                    )));
+                }
+                (1 | 2, 0) | (3, 1) | (4, 0 | 1) => {}
+                _ => return Err(broken("malformed KeyUpdate")),
+            }
+        }
+        if usize::from(self.fragment_len) < self.fragment.len() {
+            return Ok(());
+        }
+        self.fragment_len = 0;
         let (seq, secrets) = self
             .kernel
             .update_rx_secret()
@@ -836,6 +902,54 @@ pub(crate) mod tests {
         end.unwrap();
         let sent = client.join().unwrap();
         assert!(got == sent, "{} of {} bytes", got.len(), sent.len());
+    }
+
+    /// Shutdown after a client's KeyUpdates (rustls asks for ours, which
+    /// floodwall never sends, so the client still reads with its first
+    /// key): floodwall's close_notify reaches the client as one.
+    #[test]
+    fn the_shutdown_close_notify_after_a_client_key_update_reaches_the_client() {
+        let suite = provider::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256;
+        let (server_config, client_config) = configs(suite);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+        let client = thread::spawn(move || {
+            let mut c = Client::connect(client_config, addr, b"");
+            let mut sent = Vec::new();
+            for i in 0..3 {
+                c.conn.refresh_traffic_keys().unwrap();
+                let m = format!("<13>after key update {i}\n");
+                c.send(m.as_bytes());
+                sent.extend_from_slice(m.as_bytes());
+            }
+            sent_tx.send(sent).unwrap();
+            // No close of our own: the server closes, as at its shutdown.
+            c.clean_close()
+        });
+        let (sock, mut session) = accept(&listener, server_config);
+        let sent = sent_rx.recv().unwrap();
+        let wake = Wake::new().unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.len() < sent.len() {
+            assert!(Instant::now() < deadline, "the data never came");
+            match session.read(&sock, &mut buf) {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wake.wait(&sock, Some(Duration::from_secs(5)), false)
+                        .unwrap();
+                }
+                other => panic!("read: {other:?}"),
+            }
+        }
+        assert_eq!(got, sent);
+        session.close_notify(&sock);
+        assert!(
+            client.join().unwrap(),
+            "the client did not read close_notify"
+        );
     }
 
     /// A record changed in flight: what came before it is delivered, then

@@ -3,9 +3,9 @@
 //! for a session whose negotiated suite floodwall's layer cannot open (the
 //! take-over check in src/tls.rs). It costs a copy and an allocation per
 //! record more than src/tls_record.rs (bench/RESULTS.md, "The record
-//! layer"); it is the reference floodwall's layer is checked against
-//! (src/tls_record_diff.rs) and the way to turn that layer off without a
-//! rebuild.
+//! layer"); it is the way to turn that layer off without a rebuild. (The
+//! differential proof, src/tls_record_diff.rs, checks floodwall's layer
+//! against rustls's own buffered `ServerConnection`.)
 //!
 //! It offers conn.rs what [`crate::tls_record::Session`] offers, with the
 //! same rules: plaintext before a failure is handed out first, the input
@@ -88,12 +88,7 @@ impl RustlsSession {
 
     /// After `read` returned the end of input: how it ended.
     pub fn ending(&self) -> Ending {
-        match (self.closed, self.eof) {
-            (true, _) => Ending::CloseNotify,
-            (false, true) if self.end > 0 => Ending::RecordCut,
-            (false, true) => Ending::NoCloseNotify,
-            (false, false) => Ending::Open,
-        }
+        Ending::of(self.closed, self.eof, self.end > 0)
     }
 
     /// As [`crate::tls_record::Session::read`]: plaintext into `out` until
