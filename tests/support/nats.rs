@@ -192,6 +192,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> String {
         .unwrap_or_default()
 }
 
+/// How long a new cluster may take to elect its meta leader with all
+/// three peers, and how many times it is started afresh.
+const FORM_WAIT: Duration = Duration::from_secs(20);
+const FORM_ATTEMPTS: usize = 3;
+
 /// A 3-node JetStream cluster on loopback.
 pub struct Cluster {
     pub nodes: Vec<NatsServer>,
@@ -201,7 +206,24 @@ impl Cluster {
     /// A JetStream cluster needs its routes configured before it starts,
     /// so the route ports are picked first (bound to port 0 and
     /// released); client and monitoring ports are the servers' choice.
+    /// A picked port can be taken before its node binds it (by another
+    /// node's outgoing route, say): a cluster whose meta group has not
+    /// seen all three peers within [`FORM_WAIT`] is started again on new
+    /// ports and fresh stores.
     pub fn start(dir: &Path) -> Cluster {
+        for attempt in 0..FORM_ATTEMPTS {
+            let dir = dir.join(format!("cluster-{attempt}"));
+            std::fs::create_dir_all(&dir).expect("cluster dir");
+            let cluster = Cluster::start_once(&dir);
+            if cluster.formed(FORM_WAIT) {
+                return cluster;
+            }
+            eprintln!("nats cluster attempt {attempt} did not form; starting again");
+        }
+        panic!("a 3-node nats cluster did not form in {FORM_ATTEMPTS} attempts");
+    }
+
+    fn start_once(dir: &Path) -> Cluster {
         let ports: Vec<u16> = (0..3)
             .map(|_| {
                 std::net::TcpListener::bind("127.0.0.1:0")
@@ -223,6 +245,19 @@ impl Cluster {
             })
             .collect();
         Cluster { nodes }
+    }
+
+    /// Every node's /jsz shows a meta leader and the two other peers.
+    fn formed(&self, wait: Duration) -> bool {
+        wait_until(wait, || {
+            self.nodes.iter().all(|n| {
+                serde_json::from_str::<serde_json::Value>(&n.monitor_get("/jsz")).is_ok_and(|v| {
+                    let meta = &v["meta_cluster"];
+                    meta["leader"].as_str().is_some_and(|l| !l.is_empty())
+                        && meta["cluster_size"].as_u64() == Some(3)
+                })
+            })
+        })
     }
 
     pub fn urls(&self) -> Vec<String> {
