@@ -604,22 +604,15 @@ impl Connection<'_, '_> {
         if !mid_frame && !record_cut {
             return Close::Eof;
         }
-        // Bytes as for other drops: a message's, none for an octet frame
-        // cut short or an oversize line (one being skipped was counted
-        // when it was found).
+        // An unfinished frame was never framed, so it is not `received`
+        // (SPEC: a message is received once framed) and stays outside
+        // the accounting identity, like relp_refused: counted on its own.
         let unfinished = match self.decoder.finish(rest) {
-            Ok(Some(Frame::Message(range))) => Some(range.len()),
-            Ok(Some(_)) | Err(_) => Some(0),
-            Ok(None) => None,
+            Ok(Some(_)) | Err(_) => true,
+            Ok(None) => false,
         };
-        if let Some(bytes) = unfinished {
-            self.totals.messages += 1;
-            let stats = &self.ctx.stats;
-            stats.moving(|| {
-                Stats::add(&stats.received, 1);
-                Stats::add(&stats.dropped_truncated, 1);
-            });
-            Stats::add(&stats.bytes_received, bytes as u64);
+        if unfinished {
+            Stats::add(&self.ctx.stats.dropped_truncated, 1);
         }
         self.start = self.end;
         Close::TlsTruncated

@@ -217,6 +217,11 @@ pub fn probe(config: &Config) -> Result<(), Error> {
     if addr.port() != 0 {
         server::bind(addr, 1).map_err(|source| Error::Bind { addr, source })?;
     }
+    if let Some(addr) = config.relp_addr()?
+        && addr.port() != 0
+    {
+        server::bind(addr, 1).map_err(|source| Error::RelpBind { addr, source })?;
+    }
     if let Some(addr) = config.metrics_addr()?
         && addr.port() != 0
     {
@@ -500,7 +505,8 @@ fn start_workers(
 
     info!("listening addr={local_addr}");
     if let Some(addr) = relp_local {
-        info!("relp listening addr={addr}");
+        // Not "listening addr=": SPEC gives that line to [server] alone.
+        info!("relp listener addr={addr}");
     }
     let metrics_stop = Arc::new(AtomicBool::new(false));
     let metrics_thread = match metrics_listener {

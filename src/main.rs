@@ -50,10 +50,10 @@ struct Args {
     /// Example: --config /etc/floodwall/floodwall.toml
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
-    /// Validate the config (TLS files loaded, ports bound and released,
-    /// the file sink and spool directory opened), print the effective
-    /// config with every default filled in and exit: 0 valid, 2 invalid,
-    /// 3 a port, file or directory start-up could not use.
+    /// Validate the config (TLS files loaded), print the effective config
+    /// with every default filled in and exit: 0 valid, 2 invalid. A port,
+    /// file or directory start-up could not use (exit 3 then) is warned
+    /// about on stderr.
     /// Example: --config floodwall.toml --check-config
     #[arg(long)]
     check_config: bool,

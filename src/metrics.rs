@@ -382,14 +382,19 @@ pub fn render(out: &mut String, s: &Snapshot, extra: &Extra) {
     f.labelled(
         "floodwall_messages_dropped_total",
         "counter",
-        "Messages dropped, by reason (stats dropped_send_timeout, dropped_oversize, dropped_shutdown, dropped_truncated).",
+        "Messages dropped, by reason (stats dropped_send_timeout, dropped_oversize, dropped_shutdown).",
         "reason",
         &[
             ("send_timeout", s.dropped_send_timeout),
             ("oversize", s.dropped_oversize),
             ("shutdown", s.dropped_shutdown),
-            ("truncated", s.dropped_truncated),
         ],
+    );
+    f.one(
+        "floodwall_messages_truncated_total",
+        "counter",
+        "TLS sessions cut (no close_notify) inside a frame: the unfinished frame, never framed, so not received nor delivered (stats dropped_truncated).",
+        s.dropped_truncated,
     );
     f.one(
         "floodwall_relp_refused_total",
@@ -622,7 +627,7 @@ mod tests {
             "floodwall_messages_dropped_total{reason=\"oversize\"} 2",
             "floodwall_messages_dropped_total{reason=\"send_timeout\"} 0",
             "floodwall_messages_dropped_total{reason=\"shutdown\"} 0",
-            "floodwall_messages_dropped_total{reason=\"truncated\"} 0",
+            "floodwall_messages_truncated_total 0",
             "# TYPE floodwall_messages_recovered_total counter",
             "# TYPE floodwall_relp_refused_total counter",
             "# TYPE floodwall_relp_resent_total counter",

@@ -202,14 +202,14 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// SPEC.md invariant 3: received + recovered = delivered + dropped
-    /// (send_timeout, oversize, shutdown, truncated) + queue_depth.
+    /// (send_timeout, oversize, shutdown) + queue_depth (dropped_truncated is
+    /// outside: an unfinished frame was never received).
     pub fn balanced(&self) -> bool {
         self.received + self.recovered
             == self.delivered
                 + self.dropped_send_timeout
                 + self.dropped_oversize
                 + self.dropped_shutdown
-                + self.dropped_truncated
                 + self.queue_depth
     }
 }

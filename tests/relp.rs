@@ -310,10 +310,10 @@ use support::{Daemon, num, wait_until};
 fn relp_addr(d: &Daemon) -> SocketAddr {
     let line = d
         .wait_log(Duration::from_secs(10), |l| {
-            l.contains("relp listening addr=")
+            l.contains("relp listener addr=")
         })
-        .unwrap_or_else(|| panic!("no `relp listening addr=` line; log:\n{}", d.log_text()));
-    line.split("relp listening addr=")
+        .unwrap_or_else(|| panic!("no `relp listener addr=` line; log:\n{}", d.log_text()));
+    line.split("relp listener addr=")
         .nth(1)
         .unwrap()
         .trim()

@@ -109,7 +109,7 @@ fn line_cut_after_its_first_record(version: &'static SupportedProtocolVersion) {
         .unwrap_or_else(|| panic!("no closed_tls_truncated; log:\n{}", d.log_text()));
     let scraped = scrape(m);
     assert_eq!(
-        scraped.get("floodwall_messages_dropped_total{reason=\"truncated\"}"),
+        scraped.get("floodwall_messages_truncated_total"),
         Some(&1.0),
         "{scraped:?}"
     );
@@ -119,7 +119,9 @@ fn line_cut_after_its_first_record(version: &'static SupportedProtocolVersion) {
         "{scraped:?}"
     );
     let last = closed_then_stopped(&mut d);
-    assert_eq!(num(&last, "received"), 2, "{last:?}");
+    // The cut frame was never framed: not received (SPEC's identity
+    // holds without it).
+    assert_eq!(num(&last, "received"), 1, "{last:?}");
     assert_eq!(num(&last, "delivered"), 1, "{last:?}");
     assert_eq!(num(&last, "dropped_truncated"), 1, "{last:?}");
     assert_eq!(num(&last, "closed_tls_truncated"), 1, "{last:?}");

@@ -114,10 +114,7 @@ pub const TWINS: &[(&str, &str)] = &[
         "dropped_shutdown",
         "floodwall_messages_dropped_total{reason=\"shutdown\"}",
     ),
-    (
-        "dropped_truncated",
-        "floodwall_messages_dropped_total{reason=\"truncated\"}",
-    ),
+    ("dropped_truncated", "floodwall_messages_truncated_total"),
     ("recovered", "floodwall_messages_recovered_total"),
     ("relp_resent", "floodwall_relp_resent_total"),
     ("bytes_received", "floodwall_bytes_received_total"),
