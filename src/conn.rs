@@ -144,6 +144,14 @@ pub struct ConnContext {
 }
 
 impl ConnContext {
+    /// When the shutdown drain ends (now, if the deadline cannot be
+    /// known): what every connection's last reads and answers wait for.
+    pub fn drain_deadline(&self) -> Instant {
+        self.shutdown
+            .deadline(self.shutdown_timeout)
+            .unwrap_or_else(Instant::now)
+    }
+
     pub fn new(
         config: &Config,
         queue: QueueSender,
@@ -308,11 +316,7 @@ impl Connection<'_, '_> {
     /// closed before the signal thus loses nothing, whatever its volume,
     /// while the deadline allows.
     fn drain_at_shutdown(&mut self) -> Close {
-        let deadline = self
-            .ctx
-            .shutdown
-            .deadline(self.ctx.shutdown_timeout)
-            .unwrap_or_else(Instant::now);
+        let deadline = self.ctx.drain_deadline();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

@@ -323,11 +323,7 @@ impl Acceptor {
         if listener.set_nonblocking(true).is_err() {
             return;
         }
-        let deadline = self
-            .ctx
-            .shutdown
-            .deadline(self.ctx.shutdown_timeout)
-            .unwrap_or_else(Instant::now);
+        let deadline = self.ctx.drain_deadline();
         // Bounded even if clients keep arriving: what the queue can have
         // held at the signal, plus slack for those that raced in.
         for _ in 0..self.backlog + self.max_connections {

@@ -139,6 +139,17 @@ struct Args {
     tls_key: Option<std::path::PathBuf>,
 }
 
+impl Args {
+    /// How long the send modes run: --duration, else 10 s unless --count
+    /// bounds the run instead.
+    fn send_duration(&self) -> Option<Duration> {
+        match (self.duration, self.count) {
+            (None, None) => Some(Duration::from_secs(10)),
+            (d, _) => d,
+        }
+    }
+}
+
 /// The TLS client settings from --tls-*.
 fn tls_client(args: &Args) -> Result<Option<send::Tls>, String> {
     use rustls::pki_types::pem::PemObject;
@@ -276,10 +287,7 @@ fn send_mode(args: &Args, addr: SocketAddr, stop: &Arc<AtomicBool>) -> Result<Ex
             payload::MIN_SIZE
         ));
     }
-    let duration = match (args.duration, args.count) {
-        (None, None) => Some(Duration::from_secs(10)),
-        (d, _) => d,
-    };
+    let duration = args.send_duration();
     let plan = Arc::new(Plan {
         addr,
         conns: args.connections,
@@ -385,10 +393,7 @@ fn churn_mode(args: &Args, addr: SocketAddr, stop: &Arc<AtomicBool>) -> Result<E
             name: t.name,
         }
     });
-    let duration = match (args.duration, args.count) {
-        (None, None) => Some(Duration::from_secs(10)),
-        (d, _) => d,
-    };
+    let duration = args.send_duration();
     let plan = Arc::new(churn::Churn {
         addr,
         threads: args.connections,
@@ -456,10 +461,7 @@ fn relp_mode(args: &Args, addr: SocketAddr, stop: &Arc<AtomicBool>) -> Result<Ex
     if args.connections == 0 || args.window == 0 {
         return usage("--connections and --window must be at least 1");
     }
-    let duration = match (args.duration, args.count) {
-        (None, None) => Some(Duration::from_secs(10)),
-        (d, _) => d,
-    };
+    let duration = args.send_duration();
     let plan = Arc::new(relp::Plan {
         addr,
         threads: args.connections,

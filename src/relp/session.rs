@@ -193,11 +193,7 @@ impl Session<'_, '_> {
     /// deadline; then `serverclose`.
     fn at_shutdown(&mut self) -> Close {
         self.reading = false;
-        let deadline = self
-            .ctx
-            .shutdown
-            .deadline(self.ctx.shutdown_timeout)
-            .unwrap_or_else(Instant::now);
+        let deadline = self.ctx.drain_deadline();
         loop {
             match self.answer() {
                 Ok(true) => return self.farewell(None, false, Close::Eof),
