@@ -45,7 +45,10 @@
 # omrelp (librelp, rsyslog-relp) to 127.0.0.1:TARGET_PORT; with CA CERT KEY
 # over TLS (tls="on", tls.tlslib="openssl", mutual: its own certificate,
 # the server's name checked against PEER_NAME, default localhost). Env
-# FLOODWALL_RELP_WINDOW sets omrelp's windowSize (default 128).
+# FLOODWALL_RELP_WINDOW sets omrelp's windowSize (default 128). Its main
+# queue runs one worker (FLOODWALL_RSYSLOG_WORKERS, default 1): rsyslog
+# starts a second one under load, and each worker's omrelp opens its own
+# RELP session, so messages would arrive over two sessions, interleaved.
 #
 # start-* print the daemon's pid on stdout once its port accepts connections
 # (bounded wait, FLOODWALL_PEER_START_TIMEOUT, default 10 s); on failure they
@@ -540,7 +543,7 @@ EOF
 peers_start_rsyslog_relp_forward() {
     _peers_check_args start-rsyslog-relp-forward 3 "$@" || return
     local port="$1" tport="$2" dir tls="" name="${7:-localhost}"
-    local window="${FLOODWALL_RELP_WINDOW:-128}"
+    local window="${FLOODWALL_RELP_WINDOW:-128}" workers="${FLOODWALL_RSYSLOG_WORKERS:-1}"
     [[ $tport =~ ^[0-9]+$ ]] || { _peers_err "start-rsyslog-relp-forward: bad target port '$tport'"; return 2; }
     if [[ -n ${4:-} ]]; then
         local ca cert key f
@@ -555,6 +558,9 @@ peers_start_rsyslog_relp_forward() {
     {
         _peers_rsyslog_head "$dir" "$port"
         cat <<EOF
+# One main queue worker: under load rsyslog starts a second one, whose own
+# omrelp instance opens a second RELP session; the two interleave.
+main_queue(queue.workerThreads="$workers")
 module(load="omrelp")
 template(name="floodwall_fwd_raw" type="string" string="%rawmsg%")
 ruleset(name="in") {
