@@ -795,7 +795,7 @@ fn rsyslog_omrelp_delivers_every_message_exactly() {
 
 #[test]
 fn rsyslog_omrelp_over_mutual_tls() {
-    const N: usize = 2000;
+    const N: usize = 200_000;
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "ca");
     let server = ca.issue(
@@ -829,19 +829,27 @@ fn rsyslog_omrelp_over_mutual_tls() {
     let tls = [&ca.crt, &client.crt, &client.key].map(|p| p.display().to_string());
     let peer = omrelp(work.path(), relp_addr(&d), &tls);
     let sent = peers::payloads("omrelp-tls", N);
+    let started = Instant::now();
     feed(peer.port, &sent);
     let out = d.path("out.log");
     assert!(
-        wait_until(Duration::from_secs(60), || peers::line_count(&out) >= N),
-        "{} of {N} lines; floodwall log:\n{}\nrsyslog:\n{}",
+        wait_until(Duration::from_secs(40), || peers::line_count(&out) >= N),
+        "{} of {N} lines after {:?}; floodwall log:\n{}\nrsyslog:\n{}",
         peers::line_count(&out),
+        started.elapsed(),
         d.log_text(),
         peer.internal_log()
+    );
+    eprintln!(
+        "{N} messages through omrelp over TLS in {:?}",
+        started.elapsed()
     );
     drop(peer);
     let last = d.stop_balanced(Duration::from_secs(10));
     assert_same_lines(&lines_of(&out), &sent);
     assert_eq!(num(&last, "closed_tls"), 0);
+    assert_eq!(num(&last, "received"), N as u64);
+    assert_eq!(num(&last, "conns_total"), 1, "one RELP session: {last:?}");
 }
 
 #[test]
