@@ -13,7 +13,7 @@
 #   scripts/peers.sh start-syslogng-tls-file    PORT OUT WORKDIR CA CERT KEY
 #   scripts/peers.sh start-syslogng-tls-forward PORT TARGET_PORT WORKDIR CA CERT KEY
 #   scripts/peers.sh start-rsyslog-relp-file    PORT OUT WORKDIR [CA CERT KEY]
-#   scripts/peers.sh start-rsyslog-relp-forward PORT TARGET_PORT WORKDIR [CA CERT KEY [PEER_NAME]]
+#   scripts/peers.sh start-rsyslog-relp-forward PORT TARGET_PORT WORKDIR [--window N] [CA CERT KEY [PEER_NAME]]
 #   scripts/peers.sh stop                   PID|PIDFILE|PEERDIR
 #   scripts/peers.sh peer-bin               [rsyslogd|syslog-ng|loggen|syslog-ng-ctl]
 #   scripts/peers.sh loggen                 LOGGEN-ARGS...   (loggen with its env set)
@@ -44,11 +44,12 @@
 # start-rsyslog-relp-forward reads plain TCP on PORT and forwards with
 # omrelp (librelp, rsyslog-relp) to 127.0.0.1:TARGET_PORT; with CA CERT KEY
 # over TLS (tls="on", tls.tlslib="openssl", mutual: its own certificate,
-# the server's name checked against PEER_NAME, default localhost). Env
-# FLOODWALL_RELP_WINDOW sets omrelp's windowSize (default 128). Its main
-# queue runs one worker (FLOODWALL_RSYSLOG_WORKERS, default 1): rsyslog
-# starts a second one under load, and each worker's omrelp opens its own
-# RELP session, so messages would arrive over two sessions, interleaved.
+# the server's name checked against PEER_NAME, default localhost).
+# --window N (or env FLOODWALL_RELP_WINDOW) sets omrelp's windowSize
+# (default 128). Its main queue runs one worker (FLOODWALL_RSYSLOG_WORKERS,
+# default 1): rsyslog starts a second one under load, and each worker's
+# omrelp opens its own RELP session, so messages would arrive over two
+# sessions, interleaved.
 #
 # start-* print the daemon's pid on stdout once its port accepts connections
 # (bounded wait, FLOODWALL_PEER_START_TIMEOUT, default 10 s); on failure they
@@ -542,8 +543,12 @@ EOF
 
 peers_start_rsyslog_relp_forward() {
     _peers_check_args start-rsyslog-relp-forward 3 "$@" || return
-    local port="$1" tport="$2" dir tls="" name="${7:-localhost}"
     local window="${FLOODWALL_RELP_WINDOW:-128}" workers="${FLOODWALL_RSYSLOG_WORKERS:-1}"
+    if [[ ${4:-} == --window ]]; then
+        window="${5:-}"; set -- "$1" "$2" "$3" "${@:6}"
+    fi
+    [[ $window =~ ^[0-9]+$ ]] || { _peers_err "start-rsyslog-relp-forward: bad window '$window'"; return 2; }
+    local port="$1" tport="$2" dir tls="" name="${7:-localhost}"
     [[ $tport =~ ^[0-9]+$ ]] || { _peers_err "start-rsyslog-relp-forward: bad target port '$tport'"; return 2; }
     if [[ -n ${4:-} ]]; then
         local ca cert key f

@@ -732,10 +732,16 @@ fn feed(port: u16, lines: &[String]) {
 }
 
 fn omrelp(work: &Path, target: SocketAddr, tls: &[String]) -> Peer {
+    omrelp_window(work, target, OMRELP_WINDOW, tls)
+}
+
+/// An omrelp forwarder whose window is `window` messages.
+fn omrelp_window(work: &Path, target: SocketAddr, window: u64, tls: &[String]) -> Peer {
     peers::require("rsyslogd");
     let target = target.port().to_string();
     Peer::start("start-rsyslog-relp-forward", work, |port| {
         let mut args = vec![port.to_string(), target.clone(), work.display().to_string()];
+        args.extend(["--window".to_string(), window.to_string()]);
         args.extend(tls.iter().cloned());
         args
     })
@@ -852,63 +858,121 @@ fn rsyslog_omrelp_over_mutual_tls() {
     assert_eq!(num(&last, "conns_total"), 1, "one RELP session: {last:?}");
 }
 
+/// Overload at the issue's sizes: queue 1,000, a stalled sink (a FIFO
+/// nobody reads yet), send_timeout 200 ms, omrelp sending 100,000. Its
+/// window (4,096) is more than the queue and the pipe hold, so a batch
+/// finds no room: the session is closed unanswered (`relp_refused`), and
+/// omrelp resends. Once the sink drains, every message arrives and
+/// nothing was dropped.
 #[test]
 fn overload_refuses_unanswered_and_loses_nothing() {
-    const N: usize = 3000;
+    const N: usize = 100_000;
+    const WINDOW: u64 = 4096;
     let dir = tempfile::tempdir().unwrap();
     let mut fifo = Fifo::new(dir.path().join("out.fifo"));
     let sink = format!(
         "type = \"file\"\npath = \"{}\"\nflush_interval = \"10ms\"",
         fifo.path.display()
     );
-    let d = Daemon::start(&relp_config(
+    let mut d = Daemon::start(&relp_config(
         &sink,
-        "[queue]\ncapacity = 50\n[limits]\nsend_timeout = \"200ms\"\n\
+        "[queue]\ncapacity = 1000\n[limits]\nsend_timeout = \"200ms\"\n\
          [metrics]\nlisten = \"127.0.0.1:0\"\n",
     ));
     let work = tempfile::tempdir().unwrap();
-    let peer = omrelp(work.path(), relp_addr(&d), &[]);
-    // 330-byte messages: the pipe holds ~200, the queue 50 more, and
-    // omrelp keeps up to 128 unanswered: the queue overflows.
+    let peer = omrelp_window(work.path(), relp_addr(&d), WINDOW, &[]);
+    // ~130-byte lines: the pipe holds ~500, the queue 1,000.
     let sent: Vec<String> = peers::payloads("overload", N)
         .into_iter()
-        .map(|p| format!("{p} {}", "y".repeat(300)))
+        .map(|p| format!("{p} {}", "y".repeat(100)))
         .collect();
-    feed(peer.port, &sent);
+    let started = Instant::now();
+    // In the background: rsyslog stops reading its input once its own
+    // queue is full, which it is while floodwall's sink is stalled.
+    let feeder = {
+        let (port, sent) = (peer.port, sent.clone());
+        std::thread::spawn(move || feed(port, &sent))
+    };
     let refused = d.wait_stats(Duration::from_secs(30), |s| num(s, "relp_refused") > 0);
-    assert!(refused.is_some(), "no relp_refused; log:\n{}", d.log_text());
+    let refused = refused.unwrap_or_else(|| panic!("no relp_refused; log:\n{}", d.log_text()));
     // The stall ends: every message arrives (resent after the refusal).
     let mut out = Vec::new();
     let want: HashSet<String> = sent.iter().cloned().collect();
-    fifo.drain(&mut out, Duration::from_secs(60), |o| {
-        let got: HashSet<String> = String::from_utf8_lossy(o)
+    let got = |o: &[u8]| -> HashSet<String> {
+        String::from_utf8_lossy(o)
             .lines()
             .map(str::to_owned)
-            .collect();
-        want.is_subset(&got)
+            .collect()
+    };
+    // Cheap until the line count says all may be there (the predicate
+    // runs after every read).
+    let scanned = std::cell::Cell::new((0usize, 0usize));
+    fifo.drain(&mut out, Duration::from_secs(60), |o| {
+        let (at, lines) = scanned.get();
+        let lines = lines + count_lines(&o[at..]);
+        scanned.set((o.len(), lines));
+        lines >= N && want.is_subset(&got(o))
     });
-    let got: HashSet<String> = String::from_utf8_lossy(&out)
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let got = got(&out);
     assert!(
         want.is_subset(&got),
-        "{} of {N} messages missing; {} lines",
+        "{} of {N} messages missing; {} lines; floodwall:\n{}\nrsyslog:\n{}",
         want.difference(&got).count(),
+        count_lines(&out),
+        d.log_text(),
+        peer.internal_log()
+    );
+    assert_eq!(got.len(), N, "only sent messages");
+    feeder.join().expect("fed rsyslog");
+    eprintln!(
+        "{N} messages through a refusing floodwall in {:?}: {} lines",
+        started.elapsed(),
         count_lines(&out)
     );
-    let last = d.stats_lines().pop().unwrap();
-    assert_eq!(num(&last, "dropped_send_timeout"), 0, "{last:?}");
     let scraped = support::metrics::scrape(support::metrics::metrics_addr(&d));
     let metric = scraped
         .get("floodwall_relp_refused_total")
         .copied()
         .unwrap_or(0.0);
     assert!(
-        metric >= num(refused.as_ref().unwrap(), "relp_refused") as f64,
+        metric >= num(&refused, "relp_refused") as f64,
         "metric {metric}"
     );
     drop(peer);
+    // Nothing lost: no drop of any kind, and every received message
+    // delivered (the identity, checked by stop_balanced). The resent
+    // duplicates still queued are read meanwhile.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut rest = Vec::new();
+            fifo.drain(&mut rest, Duration::from_secs(30), |_| {
+                done.load(std::sync::atomic::Ordering::SeqCst)
+            });
+        })
+    };
+    let settled = d.wait_stats(Duration::from_secs(20), |s| {
+        num(s, "queue_depth") == 0 && num(s, "delivered") == num(s, "received")
+    });
+    assert!(
+        settled.is_some(),
+        "the queue did not drain; log:\n{}",
+        d.log_text()
+    );
+    let last = d.stop_balanced(Duration::from_secs(20));
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    reader.join().unwrap();
+    for key in [
+        "dropped_send_timeout",
+        "dropped_oversize",
+        "dropped_shutdown",
+        "dropped_truncated",
+    ] {
+        assert_eq!(num(&last, key), 0, "{key}: {last:?}");
+    }
+    assert_eq!(num(&last, "delivered"), num(&last, "received"), "{last:?}");
+    assert!(num(&last, "relp_refused") > 0, "{last:?}");
 }
 
 /// 50 hostile sessions from a generator (bad numbers, letters where digits
