@@ -321,7 +321,7 @@ fn start_workers(
                 }
                 None => server::bind(addr, config.server.backlog),
             }
-            .and_then(|socket| relp::tune_listener(&socket).map(|()| socket))
+            .inspect(relp::tune_listener)
             .map_err(|source| Error::RelpBind { addr, source })?,
         ),
         None => None,

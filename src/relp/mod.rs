@@ -20,8 +20,7 @@
 //! [`MSS`] bytes the cork holds back less than one segment, never the
 //! whole window, and the answers keep the window moving (docs/relp.md).
 
-use std::io;
-
+use log::warn;
 use socket2::Socket;
 
 pub mod ack;
@@ -35,6 +34,12 @@ pub const MSS: u32 = 1460;
 /// Readies a RELP listening socket (bound here or passed by the service
 /// manager) before its first client: it announces [`MSS`] to every client
 /// it accepts, so that a corked client never holds a whole window back.
-pub fn tune_listener(socket: &Socket) -> io::Result<()> {
-    socket.set_tcp_mss(MSS)
+/// A socket that refuses (a passed one of another kind) keeps its own
+/// segment size: slower with omrelp on loopback, not wrong, so a warning.
+pub fn tune_listener(socket: &Socket) {
+    if let Err(e) = socket.set_tcp_mss(MSS) {
+        warn!(
+            "relp: cannot set the listener's MSS to {MSS}, omrelp on loopback may wait 200 ms per window error=\"{e}\""
+        );
+    }
 }
