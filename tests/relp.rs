@@ -731,6 +731,10 @@ fn feed(port: u16, lines: &[String]) {
     s.write_all(&bytes).expect("send to peer");
 }
 
+/// omrelp's window in these tests (its default): what it may hold
+/// unanswered, and resends after a reconnect.
+const OMRELP_WINDOW: u64 = 128;
+
 fn omrelp(work: &Path, target: SocketAddr, tls: &[String]) -> Peer {
     omrelp_window(work, target, OMRELP_WINDOW, tls)
 }
@@ -1108,10 +1112,6 @@ fn nats_sink_answers_after_the_stream_ack() {
     let last = d.stop_balanced(Duration::from_secs(20));
     assert_eq!(num(&last, "delivered"), total);
 }
-
-/// omrelp's window: what it may hold unanswered, and resend after a
-/// reconnect (scripts/peers.sh, FLOODWALL_RELP_WINDOW's default).
-const OMRELP_WINDOW: u64 = 128;
 
 /// rsyslog omrelp into floodwall with [spool]: floodwall is killed (-9)
 /// three times while omrelp sends 300,000 messages, and started again on
