@@ -321,6 +321,9 @@ pub struct Session {
     /// 5 bytes: type, 3 of length, the request).
     fragment: [u8; 5],
     fragment_len: u8,
+    /// The client's KeyUpdate asked for ours (update_requested): it goes
+    /// before our next application data (RFC 8446 4.6.3), a RELP answer.
+    owe_key_update: bool,
 }
 
 impl Session {
@@ -355,6 +358,7 @@ impl Session {
             barren: 0,
             fragment: [0; 5],
             fragment_len: 0,
+            owe_key_update: false,
         }
     }
 
@@ -471,6 +475,18 @@ impl Session {
     /// caller writes them): what a RELP session answers its client.
     pub fn seal(&mut self, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
         let tls12 = self.tls12;
+        if self.owe_key_update && !data.is_empty() {
+            // Ours, update_not_requested, under the old key; then the next.
+            let ours = [KEY_UPDATE, 0, 0, 1, 0];
+            self.tx_cipher()?.seal(tls12, HANDSHAKE, &ours, out)?;
+            let next = self
+                .kernel
+                .update_tx_secret()
+                .map_err(|e| broken(format!("KeyUpdate: {e}")))?;
+            self.tx = Some(next);
+            self.tx_key = None;
+            self.owe_key_update = false;
+        }
         let cipher = self.tx_cipher()?;
         for chunk in data.chunks(MAX_PLAINTEXT) {
             cipher.seal(tls12, APPLICATION_DATA, chunk, out)?;
@@ -597,8 +613,8 @@ impl Session {
     /// 5.1 lets any handshake message span records), but it must end its
     /// last record (a key change may not share a record with what follows
     /// it). An update_requested asks for ours before our next application
-    /// data; floodwall sends none, so there is nothing to answer. Any
-    /// other handshake message is refused at its first byte.
+    /// data: only a RELP session sends any, and [`Session::seal`] puts ours
+    /// first. Any other handshake message is refused at its first byte.
     fn key_update(&mut self, range: Range<usize>) -> io::Result<()> {
         if range.is_empty() {
             return Err(broken("empty handshake record"));
@@ -625,6 +641,7 @@ impl Session {
             return Ok(());
         }
         self.fragment_len = 0;
+        self.owe_key_update |= self.fragment[4] == 1;
         let (seq, secrets) = self
             .kernel
             .update_rx_secret()
@@ -950,6 +967,69 @@ pub(crate) mod tests {
             client.join().unwrap(),
             "the client did not read close_notify"
         );
+    }
+
+    /// A client's KeyUpdate with update_requested is owed ours before our
+    /// next application data (RFC 8446 4.6.3): a RELP session's next
+    /// answer comes after a KeyUpdate, under the next key, and the client
+    /// reads it; the answer after that is one record again.
+    #[test]
+    fn an_answer_after_a_requested_key_update_follows_ours() {
+        let suite = provider::cipher_suite::TLS13_AES_256_GCM_SHA384;
+        let (server_config, client_config) = configs(suite);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (answers_tx, answers_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let client = thread::spawn(move || {
+            let mut c = Client::connect(client_config, addr, b"");
+            c.send(b"before\n");
+            c.conn.refresh_traffic_keys().unwrap();
+            c.send(b"after\n");
+            let mut got = Vec::new();
+            for wire in answers_rx {
+                c.conn.read_tls(&mut &wire[..]).unwrap();
+                c.conn
+                    .process_new_packets()
+                    .expect("the client reads our answer");
+                let _ = c.conn.reader().read_to_end(&mut got);
+            }
+            got
+        });
+        let (sock, mut session) = accept(&listener, server_config);
+        let wake = Wake::new().unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got != b"before\nafter\n" {
+            assert!(Instant::now() < deadline, "the data never came: {got:?}");
+            match session.read(&sock, &mut buf) {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wake.wait(&sock, Some(Duration::from_secs(5)), false)
+                        .unwrap();
+                }
+                other => panic!("read: {other:?}"),
+            }
+        }
+        let records = |wire: &[u8]| {
+            let mut n = 0;
+            let mut at = 0;
+            while at < wire.len() {
+                at += HEADER + usize::from(u16::from_be_bytes([wire[at + 3], wire[at + 4]]));
+                n += 1;
+            }
+            n
+        };
+        let mut first = Vec::new();
+        session.seal(b"1 rsp 6 200 OK\n", &mut first).unwrap();
+        assert_eq!(records(&first), 2, "ours, then the answer");
+        let mut second = Vec::new();
+        session.seal(b"2 rsp 6 200 OK\n", &mut second).unwrap();
+        assert_eq!(records(&second), 1, "one KeyUpdate owed, one sent");
+        answers_tx.send(first).unwrap();
+        answers_tx.send(second).unwrap();
+        drop(answers_tx);
+        assert_eq!(client.join().unwrap(), b"1 rsp 6 200 OK\n2 rsp 6 200 OK\n");
     }
 
     /// A record changed in flight: what came before it is delivered, then
