@@ -21,7 +21,7 @@
 //! client that never reads would only be reset by one): a record header
 //! of unknown type or version, a record that does not authenticate or is
 //! too long, an alert other than close_notify and user_canceled (or of
-//! unknown level), a change_cipher_spec, any handshake message but a
+//! unknown level, or a fifth user_canceled), a change_cipher_spec, any handshake message but a
 //! TLS 1.3 KeyUpdate (so no TLS 1.2 renegotiation; a KeyUpdate may span
 //! records), and more than 32 records in a row that carry no data.
 //! src/tls_record_diff.rs proves these rules against rustls's reader;
@@ -67,6 +67,10 @@ const FATAL: u8 = 2;
 /// streaming them would keep `Session::read` from returning, since it
 /// returns when `out` fills or the socket is empty.
 const BARREN_MAX: u8 = 32;
+/// Warning alerts (user_canceled: any other ends the session) a session
+/// may send in its whole life: rustls's bound (BoringSSL's
+/// kMaxWarningAlerts), the fifth ends it.
+const WARNINGS_MAX: u8 = 4;
 
 /// How a TLS session's input ended (or not yet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,6 +321,8 @@ pub struct Session {
     failed: Option<String>,
     /// Records in a row that handed out nothing (see `BARREN_MAX`).
     barren: u8,
+    /// Warning alerts so far (see `WARNINGS_MAX`).
+    warnings: u8,
     /// A KeyUpdate split across records: its bytes so far (a KeyUpdate is
     /// 5 bytes: type, 3 of length, the request).
     fragment: [u8; 5],
@@ -356,6 +362,7 @@ impl Session {
             closed,
             failed: None,
             barren: 0,
+            warnings: 0,
             fragment: [0; 5],
             fragment_len: 0,
             owe_key_update: false,
@@ -603,7 +610,13 @@ impl Session {
                 self.closed = true;
                 Ok(())
             }
-            [WARNING, USER_CANCELED] => Ok(()),
+            [WARNING, USER_CANCELED] if self.warnings == WARNINGS_MAX => {
+                Err(broken("too many warning alerts"))
+            }
+            [WARNING, USER_CANCELED] => {
+                self.warnings += 1;
+                Ok(())
+            }
             [_, description] => Err(broken(format!("alert {description} from the client"))),
             _ => Err(broken("malformed alert")),
         }
@@ -1389,6 +1402,31 @@ pub(crate) mod tests {
         }
     }
 
+    /// A session may send four warning alerts (user_canceled) in its
+    /// life, as rustls allows; the fifth ends it, data between them or not.
+    #[test]
+    fn a_fifth_user_canceled_ends_the_session() {
+        for suite in [tls13(), tls12()] {
+            for (alerts, fine) in [(4, true), (5, false)] {
+                let (got, end) = forged(suite, move |f| {
+                    for _ in 0..alerts {
+                        f.send(APPLICATION_DATA, b"x", 0);
+                        f.send(ALERT, &[WARNING, USER_CANCELED], 0);
+                    }
+                    f.send(APPLICATION_DATA, b"y", 0);
+                    f.send(ALERT, &[WARNING, CLOSE_NOTIFY], 0);
+                });
+                if fine {
+                    end.unwrap();
+                    assert_eq!(got, b"xxxxy", "{suite:?}");
+                } else {
+                    refused_with(end, "warning alerts");
+                    assert_eq!(got, b"xxxxx", "{suite:?}");
+                }
+            }
+        }
+    }
+
     /// Records that hand out nothing (empty application data, user_canceled,
     /// KeyUpdate) are allowed only a few in a row, as rustls allows them:
     /// otherwise a client streaming them keeps `read` from returning (it
@@ -1397,10 +1435,8 @@ pub(crate) mod tests {
     #[test]
     fn records_without_plaintext_are_limited_in_a_row() {
         type Barren = fn(&mut Forger);
-        let kinds: [Barren; 2] = [
-            |f| f.send(APPLICATION_DATA, b"", 0),
-            |f| f.send(ALERT, &[WARNING, USER_CANCELED], 0),
-        ];
+        // (user_canceled: at most four in a session, below.)
+        let kinds: [Barren; 1] = [|f| f.send(APPLICATION_DATA, b"", 0)];
         for suite in [tls13(), tls12()] {
             for barren in kinds {
                 for (row, fine) in [(32, true), (20_000, false)] {

@@ -849,6 +849,89 @@ fn every_offset_reads_the_same_as_rustls() {
     }
 }
 
+/// rustls's bounds on records that carry no data, as floodwall's layer
+/// meets them: 32 empty records in a row, 32 KeyUpdates between data
+/// records, four warning alerts (user_canceled) in a session; one more
+/// of each ends both readers alike. floodwall also ends a session at 33
+/// such records in a row of mixed kinds, where rustls goes on (each of its
+/// counters is reset by the other kinds): stricter, docs/tls.md.
+#[test]
+fn rustls_bounds_on_records_without_data_are_met() {
+    let data = || Op::Data(b"x".to_vec(), 0);
+    let empty = || Op::Empty;
+    let key_update = || Op::KeyUpdate(0, 0);
+    let canceled = || Op::Alert(1, 90);
+    let row = |op: fn() -> Op, n: usize| std::iter::repeat_with(op).take(n);
+    let mut same: Vec<(&str, Vec<Op>, End)> = vec![
+        (
+            "32 empty",
+            row(empty, 32).chain([data()]).collect(),
+            End::Clean,
+        ),
+        (
+            "33 empty",
+            row(empty, 33).chain([data()]).collect(),
+            End::Error,
+        ),
+        (
+            "32 KeyUpdates",
+            row(key_update, 32).chain([data()]).collect(),
+            End::Clean,
+        ),
+        (
+            "33 KeyUpdates",
+            row(key_update, 33).chain([data()]).collect(),
+            End::Error,
+        ),
+    ];
+    let spread = |n: usize| -> Vec<Op> {
+        (0..n)
+            .flat_map(|_| [data(), canceled()])
+            .chain([data()])
+            .collect()
+    };
+    same.push(("4 user_canceled", spread(4), End::Clean));
+    same.push(("5 user_canceled", spread(5), End::Error));
+    let suite = suites()[0];
+    let setup = setup(suite);
+    for (what, ops, want) in same {
+        let (servers, client) = handshake(&setup);
+        let wire = forge(client, false, &ops, Close::Notify);
+        let (_, end) =
+            compare(servers, &wire, &[], false).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(end, want, "{what}");
+    }
+    let mixed: [(&str, Vec<Op>); 2] = [
+        (
+            "20 empty, 20 KeyUpdates",
+            row(empty, 20)
+                .chain(row(key_update, 20))
+                .chain([data()])
+                .collect(),
+        ),
+        (
+            "20 empty, 4 user_canceled, 20 empty",
+            row(empty, 20)
+                .chain(row(canceled, 4))
+                .chain(row(empty, 20))
+                .chain([data()])
+                .collect(),
+        ),
+    ];
+    for (what, ops) in mixed {
+        let (servers, client) = handshake(&setup);
+        let wire = forge(client, false, &ops, Close::Notify);
+        let (got, end) =
+            compare(servers, &wire, &[], true).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!((got.as_slice(), end), (&b""[..], End::Error), "{what}");
+        let (servers, _) = handshake(&setup);
+        assert!(
+            compare(servers, &wire, &[], false).is_err(),
+            "{what}: rustls refuses it too (then it is not stricter)"
+        );
+    }
+}
+
 /// RFC 8446 5.1: a KeyUpdate may span records. Split after each of its
 /// bytes, it is followed, and data under the next key arrives.
 #[test]
