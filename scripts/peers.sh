@@ -539,7 +539,7 @@ EOF
 
 peers_start_rsyslog_relp_forward() {
     _peers_check_args start-rsyslog-relp-forward 3 "$@" || return
-    local port="$1" tport="$2" dir tls="" name="${7:-localhost}"
+    local port="$1" tport="$2" dir tls="" tlslib="" name="${7:-localhost}"
     local window="${FLOODWALL_RELP_WINDOW:-128}"
     [[ $tport =~ ^[0-9]+$ ]] || { _peers_err "start-rsyslog-relp-forward: bad target port '$tport'"; return 2; }
     if [[ -n ${4:-} ]]; then
@@ -548,14 +548,17 @@ peers_start_rsyslog_relp_forward() {
         for f in "$ca" "$cert" "$key"; do
             [[ -r $f ]] || { _peers_err "cannot read $f"; return 1; }
         done
-        tls="tls=\"on\" tls.tlslib=\"openssl\" tls.caCert=\"$ca\" tls.myCert=\"$cert\" tls.myPrivKey=\"$key\" tls.authMode=\"name\" tls.permittedPeer=[\"$name\"]"
+        # tls.tlslib is omrelp's module parameter (8.2302 refuses it on the
+        # action and falls back to librelp's default, GnuTLS).
+        tlslib='tls.tlslib="openssl"'
+        tls="tls=\"on\" tls.caCert=\"$ca\" tls.myCert=\"$cert\" tls.myPrivKey=\"$key\" tls.authMode=\"name\" tls.permittedPeer=[\"$name\"]"
     fi
     dir="$(_peers_mkdir rsyslog-relp-forward "$port" "$3")" || return 1
     local conf="$dir/rsyslog.conf"
     {
         _peers_rsyslog_head "$dir" "$port"
         cat <<EOF
-module(load="omrelp")
+module(load="omrelp" $tlslib)
 template(name="floodwall_fwd_raw" type="string" string="%rawmsg%")
 ruleset(name="in") {
   action(type="omrelp" target="127.0.0.1" port="$tport" template="floodwall_fwd_raw"
