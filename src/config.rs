@@ -1480,6 +1480,12 @@ mod tests {
         assert!(e.starts_with("relp.listen:"), "{e}");
         let e = err("[relp]\nlisten = \"127.0.0.1:0\"\ntls = true\n");
         assert!(e.starts_with("relp.tls:"), "{e}");
+        // RELP over TLS runs on either record layer.
+        let c = Config::parse(
+            "[relp]\nlisten = \"127.0.0.1:0\"\ntls = true\n[server.tls]\ncert = \"c\"\nkey = \"k\"\nrecord_layer = \"rustls\"\n",
+        )
+        .unwrap();
+        assert!(c.relp.is_some_and(|r| r.tls));
         let e = err("[relp]\nlisten = \"127.0.0.1:0\"\nwindow = 3\n");
         assert!(e.contains("window"), "{e}");
     }
