@@ -548,7 +548,7 @@ peers_start_rsyslog_relp_forward() {
         window="${5:-}"; set -- "$1" "$2" "$3" "${@:6}"
     fi
     [[ $window =~ ^[0-9]+$ ]] || { _peers_err "start-rsyslog-relp-forward: bad window '$window'"; return 2; }
-    local port="$1" tport="$2" dir tls="" name="${7:-localhost}"
+    local port="$1" tport="$2" dir tls="" tlslib="" name="${7:-localhost}"
     [[ $tport =~ ^[0-9]+$ ]] || { _peers_err "start-rsyslog-relp-forward: bad target port '$tport'"; return 2; }
     if [[ -n ${4:-} ]]; then
         local ca cert key f
@@ -556,7 +556,10 @@ peers_start_rsyslog_relp_forward() {
         for f in "$ca" "$cert" "$key"; do
             [[ -r $f ]] || { _peers_err "cannot read $f"; return 1; }
         done
-        tls="tls=\"on\" tls.tlslib=\"openssl\" tls.caCert=\"$ca\" tls.myCert=\"$cert\" tls.myPrivKey=\"$key\" tls.authMode=\"name\" tls.permittedPeer=[\"$name\"]"
+        # tls.tlslib is omrelp's module parameter (8.2302 refuses it on the
+        # action and falls back to librelp's default, GnuTLS).
+        tlslib='tls.tlslib="openssl"'
+        tls="tls=\"on\" tls.caCert=\"$ca\" tls.myCert=\"$cert\" tls.myPrivKey=\"$key\" tls.authMode=\"name\" tls.permittedPeer=[\"$name\"]"
     fi
     dir="$(_peers_mkdir rsyslog-relp-forward "$port" "$3")" || return 1
     local conf="$dir/rsyslog.conf"
@@ -566,7 +569,7 @@ peers_start_rsyslog_relp_forward() {
 # One main queue worker: under load rsyslog starts a second one, whose own
 # omrelp instance opens a second RELP session; the two interleave.
 main_queue(queue.workerThreads="$workers")
-module(load="omrelp")
+module(load="omrelp" $tlslib)
 template(name="floodwall_fwd_raw" type="string" string="%rawmsg%")
 ruleset(name="in") {
   action(type="omrelp" target="127.0.0.1" port="$tport" template="floodwall_fwd_raw"

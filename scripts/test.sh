@@ -6,7 +6,8 @@
 # Without arguments, the tests of TLS sessions then run again with
 # `record_layer = "rustls"` (FLOODWALL_TEST_RECORD_LAYER, read by
 # tests/support/pki.rs): both record readers pass the same suite. The
-# handshake flood (tls_flood) is left out: it never reaches a reader.
+# handshake flood (tls_flood) is left out: it never reaches a reader. Of
+# tests/relp.rs, the TLS cases.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/install-peers.sh
@@ -14,4 +15,6 @@ cargo test --release "$@"
 if [ "$#" -eq 0 ]; then
     FLOODWALL_TEST_RECORD_LAYER=rustls cargo test --release \
         --test tls_session --test tls_truncation --test tls_refusals --test interop_tls
+    # RELP over TLS (the session writes its answers through the reader).
+    FLOODWALL_TEST_RECORD_LAYER=rustls cargo test --release --test relp -- tls
 fi

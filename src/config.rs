@@ -340,19 +340,6 @@ impl RelpConfig {
                 "true but there is no [server.tls]; allowed: false, or true with a [server.tls] table (cert, key)",
             ));
         }
-        // A RELP session writes its answers through the record layer;
-        // rustls's reader (the fallback layer) does not seal them yet.
-        if self.tls
-            && server
-                .tls
-                .as_ref()
-                .is_some_and(|t| t.record_layer == RecordLayer::Rustls)
-        {
-            return Err(invalid(
-                "relp.tls",
-                "true with server.tls.record_layer = \"rustls\", which cannot answer RELP sessions yet; allowed: false, or record_layer = \"floodwall\" (the default)",
-            ));
-        }
         Ok(())
     }
 }
@@ -1493,10 +1480,12 @@ mod tests {
         assert!(e.starts_with("relp.listen:"), "{e}");
         let e = err("[relp]\nlisten = \"127.0.0.1:0\"\ntls = true\n");
         assert!(e.starts_with("relp.tls:"), "{e}");
-        let e = err(
+        // RELP over TLS runs on either record layer.
+        let c = Config::parse(
             "[relp]\nlisten = \"127.0.0.1:0\"\ntls = true\n[server.tls]\ncert = \"c\"\nkey = \"k\"\nrecord_layer = \"rustls\"\n",
-        );
-        assert!(e.starts_with("relp.tls:") && e.contains("rustls"), "{e}");
+        )
+        .unwrap();
+        assert!(c.relp.is_some_and(|r| r.tls));
         let e = err("[relp]\nlisten = \"127.0.0.1:0\"\nwindow = 3\n");
         assert!(e.contains("window"), "{e}");
     }

@@ -58,7 +58,11 @@ impl Stream<'_> {
     /// Input already sits in the TLS session (plaintext, a whole record,
     /// its end): a read gives something without polling the socket.
     pub fn has_input(&self) -> bool {
-        matches!(self, Stream::Tls { session, .. } if session.has_input())
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls { session, .. } => session.has_input(),
+            Stream::RustlsTls { session, .. } => session.has_input(),
+        }
     }
 
     /// [`Wake::wait`] on the socket, except that input the session already
@@ -70,12 +74,7 @@ impl Stream<'_> {
         timeout: Option<Duration>,
         watch: bool,
     ) -> io::Result<Ready> {
-        let held = match self {
-            Stream::Plain(_) => false,
-            Stream::Tls { session, .. } => session.has_input(),
-            Stream::RustlsTls { session, .. } => session.has_input(),
-        };
-        if held {
+        if self.has_input() {
             return Ok(Ready::Socket);
         }
         wake.wait(self.tcp(), timeout, watch)
@@ -204,5 +203,62 @@ mod tests {
         // by each read varies; but 5,000 records (~350 KiB) never all come
         // 4 KiB at a time once reads fill across records.
         assert!(largest > 8 << 10, "largest read {largest} bytes");
+    }
+
+    /// A TLS 1.3 client may send its first data in the flight of its
+    /// Finished (rsyslog's omrelp sends its RELP `open` so): the handshake
+    /// reads it, so it is held in the session, not in the socket. Both
+    /// readers must say so, or a session that polls the socket before
+    /// reading (RELP's) waits for an answer the client waits for too.
+    #[test]
+    fn data_sent_with_the_finished_is_held_input_for_both_readers() {
+        use crate::config::RecordLayer;
+        for layer in [RecordLayer::Floodwall, RecordLayer::Rustls] {
+            let (server_config, client_config) = configs();
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let client = thread::spawn(move || {
+                let name = ServerName::try_from("localhost").unwrap();
+                let mut conn = ClientConnection::new(client_config, name).unwrap();
+                let mut sock = TcpStream::connect(addr).unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                // Queued before the handshake: it leaves with the Finished.
+                conn.writer().write_all(b"1 open\n").unwrap();
+                let mut answer = Vec::new();
+                for _ in 0..100 {
+                    // Each flight in one write, as one segment.
+                    let mut flight = Vec::new();
+                    while conn.wants_write() {
+                        conn.write_tls(&mut flight).unwrap();
+                    }
+                    sock.write_all(&flight).unwrap();
+                    if conn.read_tls(&mut sock).unwrap() == 0 {
+                        break;
+                    }
+                    conn.process_new_packets().unwrap();
+                    let _ = conn.reader().read_to_end(&mut answer);
+                    if answer.ends_with(b"\n") {
+                        break;
+                    }
+                }
+                answer
+            });
+            let (sock, _) = listener.accept().unwrap();
+            let wake = Wake::new().unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let taken = crate::tls::handshake(server_config, &sock, deadline, &wake, layer);
+            sock.set_nonblocking(true).unwrap();
+            let mut stream = taken.unwrap().stream(&sock);
+            assert!(stream.has_input(), "{layer:?}: the open is not held");
+            let mut buf = [0u8; 64];
+            let n = stream.read(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"1 open\n", "{layer:?}");
+            let mut out = Vec::new();
+            stream.seal(b"1 rsp 6 200 OK\n", &mut out).unwrap();
+            sock.set_nonblocking(false).unwrap();
+            (&sock).write_all(&out).unwrap();
+            assert_eq!(client.join().unwrap(), b"1 rsp 6 200 OK\n", "{layer:?}");
+        }
     }
 }

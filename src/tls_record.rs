@@ -21,7 +21,7 @@
 //! client that never reads would only be reset by one): a record header
 //! of unknown type or version, a record that does not authenticate or is
 //! too long, an alert other than close_notify and user_canceled (or of
-//! unknown level), a change_cipher_spec, any handshake message but a
+//! unknown level, or a fifth user_canceled), a change_cipher_spec, any handshake message but a
 //! TLS 1.3 KeyUpdate (so no TLS 1.2 renegotiation; a KeyUpdate may span
 //! records), and more than 32 records in a row that carry no data.
 //! src/tls_record_diff.rs proves these rules against rustls's reader;
@@ -67,6 +67,10 @@ const FATAL: u8 = 2;
 /// streaming them would keep `Session::read` from returning, since it
 /// returns when `out` fills or the socket is empty.
 const BARREN_MAX: u8 = 32;
+/// Warning alerts (user_canceled: any other ends the session) a session
+/// may send in its whole life: rustls's bound (BoringSSL's
+/// kMaxWarningAlerts), the fifth ends it.
+const WARNINGS_MAX: u8 = 4;
 
 /// How a TLS session's input ended (or not yet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,10 +321,15 @@ pub struct Session {
     failed: Option<String>,
     /// Records in a row that handed out nothing (see `BARREN_MAX`).
     barren: u8,
+    /// Warning alerts so far (see `WARNINGS_MAX`).
+    warnings: u8,
     /// A KeyUpdate split across records: its bytes so far (a KeyUpdate is
     /// 5 bytes: type, 3 of length, the request).
     fragment: [u8; 5],
     fragment_len: u8,
+    /// The client's KeyUpdate asked for ours (update_requested): it goes
+    /// before our next application data (RFC 8446 4.6.3), a RELP answer.
+    owe_key_update: bool,
 }
 
 impl Session {
@@ -353,8 +362,10 @@ impl Session {
             closed,
             failed: None,
             barren: 0,
+            warnings: 0,
             fragment: [0; 5],
             fragment_len: 0,
+            owe_key_update: false,
         }
     }
 
@@ -471,6 +482,18 @@ impl Session {
     /// caller writes them): what a RELP session answers its client.
     pub fn seal(&mut self, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
         let tls12 = self.tls12;
+        if self.owe_key_update && !data.is_empty() {
+            // Ours, update_not_requested, under the old key; then the next.
+            let ours = [KEY_UPDATE, 0, 0, 1, 0];
+            self.tx_cipher()?.seal(tls12, HANDSHAKE, &ours, out)?;
+            let next = self
+                .kernel
+                .update_tx_secret()
+                .map_err(|e| broken(format!("KeyUpdate: {e}")))?;
+            self.tx = Some(next);
+            self.tx_key = None;
+            self.owe_key_update = false;
+        }
         let cipher = self.tx_cipher()?;
         for chunk in data.chunks(MAX_PLAINTEXT) {
             cipher.seal(tls12, APPLICATION_DATA, chunk, out)?;
@@ -587,7 +610,13 @@ impl Session {
                 self.closed = true;
                 Ok(())
             }
-            [WARNING, USER_CANCELED] => Ok(()),
+            [WARNING, USER_CANCELED] if self.warnings == WARNINGS_MAX => {
+                Err(broken("too many warning alerts"))
+            }
+            [WARNING, USER_CANCELED] => {
+                self.warnings += 1;
+                Ok(())
+            }
             [_, description] => Err(broken(format!("alert {description} from the client"))),
             _ => Err(broken("malformed alert")),
         }
@@ -597,8 +626,8 @@ impl Session {
     /// 5.1 lets any handshake message span records), but it must end its
     /// last record (a key change may not share a record with what follows
     /// it). An update_requested asks for ours before our next application
-    /// data; floodwall sends none, so there is nothing to answer. Any
-    /// other handshake message is refused at its first byte.
+    /// data: only a RELP session sends any, and [`Session::seal`] puts ours
+    /// first. Any other handshake message is refused at its first byte.
     fn key_update(&mut self, range: Range<usize>) -> io::Result<()> {
         if range.is_empty() {
             return Err(broken("empty handshake record"));
@@ -625,6 +654,7 @@ impl Session {
             return Ok(());
         }
         self.fragment_len = 0;
+        self.owe_key_update |= self.fragment[4] == 1;
         let (seq, secrets) = self
             .kernel
             .update_rx_secret()
@@ -950,6 +980,69 @@ pub(crate) mod tests {
             client.join().unwrap(),
             "the client did not read close_notify"
         );
+    }
+
+    /// A client's KeyUpdate with update_requested is owed ours before our
+    /// next application data (RFC 8446 4.6.3): a RELP session's next
+    /// answer comes after a KeyUpdate, under the next key, and the client
+    /// reads it; the answer after that is one record again.
+    #[test]
+    fn an_answer_after_a_requested_key_update_follows_ours() {
+        let suite = provider::cipher_suite::TLS13_AES_256_GCM_SHA384;
+        let (server_config, client_config) = configs(suite);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (answers_tx, answers_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let client = thread::spawn(move || {
+            let mut c = Client::connect(client_config, addr, b"");
+            c.send(b"before\n");
+            c.conn.refresh_traffic_keys().unwrap();
+            c.send(b"after\n");
+            let mut got = Vec::new();
+            for wire in answers_rx {
+                c.conn.read_tls(&mut &wire[..]).unwrap();
+                c.conn
+                    .process_new_packets()
+                    .expect("the client reads our answer");
+                let _ = c.conn.reader().read_to_end(&mut got);
+            }
+            got
+        });
+        let (sock, mut session) = accept(&listener, server_config);
+        let wake = Wake::new().unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got != b"before\nafter\n" {
+            assert!(Instant::now() < deadline, "the data never came: {got:?}");
+            match session.read(&sock, &mut buf) {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wake.wait(&sock, Some(Duration::from_secs(5)), false)
+                        .unwrap();
+                }
+                other => panic!("read: {other:?}"),
+            }
+        }
+        let records = |wire: &[u8]| {
+            let mut n = 0;
+            let mut at = 0;
+            while at < wire.len() {
+                at += HEADER + usize::from(u16::from_be_bytes([wire[at + 3], wire[at + 4]]));
+                n += 1;
+            }
+            n
+        };
+        let mut first = Vec::new();
+        session.seal(b"1 rsp 6 200 OK\n", &mut first).unwrap();
+        assert_eq!(records(&first), 2, "ours, then the answer");
+        let mut second = Vec::new();
+        session.seal(b"2 rsp 6 200 OK\n", &mut second).unwrap();
+        assert_eq!(records(&second), 1, "one KeyUpdate owed, one sent");
+        answers_tx.send(first).unwrap();
+        answers_tx.send(second).unwrap();
+        drop(answers_tx);
+        assert_eq!(client.join().unwrap(), b"1 rsp 6 200 OK\n2 rsp 6 200 OK\n");
     }
 
     /// A record changed in flight: what came before it is delivered, then
@@ -1309,6 +1402,31 @@ pub(crate) mod tests {
         }
     }
 
+    /// A session may send four warning alerts (user_canceled) in its
+    /// life, as rustls allows; the fifth ends it, data between them or not.
+    #[test]
+    fn a_fifth_user_canceled_ends_the_session() {
+        for suite in [tls13(), tls12()] {
+            for (alerts, fine) in [(4, true), (5, false)] {
+                let (got, end) = forged(suite, move |f| {
+                    for _ in 0..alerts {
+                        f.send(APPLICATION_DATA, b"x", 0);
+                        f.send(ALERT, &[WARNING, USER_CANCELED], 0);
+                    }
+                    f.send(APPLICATION_DATA, b"y", 0);
+                    f.send(ALERT, &[WARNING, CLOSE_NOTIFY], 0);
+                });
+                if fine {
+                    end.unwrap();
+                    assert_eq!(got, b"xxxxy", "{suite:?}");
+                } else {
+                    refused_with(end, "warning alerts");
+                    assert_eq!(got, b"xxxxx", "{suite:?}");
+                }
+            }
+        }
+    }
+
     /// Records that hand out nothing (empty application data, user_canceled,
     /// KeyUpdate) are allowed only a few in a row, as rustls allows them:
     /// otherwise a client streaming them keeps `read` from returning (it
@@ -1317,10 +1435,8 @@ pub(crate) mod tests {
     #[test]
     fn records_without_plaintext_are_limited_in_a_row() {
         type Barren = fn(&mut Forger);
-        let kinds: [Barren; 2] = [
-            |f| f.send(APPLICATION_DATA, b"", 0),
-            |f| f.send(ALERT, &[WARNING, USER_CANCELED], 0),
-        ];
+        // (user_canceled: at most four in a session, below.)
+        let kinds: [Barren; 1] = [|f| f.send(APPLICATION_DATA, b"", 0)];
         for suite in [tls13(), tls12()] {
             for barren in kinds {
                 for (row, fine) in [(32, true), (20_000, false)] {

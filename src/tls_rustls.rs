@@ -445,4 +445,80 @@ mod tests {
         assert_eq!(got, b"whole\n");
         assert_eq!(ending, Some(crate::tls_record::Ending::RecordCut));
     }
+
+    /// Reads `stream` until it gave exactly `want`.
+    fn read_until(stream: &mut crate::stream::Stream<'_>, wake: &Wake, want: &[u8]) {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        let until = Instant::now() + Duration::from_secs(10);
+        while got != want {
+            assert!(Instant::now() < until, "got {got:?}");
+            match stream.read(&mut buf) {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    stream
+                        .wait(wake, Some(Duration::from_secs(5)), false)
+                        .unwrap();
+                }
+                other => panic!("read: {other:?}"),
+            }
+        }
+    }
+
+    /// A RELP session on rustls's reader: an answer sealed before the
+    /// client's KeyUpdate (update_requested) and not yet written, then
+    /// the KeyUpdate read, then the next answer. rustls owes its own
+    /// KeyUpdate and seals the next answer under its next key; it puts
+    /// the KeyUpdate in the output of that next seal, ahead of the answer,
+    /// so on the wire it comes between the two answers (not at the read,
+    /// ahead of both: the client would open the first under the wrong key).
+    #[test]
+    fn an_owed_key_update_goes_between_the_answers() {
+        let (server, client_config) = configs(s::TLS13_AES_128_GCM_SHA256);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let client = thread::spawn(move || -> Result<Vec<u8>, String> {
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut conn = ClientConnection::new(client_config, name).unwrap();
+            let mut sock = TcpStream::connect(addr).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            while conn.is_handshaking() {
+                conn.complete_io(&mut sock).unwrap();
+            }
+            conn.writer().write_all(b"1 open\n").unwrap();
+            conn.complete_io(&mut sock).unwrap();
+            go_rx.recv().unwrap();
+            conn.refresh_traffic_keys().unwrap();
+            conn.writer().write_all(b"2 syslog\n").unwrap();
+            conn.complete_io(&mut sock).unwrap();
+            let mut got = Vec::new();
+            while got.len() < b"1 ok\n2 ok\n".len() {
+                if conn.read_tls(&mut sock).map_err(|e| e.to_string())? == 0 {
+                    break;
+                }
+                conn.process_new_packets().map_err(|e| e.to_string())?;
+                let _ = conn.reader().read_to_end(&mut got);
+            }
+            Ok(got)
+        });
+        let (sock, _) = listener.accept().unwrap();
+        let wake = Wake::new().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let taken = handshake(server, &sock, deadline, &wake, RecordLayer::Rustls).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let mut stream = taken.stream(&sock);
+        read_until(&mut stream, &wake, b"1 open\n");
+        // The answer waits in the session's output (the client's window
+        // is full, say) while the KeyUpdate comes in.
+        let mut pending = Vec::new();
+        stream.seal(b"1 ok\n", &mut pending).unwrap();
+        go_tx.send(()).unwrap();
+        read_until(&mut stream, &wake, b"2 syslog\n");
+        stream.seal(b"2 ok\n", &mut pending).unwrap();
+        sock.set_nonblocking(false).unwrap();
+        (&sock).write_all(&pending).unwrap();
+        assert_eq!(client.join().unwrap().as_deref(), Ok(&b"1 ok\n2 ok\n"[..]));
+    }
 }
