@@ -40,7 +40,7 @@ use crossbeam_channel::{TryRecvError, select};
 use log::{debug, info, warn};
 
 use crate::alerts::{Alerts, suppressed};
-use crate::config::{SinkConfig, SinkType};
+use crate::config::{Destination, SinkSettings};
 use crate::queue::{Batch, QueueReceiver};
 use crate::shutdown::{Reopen, Shutdown};
 use crate::spool::{Spool, Taken};
@@ -128,27 +128,27 @@ impl From<Box<dyn Sink>> for SinkWorker {
 /// Opens `workers` sinks of the configured type. Fails only for what is
 /// fatal at start-up (a file that cannot be opened); a tcp or nats
 /// downstream that is down is retried later.
-pub fn open(config: &SinkConfig) -> io::Result<Vec<SinkWorker>> {
+pub fn open(settings: &SinkSettings) -> io::Result<Vec<SinkWorker>> {
     let run_id = nats::run_id();
-    (0..config.workers)
+    (0..settings.workers)
         .map(|worker| -> io::Result<SinkWorker> {
-            let sink: Box<dyn Sink> = match config.kind {
-                SinkType::Stdout => Box::new(StdoutSink),
-                SinkType::Null => Box::new(NullSink),
-                SinkType::File => Box::new(FileSink::open(
-                    config
-                        .path
-                        .as_deref()
-                        .expect("validate() requires sink.path for file"),
-                    config
-                        .flush_interval
-                        .expect("validate() fills sink.flush_interval for file"),
-                )?),
-                SinkType::Tcp => Box::new(TcpSink::new(config)?),
-                SinkType::Relp => Box::new(RelpSink::new(config)?),
-                SinkType::Nats => {
+            let sink: Box<dyn Sink> = match &settings.destination {
+                Destination::Stdout => Box::new(StdoutSink),
+                Destination::Null => Box::new(NullSink),
+                Destination::File {
+                    path,
+                    flush_interval,
+                } => Box::new(FileSink::open(path, *flush_interval)?),
+                Destination::Tcp {
+                    downstream,
+                    framing,
+                } => Box::new(TcpSink::new(downstream, *framing)?),
+                Destination::Relp { downstream, window } => {
+                    Box::new(RelpSink::new(downstream, *window)?)
+                }
+                Destination::Nats(nats) => {
                     return Ok(SinkWorker::Nats(Box::new(NatsSink::open(
-                        config, worker, &run_id,
+                        nats, worker, &run_id,
                     )?)));
                 }
             };
@@ -156,6 +156,18 @@ pub fn open(config: &SinkConfig) -> io::Result<Vec<SinkWorker>> {
         })
         .collect()
 }
+
+/// How often an idle sink thread wakes (reopen requests, the idle
+/// probe): every 250 ms, or the file sink's `flush_interval` when that is
+/// shorter.
+pub fn tick(settings: &SinkSettings) -> Duration {
+    settings
+        .flush_interval()
+        .map_or(IDLE_TICK, |flush| flush.min(IDLE_TICK))
+}
+
+/// See [`tick`].
+const IDLE_TICK: Duration = Duration::from_millis(250);
 
 /// Writes gathered per call, at most: large enough to amortise the
 /// syscall, small enough that credits return steadily.

@@ -58,7 +58,7 @@ use log::{debug, info, warn};
 
 use super::{Health, SinkContext};
 use crate::alerts::suppressed;
-use crate::config::SinkConfig;
+use crate::config::NatsSettings;
 use crate::queue::{Batch, SpoolPos};
 use crate::spool::{Spool, Taken};
 use crate::stats::Stats;
@@ -85,15 +85,10 @@ const PEER_HEADER: &str = "Floodwall-Peer";
 const SPOOL_TAKE_BYTES: usize = 256 << 10;
 const SPOOL_TAKE_RECORDS: usize = 256;
 
-/// One sink worker's settings, taken from the validated config.
+/// One sink worker's settings: the validated `[sink]` keys, and its part.
 #[derive(Debug, Clone)]
 struct Settings {
-    servers: Vec<String>,
-    subject: String,
-    stream: String,
-    max_in_flight: usize,
-    ack_timeout: Duration,
-    connect_timeout: Duration,
+    nats: NatsSettings,
     /// This worker checks the stream's duplicate window at start (the
     /// first one only: one warning, not one per worker).
     check_window: bool,
@@ -119,14 +114,9 @@ impl NatsSink {
     /// Builds worker `worker`'s runtime (failing to is fatal at start-up);
     /// connects later, in [`NatsSink::run`]: a server that is down at
     /// start-up is retried, not fatal.
-    pub fn open(config: &SinkConfig, worker: usize, run_id: &str) -> io::Result<NatsSink> {
+    pub fn open(nats: &NatsSettings, worker: usize, run_id: &str) -> io::Result<NatsSink> {
         let settings = Settings {
-            servers: config.servers.clone().unwrap_or_default(),
-            subject: config.subject.clone().unwrap_or_default(),
-            stream: config.stream.clone().unwrap_or_default(),
-            max_in_flight: config.max_in_flight.unwrap_or(1024),
-            ack_timeout: config.ack_timeout.unwrap_or(Duration::from_secs(5)),
-            connect_timeout: config.connect_timeout.unwrap_or(Duration::from_secs(2)),
+            nats: nats.clone(),
             check_window: worker == 0,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -340,16 +330,16 @@ async fn connect(
                     warn!(
                         "nats stream duplicate window is shorter than {}, a message resent after a restart or a lost ack may be stored twice stream={} duplicate_window={}",
                         humantime::format_duration(MIN_DUPLICATE_WINDOW),
-                        settings.stream,
+                        settings.nats.stream,
                         humantime::format_duration(window)
                     );
                 }
                 // ids= ties the stream's messages to this run and worker.
                 info!(
                     "nats sink ready servers={} stream={} subject={} ids={}*",
-                    settings.servers.join(","),
-                    settings.stream,
-                    settings.subject,
+                    settings.nats.servers.join(","),
+                    settings.nats.stream,
+                    settings.nats.subject,
                     ids.prefix()
                 );
                 return Some(js);
@@ -361,7 +351,7 @@ async fn connect(
                     if let Some(n) = ctx.alerts.sink_error.allow() {
                         warn!(
                             "nats sink cannot reach the stream, retrying with back-off stream={} error=\"{e}\"{}",
-                            settings.stream,
+                            settings.nats.stream,
                             suppressed(n)
                         );
                     }
@@ -412,7 +402,7 @@ fn nothing_left(ctx: &SinkContext, early: &mut Vec<Batch>) -> bool {
 async fn try_connect(settings: &Settings) -> Result<(jetstream::Context, Duration), String> {
     let client = async_nats::ConnectOptions::new()
         .name("floodwall")
-        .connection_timeout(settings.connect_timeout)
+        .connection_timeout(settings.nats.connect_timeout)
         .retry_on_initial_connect()
         .max_reconnects(None)
         // Other cluster members' URLs would be host names to resolve on a
@@ -423,23 +413,23 @@ async fn try_connect(settings: &Settings) -> Result<(jetstream::Context, Duratio
                 .saturating_mul(1 << attempts.min(16) as u32)
                 .min(RETRY_MAX)
         })
-        .connect(settings.servers.clone())
+        .connect(settings.nats.servers.clone())
         .await
         .map_err(|e| e.to_string())?;
     let js = jetstream::ContextBuilder::new()
-        .timeout(settings.ack_timeout)
+        .timeout(settings.nats.ack_timeout)
         // Our own window is the bound; the client's must never be the
         // one that waits.
-        .max_ack_inflight(settings.max_in_flight + 1)
+        .max_ack_inflight(settings.nats.max_in_flight + 1)
         .build(client);
     let config = jetstream::stream::Config {
-        name: settings.stream.clone(),
-        subjects: vec![settings.subject.clone()],
+        name: settings.nats.stream.clone(),
+        subjects: vec![settings.nats.subject.clone()],
         num_replicas: 1,
         ..Default::default()
     };
     match tokio::time::timeout(
-        settings.ack_timeout + settings.connect_timeout,
+        settings.nats.ack_timeout + settings.nats.connect_timeout,
         js.get_or_create_stream(config),
     )
     .await
@@ -550,7 +540,7 @@ impl Pipeline {
         });
         Pipeline {
             from_spool,
-            subject: Subject::from(settings.subject.clone()),
+            subject: Subject::from(settings.nats.subject.clone()),
             peer_header: HeaderName::from_static(PEER_HEADER),
             settings,
             ctx,
@@ -572,7 +562,7 @@ impl Pipeline {
         if self.probing {
             1
         } else {
-            self.settings.max_in_flight
+            self.settings.nats.max_in_flight
         }
     }
 
@@ -603,7 +593,7 @@ impl Pipeline {
     /// stay taken (spooled: they stay spooled): they count in
     /// `queue_depth` until acknowledged.
     fn take_from_queue(&mut self) {
-        while !self.disconnected && self.fresh.len() < self.settings.max_in_flight {
+        while !self.disconnected && self.fresh.len() < self.settings.nats.max_in_flight {
             if !self.receive(Duration::ZERO) {
                 break;
             }
@@ -871,7 +861,7 @@ impl Pipeline {
             if let Some(n) = self.ctx.alerts.sink_error.allow() {
                 warn!(
                     "nats publish failed, retrying with back-off stream={} error=\"{e}\"{}",
-                    self.settings.stream,
+                    self.settings.nats.stream,
                     suppressed(n)
                 );
             }
