@@ -24,6 +24,7 @@
 //! at once, which a synchronous `write` cannot express, so it runs its own
 //! loop on the sink thread ([`SinkWorker::Nats`]).
 
+mod backoff;
 mod downstream;
 mod file;
 mod nats;
@@ -39,6 +40,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{TryRecvError, select};
 use log::{debug, info, warn};
 
+use self::backoff::Backoff;
 use crate::alerts::{Alerts, suppressed};
 use crate::config::{Destination, SinkSettings};
 use crate::queue::{Batch, QueueReceiver};
@@ -184,9 +186,6 @@ const SPOOL_GATHER_BYTES: usize = 64 << 10;
 /// capacity: the rest stays free for senders while the write runs, so a
 /// small queue streams instead of waiting for the linger timer.
 const LINGER_SHARE: usize = 4;
-/// Back-off between retries of a failed write.
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How often a sink waiting to retry looks at the abandon flag.
 const ABANDON_POLL: Duration = Duration::from_millis(10);
 
@@ -356,7 +355,7 @@ fn write_all(
     seen_reopen: &mut u64,
     health: &mut Health,
 ) -> bool {
-    let mut backoff = RETRY_MIN;
+    let mut backoff = Backoff::default();
     let mut outage: Option<Instant> = None;
     let mut warned = false;
     loop {
@@ -387,6 +386,7 @@ fn write_all(
             Err(e) => {
                 Stats::add(&ctx.stats.sink_errors, 1);
                 outage.get_or_insert_with(Instant::now);
+                backoff.fail();
                 if !warned && let Some(n) = ctx.alerts.sink_error.ready() {
                     warned = true;
                     warn!(
@@ -394,20 +394,15 @@ fn write_all(
                         suppressed(n)
                     );
                 } else {
-                    debug!("sink write failed again, retry in {backoff:?} error=\"{e}\"");
+                    let wait = backoff.remaining().unwrap_or_default();
+                    debug!("sink write failed again, retry in {wait:?} error=\"{e}\"");
                 }
-                let deadline = Instant::now() + backoff;
-                loop {
+                while let Some(left) = backoff.remaining() {
                     if ctx.abandon.load(Ordering::SeqCst) {
                         return false;
                     }
-                    let now = Instant::now();
-                    if now >= deadline {
-                        break;
-                    }
-                    std::thread::sleep((deadline - now).min(ABANDON_POLL));
+                    std::thread::sleep(left.min(ABANDON_POLL));
                 }
-                backoff = (backoff * 2).min(RETRY_MAX);
                 // A SIGHUP during an outage may be the fix (a new file).
                 reopen_if_asked(sink, ctx, seen_reopen);
             }

@@ -56,6 +56,7 @@ use crossbeam_channel::{RecvTimeoutError, TryRecvError};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use log::{debug, info, warn};
 
+use super::backoff::Backoff;
 use super::{Health, SinkContext};
 use crate::alerts::suppressed;
 use crate::config::NatsSettings;
@@ -63,9 +64,6 @@ use crate::queue::{Batch, SpoolPos};
 use crate::spool::{Spool, Taken};
 use crate::stats::Stats;
 
-/// Back-off after failed publishes or stream set-up (SPEC.md "Sinks").
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Longest a busy loop waits before looking at the queue and the abandon
 /// flag again.
 const POLL: Duration = Duration::from_millis(10);
@@ -408,11 +406,7 @@ async fn try_connect(settings: &Settings) -> Result<(jetstream::Context, Duratio
         // Other cluster members' URLs would be host names to resolve on a
         // blocking pool thread; the configured list is the list.
         .ignore_discovered_servers()
-        .reconnect_delay_callback(|attempts| {
-            RETRY_MIN
-                .saturating_mul(1 << attempts.min(16) as u32)
-                .min(RETRY_MAX)
-        })
+        .reconnect_delay_callback(|attempts| Backoff::after(attempts.saturating_add(1)))
         .connect(settings.nats.servers.clone())
         .await
         .map_err(|e| e.to_string())?;
@@ -437,47 +431,6 @@ async fn try_connect(settings: &Settings) -> Result<(jetstream::Context, Duratio
         Ok(Ok(stream)) => Ok((js, stream.cached_info().config.duplicate_window)),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("timed out waiting for the stream".to_string()),
-    }
-}
-
-/// Back-off state shared by every failure of one outage: many publishes
-/// failing at once (every in-flight one gets "no responders") is one
-/// failure, not a thousand doublings.
-#[derive(Debug)]
-struct Backoff {
-    delay: Duration,
-    until: Option<Instant>,
-}
-
-impl Default for Backoff {
-    fn default() -> Backoff {
-        Backoff {
-            delay: RETRY_MIN,
-            until: None,
-        }
-    }
-}
-
-impl Backoff {
-    /// A failure: hold off for the current delay and double it, unless
-    /// already holding off.
-    fn fail(&mut self) {
-        if self.remaining().is_some() {
-            return;
-        }
-        self.until = Some(Instant::now() + self.delay);
-        self.delay = (self.delay * 2).min(RETRY_MAX);
-    }
-
-    fn succeed(&mut self) {
-        self.delay = RETRY_MIN;
-        self.until = None;
-    }
-
-    /// How long to hold off still; None when free to send.
-    fn remaining(&self) -> Option<Duration> {
-        let left = self.until?.saturating_duration_since(Instant::now());
-        (!left.is_zero()).then_some(left)
     }
 }
 
@@ -1080,19 +1033,5 @@ mod tests {
     fn peer_header_brackets_ipv6() {
         assert_eq!(peer_text("127.0.0.1:5".parse().unwrap()), "127.0.0.1:5");
         assert_eq!(peer_text("[::1]:5".parse().unwrap()), "[::1]:5");
-    }
-
-    #[test]
-    fn one_outage_doubles_once_not_per_failure() {
-        let mut b = Backoff::default();
-        b.fail();
-        for _ in 0..1000 {
-            b.fail();
-        }
-        assert_eq!(b.delay, RETRY_MIN * 2);
-        assert!(b.remaining().is_some_and(|d| d <= RETRY_MIN));
-        b.succeed();
-        assert!(b.remaining().is_none());
-        assert_eq!(b.delay, RETRY_MIN);
     }
 }
