@@ -1,53 +1,20 @@
-//! The nats sink: publishes each message to a NATS JetStream stream and
-//! counts it delivered only when the stream acknowledges it. The only
-//! async code in floodwall: each nats sink thread owns one current-thread
-//! tokio runtime and stays inside `block_on` for its whole life, so the
-//! thread count is what SPEC.md invariant 1 says (async-nats's tasks run
-//! on this thread; servers are IP literals, so nothing is resolved on a
-//! blocking pool).
-//!
-//! Why its own loop instead of [`super::Sink::write`]: a synchronous
-//! write of a batch would wait for the slowest ack of the batch before
-//! taking the next. Here up to `max_in_flight` publishes await their acks
-//! at once, and acks complete in any order (a `FuturesUnordered`, no FIFO
-//! head-of-line wait). Each message keeps its queue credit (and so counts
-//! in `queue_depth`) until its ack; then it moves to `delivered`.
-//!
-//! Failures: a publish whose ack failed or timed out is sent again with
-//! the same `Nats-Msg-Id`, so the stream stores it once even if the first
-//! ack was only lost. While acks fail (no server, a stream without a
-//! leader: "no responders") the sink backs off, 100 ms doubling to 5 s,
-//! and then probes with one message before opening the window again:
-//! spinning on "no responders" was measured to stretch a 5-8 s leader
-//! election to 30 s.
-//!
-//! With `[spool]` the batches come from the spool instead of the queue
-//! (the spool writer is then the queue's only reader). A message's id is
-//! then its place in the spool, the same on every read of its record,
-//! also after a restart, so a replay after a crash is deduplicated by
-//! the stream ([`MessageIds`]). A record counts as delivered to the spool
-//! only once every message of it is settled (acked, or refused as
-//! oversize): acks come back in any order, and the spool's delivered
-//! position stays at the oldest record not yet settled.
-//! The stream drops a copy only within its duplicate window, so at start
-//! the first worker reads the window and warns when it is shorter than 2
-//! minutes (JetStream's default), too short to cover a restart.
-//!
-//! Not here: which messages exist (the queue, the spool), who sent them
-//! (the batch's peer, set by the connection, kept by a spool record),
-//! and how long shutdown may take (the daemon sets
-//! `SinkContext::abandon` at the drain deadline; what is unacked then
-//! stays in `queue_depth` and is reported lost, or stays spooled).
+//! The publish loop of one nats sink worker: messages taken from the
+//! queue (or the spool) into a window of at most `max_in_flight`
+//! publishes awaiting their acks, completing in any order; each message
+//! settled once (acked: delivered; refused as oversize: dropped and
+//! counted), failures retried with the same id behind the sinks' one
+//! back-off, one probe publish before the window opens again. The
+//! accounting (`queue_depth`, the spool's delivered position) moves only
+//! when a message settles.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use async_nats::{HeaderMap, HeaderName, Subject, header::NATS_MESSAGE_ID};
@@ -56,17 +23,15 @@ use crossbeam_channel::{RecvTimeoutError, TryRecvError};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use log::{debug, info, warn};
 
-use super::backoff::Backoff;
-use super::{Health, SinkContext};
+use super::ids::{MessageIds, MsgId};
+use super::{POLL, Settings};
 use crate::alerts::suppressed;
-use crate::config::NatsSettings;
 use crate::queue::{Batch, SpoolPos};
+use crate::sink::backoff::Backoff;
+use crate::sink::{Health, SinkContext};
 use crate::spool::{Spool, Taken};
 use crate::stats::Stats;
 
-/// Longest a busy loop waits before looking at the queue and the abandon
-/// flag again.
-const POLL: Duration = Duration::from_millis(10);
 /// With room in the window and acks outstanding: how long to wait for an
 /// ack before looking at the queue again.
 const FEED_POLL: Duration = Duration::from_millis(1);
@@ -82,161 +47,6 @@ const PEER_HEADER: &str = "Floodwall-Peer";
 /// enough that what waits unpublished stays near one window.
 const SPOOL_TAKE_BYTES: usize = 256 << 10;
 const SPOOL_TAKE_RECORDS: usize = 256;
-
-/// One sink worker's settings: the validated `[sink]` keys, and its part.
-#[derive(Debug, Clone)]
-struct Settings {
-    nats: NatsSettings,
-    /// This worker checks the stream's duplicate window at start (the
-    /// first one only: one warning, not one per worker).
-    check_window: bool,
-}
-
-/// A nats sink worker: its settings, its runtime, and where its message
-/// ids come from.
-pub struct NatsSink {
-    settings: Settings,
-    runtime: tokio::runtime::Runtime,
-    ids: MessageIds,
-}
-
-impl std::fmt::Debug for NatsSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsSink")
-            .field("settings", &self.settings)
-            .finish_non_exhaustive()
-    }
-}
-
-impl NatsSink {
-    /// Builds worker `worker`'s runtime (failing to is fatal at start-up);
-    /// connects later, in [`NatsSink::run`]: a server that is down at
-    /// start-up is retried, not fatal.
-    pub fn open(nats: &NatsSettings, worker: usize, run_id: &str) -> io::Result<NatsSink> {
-        let settings = Settings {
-            nats: nats.clone(),
-            check_window: worker == 0,
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        Ok(NatsSink {
-            settings,
-            runtime,
-            ids: MessageIds::new(run_id, worker),
-        })
-    }
-
-    /// The sink thread body: runs until the queue is disconnected and
-    /// every message is acknowledged, or the drain deadline abandons it.
-    pub fn run(self, ctx: SinkContext) {
-        let NatsSink {
-            settings,
-            runtime,
-            ids,
-        } = self;
-        let mut ids = ids;
-        if let Some(spool) = &ctx.spool {
-            ids.use_spool(spool.id());
-        }
-        runtime.block_on(async move {
-            let mut early = Vec::new();
-            let mut health = Health::new(ctx.stats.clone());
-            let Some(js) = connect(&settings, &ctx, &ids, &mut early, &mut health).await else {
-                return;
-            };
-            let mut pipeline = Pipeline::new(settings, ctx, js, ids, health);
-            for batch in early {
-                pipeline.accept(batch);
-            }
-            pipeline.run().await;
-        });
-    }
-}
-
-/// A run id for message ids: unique per daemon run (process id and start
-/// time), so two runs never share an id within the stream's duplicate
-/// window.
-pub fn run_id() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{:x}{:x}", std::process::id(), nanos)
-}
-
-/// Where `Nats-Msg-Id`s come from.
-///
-/// - From the queue (no spool): "<run>-<worker>-<seq>", unique per
-///   message and per run; `<run>` is hex digits ([`run_id`]).
-/// - From the spool: "s<spool id>-<segment>-<offset>-<index>", the
-///   message's place in the spool (its record's place and its index in
-///   the record). A replay after a crash reads the same record at the
-///   same place, so it gets the same id and the stream's duplicate window
-///   drops the copy. Places are never reused (segment numbers only grow,
-///   see src/spool/mod.rs point 5) and the spool id tells spools apart
-///   (a fleet, a wiped spool).
-///
-/// The two kinds never collide, whatever runs shared the stream: a run
-/// id starts with a hex digit, a spool id with `s`, which is none.
-#[derive(Debug)]
-struct MessageIds {
-    prefix: String,
-    next: u64,
-    /// "s<spool id>-", when reading from a spool.
-    spool: Option<String>,
-}
-
-/// What a message's id is made of; [`MessageIds::text`] makes the id
-/// only when it is published, so a message holds no string of its own
-/// while it waits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MsgId {
-    /// From the queue: a per-run sequence number.
-    Run(u64),
-    /// From the spool: its record's place and its index in the record.
-    Spooled { at: SpoolPos, index: u32 },
-}
-
-impl MessageIds {
-    fn new(run_id: &str, worker: usize) -> MessageIds {
-        MessageIds {
-            prefix: format!("{run_id}-{worker}-"),
-            next: 0,
-            spool: None,
-        }
-    }
-
-    /// Spooled messages get ids from their place in spool `spool_id`.
-    fn use_spool(&mut self, spool_id: &str) {
-        self.spool = Some(format!("s{spool_id}-"));
-    }
-
-    /// The next message from the queue.
-    fn next_run(&mut self) -> MsgId {
-        self.next += 1;
-        MsgId::Run(self.next)
-    }
-
-    /// What the log shows as this worker's ids.
-    fn prefix(&self) -> &str {
-        self.spool.as_deref().unwrap_or(&self.prefix)
-    }
-
-    fn text(&self, id: MsgId) -> String {
-        match id {
-            MsgId::Run(seq) => format!("{}{seq}", self.prefix),
-            MsgId::Spooled { at, index } => format!(
-                "{}{}-{}-{index}",
-                self.spool
-                    .as_deref()
-                    .expect("a spooled message comes from a pipeline with a spool"),
-                at.segment,
-                at.offset
-            ),
-        }
-    }
-}
 
 /// One message taken from the queue or the spool and not yet
 /// acknowledged.
@@ -300,140 +110,6 @@ impl Future for Pending {
     }
 }
 
-/// The shortest duplicate window that covers a restart: a replay after a
-/// crash comes within seconds of the start (the spool replays first), but
-/// a crash loop with back-off, or a restart after a slow shutdown, can
-/// take a minute; JetStream's own default is this too.
-const MIN_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
-
-/// Connects (the client keeps reconnecting in the background) and makes
-/// sure the stream exists, retrying with back-off until it works or the
-/// daemon no longer needs this sink (abandoned, or shut down with nothing
-/// queued). None: give up. Batches taken from the queue meanwhile (to
-/// see whether it is disconnected) are left in `early`.
-async fn connect(
-    settings: &Settings,
-    ctx: &SinkContext,
-    ids: &MessageIds,
-    early: &mut Vec<Batch>,
-    health: &mut Health,
-) -> Option<jetstream::Context> {
-    let mut backoff = Backoff::default();
-    let mut outage: Option<Instant> = None;
-    loop {
-        match try_connect(settings).await {
-            Ok((js, window)) => {
-                health.set(true);
-                if settings.check_window && window < MIN_DUPLICATE_WINDOW {
-                    warn!(
-                        "nats stream duplicate window is shorter than {}, a message resent after a restart or a lost ack may be stored twice stream={} duplicate_window={}",
-                        humantime::format_duration(MIN_DUPLICATE_WINDOW),
-                        settings.nats.stream,
-                        humantime::format_duration(window)
-                    );
-                }
-                // ids= ties the stream's messages to this run and worker.
-                info!(
-                    "nats sink ready servers={} stream={} subject={} ids={}*",
-                    settings.nats.servers.join(","),
-                    settings.nats.stream,
-                    settings.nats.subject,
-                    ids.prefix()
-                );
-                return Some(js);
-            }
-            Err(e) => {
-                Stats::add(&ctx.stats.sink_errors, 1);
-                health.set(false);
-                if outage.replace(Instant::now()).is_none() {
-                    if let Some(n) = ctx.alerts.sink_error.allow() {
-                        warn!(
-                            "nats sink cannot reach the stream, retrying with back-off stream={} error=\"{e}\"{}",
-                            settings.nats.stream,
-                            suppressed(n)
-                        );
-                    }
-                } else {
-                    debug!("nats sink set-up failed again error=\"{e}\"");
-                }
-            }
-        }
-        backoff.fail();
-        while let Some(wait) = backoff.remaining() {
-            if ctx.abandon.load(Ordering::SeqCst) || nothing_left(ctx, early) {
-                return None;
-            }
-            tokio::time::sleep(wait.min(POLL)).await;
-        }
-    }
-}
-
-/// Shut down with nothing queued: a sink that never got its stream has
-/// nothing to deliver either. (crossbeam can tell "disconnected" only by
-/// a receive, so what it yields is kept; so does the spool, but one
-/// record taken is enough to know, and taking all would read the whole
-/// spool into memory.)
-fn nothing_left(ctx: &SinkContext, early: &mut Vec<Batch>) -> bool {
-    if let Some(spool) = &ctx.spool {
-        if !early.is_empty() {
-            return false;
-        }
-        return match spool.take(1, 1, Duration::ZERO) {
-            Taken::Batches(batches) => {
-                early.extend(batches);
-                false
-            }
-            Taken::Empty => false,
-            Taken::Closed => true,
-        };
-    }
-    loop {
-        match ctx.queue.try_recv() {
-            Ok(batch) => early.push(batch),
-            Err(TryRecvError::Empty) => return false,
-            Err(TryRecvError::Disconnected) => return early.is_empty(),
-        }
-    }
-}
-
-/// The client, and the stream's duplicate window (as the server has it).
-async fn try_connect(settings: &Settings) -> Result<(jetstream::Context, Duration), String> {
-    let client = async_nats::ConnectOptions::new()
-        .name("floodwall")
-        .connection_timeout(settings.nats.connect_timeout)
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        // Other cluster members' URLs would be host names to resolve on a
-        // blocking pool thread; the configured list is the list.
-        .ignore_discovered_servers()
-        .reconnect_delay_callback(|attempts| Backoff::after(attempts.saturating_add(1)))
-        .connect(settings.nats.servers.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    let js = jetstream::ContextBuilder::new()
-        .timeout(settings.nats.ack_timeout)
-        // Our own window is the bound; the client's must never be the
-        // one that waits.
-        .max_ack_inflight(settings.nats.max_in_flight + 1)
-        .build(client);
-    let config = jetstream::stream::Config {
-        name: settings.nats.stream.clone(),
-        subjects: vec![settings.nats.subject.clone()],
-        num_replicas: 1,
-        ..Default::default()
-    };
-    match tokio::time::timeout(
-        settings.nats.ack_timeout + settings.nats.connect_timeout,
-        js.get_or_create_stream(config),
-    )
-    .await
-    {
-        Ok(Ok(stream)) => Ok((js, stream.cached_info().config.duplicate_window)),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out waiting for the stream".to_string()),
-    }
-}
-
 /// With `[spool]`: the spool, and the records taken from it whose
 /// messages are not all settled yet.
 struct FromSpool {
@@ -448,7 +124,7 @@ struct FromSpool {
 }
 
 /// The publish loop of one sink worker.
-struct Pipeline {
+pub(super) struct Pipeline {
     settings: Settings,
     ctx: SinkContext,
     js: jetstream::Context,
@@ -479,7 +155,7 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn new(
+    pub(super) fn new(
         settings: Settings,
         ctx: SinkContext,
         js: jetstream::Context,
@@ -523,7 +199,7 @@ impl Pipeline {
         self.in_flight.len() + self.retries.len() + self.fresh.len()
     }
 
-    async fn run(mut self) {
+    pub(super) async fn run(mut self) {
         loop {
             if self.ctx.abandon.load(Ordering::SeqCst) {
                 // The drain deadline passed: what is unacked stays in
@@ -599,7 +275,7 @@ impl Pipeline {
     /// each followed by LF), and one peer string for all of them. A slow
     /// message keeps its batch's copy alive until its ack: at most
     /// `max_in_flight` batches' worth, far below what the queue may hold.
-    fn accept(&mut self, mut batch: Batch) {
+    pub(super) fn accept(&mut self, mut batch: Batch) {
         let ack = batch.take_ack().map(|ack| {
             Arc::new(BatchAck {
                 left: batch.len().into(),
@@ -850,101 +526,12 @@ fn peer_text(peer: SocketAddr) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
     use super::*;
-
-    #[test]
-    fn message_ids_are_unique_per_worker_and_run() {
-        let mut a = MessageIds::new("r1", 0);
-        let mut b = MessageIds::new("r1", 1);
-        let ids: std::collections::HashSet<String> = (0..100)
-            .flat_map(|_| {
-                let (x, y) = (a.next_run(), b.next_run());
-                [a.text(x), b.text(y)]
-            })
-            .collect();
-        assert_eq!(ids.len(), 200);
-        assert_ne!(run_id(), "");
-    }
-
-    /// Spooled ids begin with `s`, never a hex digit: a run id cannot
-    /// begin with it, so the two kinds never collide in one stream.
-    #[test]
-    fn spool_ids_and_run_ids_never_collide() {
-        let run = run_id();
-        assert!(run.bytes().all(|b| b.is_ascii_hexdigit()), "{run}");
-        let mut ids = MessageIds::new(&run, 0);
-        let next = ids.next_run();
-        let from_run = ids.text(next);
-        ids.use_spool("0123456789abcdef");
-        let at = SpoolPos {
-            segment: 7,
-            offset: 4096,
-        };
-        let spooled = ids.text(MsgId::Spooled { at, index: 3 });
-        assert_eq!(spooled, "s0123456789abcdef-7-4096-3");
-        assert!(from_run.starts_with(&run), "{from_run}");
-        assert_ne!(spooled.as_bytes()[0], from_run.as_bytes()[0]);
-    }
-
-    /// The ids of the messages `spool` hands out next (all its records).
-    fn spooled_ids(spool: &Spool) -> Vec<String> {
-        let mut ids = MessageIds::new(&run_id(), 0);
-        ids.use_spool(spool.id());
-        let Taken::Batches(batches) = spool.take(usize::MAX, 64, Duration::from_secs(5)) else {
-            panic!("nothing spooled");
-        };
-        batches
-            .iter()
-            .flat_map(|b| {
-                let at = b.origin().expect("a spooled batch has its place");
-                (0..b.len() as u32).map(move |index| MsgId::Spooled { at, index })
-            })
-            .map(|id| ids.text(id))
-            .collect()
-    }
-
-    /// A spool in `dir` with its writer thread running, fed by the sender
-    /// [`spooling`] returns; [`Spooling::close`] ends it.
-    struct Spooling {
-        settings: crate::spool::Settings,
-        spool: Arc<crate::spool::Spool>,
-        stop: Arc<std::sync::atomic::AtomicBool>,
-        writer: std::thread::JoinHandle<()>,
-    }
-
-    impl Spooling {
-        /// Stops the writer and closes the spool; its settings reopen it.
-        fn close(self) -> crate::spool::Settings {
-            self.stop.store(true, Ordering::SeqCst);
-            self.writer.join().unwrap();
-            drop(self.spool);
-            self.settings
-        }
-    }
-
-    fn spooling(dir: &std::path::Path) -> (crate::queue::QueueSender, Spooling) {
-        use std::sync::atomic::AtomicBool;
-        let settings = crate::spool::Settings {
-            dir: dir.to_path_buf(),
-            max_bytes: 1 << 20,
-            segment_bytes: 4 << 10,
-            sync: Duration::from_millis(10),
-        };
-        let (spool, writer) =
-            crate::spool::open(settings.clone(), Arc::new(Stats::default())).unwrap();
-        let (tx, rx) = crate::queue::queue(100);
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let writer =
-            std::thread::spawn(move || writer.run(rx, Arc::new(AtomicBool::new(false)), s));
-        let spooling = Spooling {
-            settings,
-            spool,
-            stop,
-            writer,
-        };
-        (tx, spooling)
-    }
+    use crate::sink::nats::tests::spooling;
 
     /// Many records in flight from one worker, finished out of order (as
     /// acks come back): the durable position passes the finished ones in
@@ -986,47 +573,6 @@ mod tests {
             stats.recovered.load(Ordering::Relaxed),
             (RECORDS - 10) as u64
         );
-    }
-
-    /// A record read again (a replay after a crash: spooled, handed out,
-    /// never delivered, the spool opened anew) gives its messages the
-    /// same ids, which is what lets the stream drop the replayed copy.
-    #[test]
-    fn a_spooled_message_keeps_its_id_when_its_record_is_read_again() {
-        use crate::spool;
-
-        let dir = tempfile::tempdir().unwrap();
-        let (tx, spooling) = spooling(dir.path());
-        let spool = &spooling.spool;
-        for (tag, n) in [("a", 2), ("b", 3)] {
-            let mut b = Batch::new();
-            for i in 0..n {
-                b.push(format!("{tag}{i}").as_bytes());
-            }
-            tx.send_timeout(b, Duration::from_secs(5)).unwrap();
-        }
-        drop(tx);
-        // The writer appends both before it closes the spool; 5 s is for
-        // a loaded machine.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while spool.spooled().load(Ordering::SeqCst) < 5 {
-            assert!(Instant::now() < deadline, "not spooled");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let first = spooled_ids(spool);
-        let settings = spooling.close();
-
-        let stats = Arc::new(Stats::default());
-        let (again, _writer) = spool::open(settings, stats.clone()).unwrap();
-        assert_eq!(stats.recovered.load(Ordering::Relaxed), 5);
-        let second = spooled_ids(&again);
-        assert_eq!(first.len(), 5);
-        assert_eq!(
-            first.iter().collect::<std::collections::HashSet<_>>().len(),
-            5
-        );
-        assert_eq!(first, second);
-        assert!(first[0].starts_with(&format!("s{}-", again.id())));
     }
 
     #[test]
