@@ -123,6 +123,51 @@ struct FromSpool {
     unsettled: HashMap<SpoolPos, u32>,
 }
 
+/// How publishing goes: the back-off and the probe after a failure, one
+/// warning per outage, and this worker's share of `floodwall_sink_up`.
+struct Outage {
+    backoff: Backoff,
+    /// After a failure only one publish goes out until one succeeds.
+    probing: bool,
+    /// Since when publishes fail (one warning per outage).
+    since: Option<Instant>,
+    /// This worker's share of `floodwall_sink_up`.
+    health: Health,
+}
+
+impl Outage {
+    fn new(health: Health) -> Outage {
+        Outage {
+            backoff: Backoff::default(),
+            probing: false,
+            since: None,
+            health,
+        }
+    }
+
+    /// A publish failed: back off, probe before opening up again. True
+    /// when this starts an outage (the one to warn about).
+    fn failed(&mut self) -> bool {
+        self.health.set(false);
+        self.backoff.fail();
+        self.probing = true;
+        let starts = self.since.is_none();
+        if starts {
+            self.since = Some(Instant::now());
+        }
+        starts
+    }
+
+    /// A publish was acked: open up; how long the outage lasted, if one
+    /// ended.
+    fn recovered(&mut self) -> Option<Duration> {
+        self.probing = false;
+        self.backoff.succeed();
+        self.health.set(true);
+        self.since.take().map(|t| t.elapsed())
+    }
+}
+
 /// The publish loop of one sink worker.
 pub(super) struct Pipeline {
     settings: Settings,
@@ -141,15 +186,10 @@ pub(super) struct Pipeline {
     retries: VecDeque<Message>,
     /// Messages taken from the queue and not yet published.
     fresh: VecDeque<Message>,
-    backoff: Backoff,
-    /// After a failure only one publish goes out until one succeeds.
-    probing: bool,
-    /// Since when publishes fail (one warning per outage).
-    outage: Option<Instant>,
+    /// Back-off, probe, warnings, `floodwall_sink_up`.
+    outage: Outage,
     /// Every sender is gone: finish what is held, then end.
     disconnected: bool,
-    /// This worker's share of `floodwall_sink_up`.
-    health: Health,
     /// Where batches come from with `[spool]` (None: the queue).
     from_spool: Option<FromSpool>,
 }
@@ -179,16 +219,13 @@ impl Pipeline {
             acks: Vec::new(),
             retries: VecDeque::new(),
             fresh: VecDeque::new(),
-            backoff: Backoff::default(),
-            probing: false,
-            outage: None,
+            outage: Outage::new(health),
             disconnected: false,
-            health,
         }
     }
 
     fn window(&self) -> usize {
-        if self.probing {
+        if self.outage.probing {
             1
         } else {
             self.settings.nats.max_in_flight
@@ -207,7 +244,7 @@ impl Pipeline {
                 return;
             }
             self.take_from_queue();
-            if self.backoff.remaining().is_none() {
+            if self.outage.backoff.remaining().is_none() {
                 self.publish_what_fits().await;
             }
             if self.disconnected && self.held() == 0 {
@@ -356,7 +393,7 @@ impl Pipeline {
     /// Waits for the next thing to do: an ack, room to publish, the end
     /// of a back-off, or a batch from the queue.
     async fn wait(&mut self) {
-        let holding = self.backoff.remaining();
+        let holding = self.outage.backoff.remaining();
         let can_publish = holding.is_none()
             && self.in_flight.len() < self.window()
             && !(self.retries.is_empty() && self.fresh.is_empty());
@@ -440,11 +477,8 @@ impl Pipeline {
             Stats::add(&stats.bytes_delivered, bytes);
             self.leave_depth(delivered as usize);
         });
-        self.probing = false;
-        self.backoff.succeed();
-        self.health.set(true);
-        if let Some(since) = self.outage.take() {
-            info!("nats sink recovered outage={:?}", since.elapsed());
+        if let Some(lasted) = self.outage.recovered() {
+            info!("nats sink recovered outage={lasted:?}");
         }
     }
 
@@ -481,12 +515,8 @@ impl Pipeline {
     /// retry, back off, probe with one message before opening up again.
     fn failed(&mut self, message: Message, e: &jetstream::context::PublishError) {
         Stats::add(&self.ctx.stats.sink_errors, 1);
-        self.health.set(false);
         self.retries.push_back(message);
-        self.backoff.fail();
-        self.probing = true;
-        if self.outage.is_none() {
-            self.outage = Some(Instant::now());
+        if self.outage.failed() {
             if let Some(n) = self.ctx.alerts.sink_error.allow() {
                 warn!(
                     "nats publish failed, retrying with back-off stream={} error=\"{e}\"{}",
