@@ -270,7 +270,8 @@ mod tests {
 
     use super::*;
 
-    fn err(text: &str) -> String {
+    /// The error `text` is refused with, as the operator sees it.
+    pub(super) fn err(text: &str) -> String {
         Config::parse(text)
             .expect_err("config should be refused")
             .to_string()
@@ -366,34 +367,6 @@ mod tests {
     }
 
     #[test]
-    fn file_sink_needs_a_path() {
-        let e = err("[sink]\ntype = \"file\"\n");
-        assert!(e.starts_with("sink.path:"), "{e}");
-    }
-
-    #[test]
-    fn sink_keys_must_match_the_type() {
-        let e = err("[sink]\ntype = \"stdout\"\npath = \"/tmp/x\"\n");
-        assert!(e.starts_with("sink.path:"), "{e}");
-        let e = err("[sink]\ntype = \"file\"\npath = \"/tmp/x\"\naddress = \"127.0.0.1:1\"\n");
-        assert!(e.starts_with("sink.address:"), "{e}");
-    }
-
-    #[test]
-    fn file_sink_defaults_are_filled() {
-        let c = Config::parse("[sink]\ntype = \"file\"\npath = \"/tmp/x\"\n").unwrap();
-        assert_eq!(c.sink.flush_interval, Some(Duration::from_secs(1)));
-    }
-
-    #[test]
-    fn tcp_sink_defaults_are_filled() {
-        let c = Config::parse("[sink]\ntype = \"tcp\"\naddress = \"127.0.0.1:6000\"\n").unwrap();
-        assert_eq!(c.sink.framing, Some(SinkFraming::Lines));
-        assert_eq!(c.sink.connect_timeout, Some(Duration::from_secs(2)));
-        assert_eq!(c.sink.write_timeout, Some(Duration::from_secs(5)));
-    }
-
-    #[test]
     fn bad_enum_value_names_key() {
         let e = err("[server]\nframing = \"xml\"\n");
         assert!(e.starts_with("server.framing:"), "{e}");
@@ -460,92 +433,6 @@ mod tests {
     }
 
     #[test]
-    fn nats_sink_defaults_are_filled() {
-        let c = Config::parse("[sink]\ntype = \"nats\"\n").unwrap();
-        assert_eq!(
-            c.sink.servers,
-            Some(vec!["nats://127.0.0.1:4222".to_string()])
-        );
-        assert_eq!(c.sink.subject.as_deref(), Some("logs.floodwall"));
-        assert_eq!(c.sink.stream.as_deref(), Some("LOGS"));
-        assert_eq!(c.sink.max_in_flight, Some(1024));
-        assert_eq!(c.sink.ack_timeout, Some(Duration::from_secs(5)));
-        assert_eq!(c.sink.connect_timeout, Some(Duration::from_secs(2)));
-        let again = Config::parse(&c.to_toml()).unwrap();
-        assert_eq!(c, again);
-    }
-
-    #[test]
-    fn nats_keys_are_checked_and_named() {
-        let e = err("[sink]\ntype = \"nats\"\nservers = [\"nats://localhost:4222\"]\n");
-        assert!(
-            e.starts_with("sink.servers:") && e.contains("localhost"),
-            "{e}"
-        );
-        let e = err("[sink]\ntype = \"nats\"\nservers = []\n");
-        assert!(e.starts_with("sink.servers:"), "{e}");
-        let e = err("[sink]\ntype = \"nats\"\nsubject = \"logs.>\"\n");
-        assert!(e.starts_with("sink.subject:"), "{e}");
-        let e = err("[sink]\ntype = \"nats\"\nstream = \"a.b\"\n");
-        assert!(e.starts_with("sink.stream:"), "{e}");
-        let e = err("[sink]\ntype = \"nats\"\nmax_in_flight = 0\n");
-        assert!(e.starts_with("sink.max_in_flight:"), "{e}");
-        let e = err("[sink]\ntype = \"nats\"\nack_timeout = \"0s\"\n");
-        assert!(e.starts_with("sink.ack_timeout:"), "{e}");
-        let e = err("[sink]\ntype = \"nats\"\naddress = \"127.0.0.1:1\"\n");
-        assert!(e.starts_with("sink.address:"), "{e}");
-        let e = err("[sink]\ntype = \"tcp\"\naddress = \"127.0.0.1:1\"\nsubject = \"x\"\n");
-        assert!(
-            e.starts_with("sink.subject:") && e.contains("\"nats\""),
-            "{e}"
-        );
-        Config::parse("[sink]\ntype = \"nats\"\nconnect_timeout = \"1s\"\nservers = [\"nats://[::1]:4222\"]\n")
-            .unwrap();
-    }
-
-    #[test]
-    fn relp_sink_defaults_and_keys() {
-        let c = Config::parse("[sink]\ntype = \"relp\"\naddress = \"127.0.0.1:2514\"\n").unwrap();
-        assert_eq!(c.sink.kind, SinkType::Relp);
-        assert_eq!(c.sink.window, Some(128));
-        assert_eq!(c.sink.connect_timeout, Some(Duration::from_secs(2)));
-        assert_eq!(c.sink.write_timeout, Some(Duration::from_secs(5)));
-        let e = err("[sink]\ntype = \"relp\"\n");
-        assert!(
-            e.starts_with("sink.address:") && e.contains("\"relp\""),
-            "{e}"
-        );
-        for bad in ["0", "65537"] {
-            let e = err(&format!(
-                "[sink]\ntype = \"relp\"\naddress = \"127.0.0.1:1\"\nwindow = {bad}\n"
-            ));
-            assert!(
-                e.starts_with("sink.window:") && e.contains(bad) && e.contains("1..=65536"),
-                "{e}"
-            );
-        }
-        let e = err("[sink]\ntype = \"tcp\"\naddress = \"127.0.0.1:1\"\nwindow = 8\n");
-        assert!(
-            e.starts_with("sink.window:") && e.contains("\"relp\""),
-            "{e}"
-        );
-        let e = err("[sink]\ntype = \"relp\"\naddress = \"127.0.0.1:1\"\nframing = \"lines\"\n");
-        assert!(e.starts_with("sink.framing:"), "{e}");
-        let c = Config::parse(
-            "[sink]\ntype = \"relp\"\naddress = \"127.0.0.1:1\"\n[sink.tls]\nca = \"/x.pem\"\n",
-        )
-        .unwrap();
-        let tls = c.sink.tls.expect("sink.tls for relp");
-        assert_eq!(tls.server_name.as_deref(), Some("127.0.0.1"));
-    }
-
-    #[test]
-    fn spool_with_the_nats_sink_is_accepted() {
-        let c = Config::parse("[sink]\ntype = \"nats\"\n[spool]\ndir = \"/tmp/x\"\n").unwrap();
-        assert!(c.spool.is_some() && c.sink.kind == SinkType::Nats);
-    }
-
-    #[test]
     fn proxy_protocol_needs_trusted_proxies() {
         let e = err("[server]\nproxy_protocol = true\n");
         assert!(e.starts_with("server.trusted_proxies:"), "{e}");
@@ -585,20 +472,6 @@ mod tests {
         assert!(e.contains("floodwall") && e.contains("rustls"), "{e}");
         let c = Config::parse(&format!("{tls}record_layer = \"rustls\"\n")).unwrap();
         assert_eq!(c.server.tls.unwrap().record_layer, RecordLayer::Rustls);
-    }
-
-    #[test]
-    fn sink_tls_server_name_defaults_to_the_address_host() {
-        let c = Config::parse(
-            "[sink]\ntype = \"tcp\"\naddress = \"localhost:6000\"\n[sink.tls]\nca = \"ca.pem\"\n",
-        )
-        .unwrap();
-        assert_eq!(
-            c.sink.tls.unwrap().server_name.as_deref(),
-            Some("localhost")
-        );
-        let e = err("[sink]\ntype = \"stdout\"\n[sink.tls]\nca = \"ca.pem\"\n");
-        assert!(e.starts_with("sink.tls:"), "{e}");
     }
 
     #[test]
