@@ -15,7 +15,6 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 
 use crate::alerts::Throttle;
-use crate::config::{ServerConfig, parse_cidr};
 
 /// Why a connection was turned away at accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +38,12 @@ pub struct Access {
 }
 
 impl Access {
-    pub fn new(server: &ServerConfig) -> Access {
+    /// `allow`: `server.allow` as validation parsed it (empty: everyone);
+    /// `per_ip`: `server.max_connections_per_ip` (0: no cap).
+    pub fn new(allow: Vec<IpNet>, per_ip: usize) -> Access {
         Access {
-            // validate() has checked every entry.
-            allow: server.allow.iter().filter_map(|a| parse_cidr(a)).collect(),
-            per_ip: server.max_connections_per_ip,
+            allow,
+            per_ip,
             ..Access::default()
         }
     }
@@ -103,14 +103,11 @@ impl Drop for IpSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::parse_net;
 
     fn access(allow: &[&str], per_ip: usize) -> Access {
-        let server = ServerConfig {
-            allow: allow.iter().map(|s| s.to_string()).collect(),
-            max_connections_per_ip: per_ip,
-            ..ServerConfig::default()
-        };
-        Access::new(&server)
+        let allow = allow.iter().map(|s| parse_net(s).unwrap()).collect();
+        Access::new(allow, per_ip)
     }
 
     fn ip(s: &str) -> IpAddr {

@@ -70,7 +70,7 @@ use std::time::{Duration, Instant};
 
 use log::{error, info};
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, Settings};
 pub use shutdown::{Reopen, Shutdown};
 pub use sink::Sink;
 pub use stats::Snapshot;
@@ -212,17 +212,17 @@ pub struct Daemon {
 /// with exit 3. Binds the listener and the metrics port (and lets them
 /// go), opens the file sink's path for appending, and writes a file in
 /// the spool directory. A path that did not exist is left as it was.
-pub fn probe(config: &Config) -> Result<(), Error> {
-    let addr = config.listen_addr()?;
+pub fn probe(settings: &Settings) -> Result<(), Error> {
+    let addr = settings.server.listen;
     if addr.port() != 0 {
         server::bind(addr, 1).map_err(|source| Error::Bind { addr, source })?;
     }
-    if let Some(addr) = config.relp_addr()?
+    if let Some(addr) = settings.relp.map(|r| r.listen)
         && addr.port() != 0
     {
         server::bind(addr, 1).map_err(|source| Error::RelpBind { addr, source })?;
     }
-    if let Some(addr) = config.metrics_addr()?
+    if let Some(addr) = settings.metrics
         && addr.port() != 0
     {
         metrics::bind(addr).map_err(|source| Error::MetricsBind {
@@ -230,12 +230,10 @@ pub fn probe(config: &Config) -> Result<(), Error> {
             source,
         })?;
     }
-    if config.sink.kind == config::SinkType::File
-        && let Some(path) = &config.sink.path
-    {
+    if let config::Destination::File { path, .. } = &settings.sink.destination {
         sink::FileSink::probe(path).map_err(Error::Sink)?;
     }
-    if let Some(spool) = &config.spool {
+    if let Some(spool) = &settings.config.spool {
         spool::probe(&spool.dir).map_err(Error::Spool)?;
     }
     Ok(())
@@ -246,14 +244,20 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<Report, Error> {
     Ok(start(config, shutdown)?.wait())
 }
 
-/// Binds, opens the configured sinks and starts every thread.
+/// Validates `config`, binds, opens the configured sinks and starts
+/// every thread.
 pub fn start(config: Config, shutdown: Shutdown) -> Result<Daemon, Error> {
-    let config = config.validate()?;
+    start_settings(config.validate()?, shutdown)
+}
+
+/// Like [`start`], with the configuration validated already (main's,
+/// loaded once with [`Settings::load`]).
+pub fn start_settings(settings: Settings, shutdown: Shutdown) -> Result<Daemon, Error> {
     // Every TLS file is loaded before anything starts: a bad one is a
     // configuration error (exit 2), never a half-started daemon.
-    tls::check_files(&config)?;
-    let sinks = sink::open(&config.sink).map_err(Error::Sink)?;
-    start_workers(config, shutdown, sinks)
+    tls::check_files(&settings.config)?;
+    let sinks = sink::open(&settings.sink).map_err(Error::Sink)?;
+    start_workers(settings, shutdown, sinks)
 }
 
 /// Like [`start`], with sinks supplied by the caller (one per sink
@@ -264,23 +268,29 @@ pub fn start_with_sinks(
     sinks: Vec<Box<dyn Sink>>,
 ) -> Result<Daemon, Error> {
     start_workers(
-        config,
+        config.validate()?,
         shutdown,
         sinks.into_iter().map(Into::into).collect(),
     )
 }
 
 fn start_workers(
-    config: Config,
+    settings: Settings,
     shutdown: Shutdown,
     sinks: Vec<sink::SinkWorker>,
 ) -> Result<Daemon, Error> {
-    let config = config.validate()?;
+    let Settings {
+        config,
+        server: server_settings,
+        sink: sink_settings,
+        relp,
+        metrics,
+    } = settings;
     let tls = match &config.server.tls {
         Some(t) => Some(Arc::new(ServerTls::new(t)?)),
         None => None,
     };
-    let addr = config.listen_addr()?;
+    let addr = server_settings.listen;
     // A listener passed by the service manager (src/activation.rs) is
     // used as it is; else floodwall binds its own.
     let activated = activation::take(activation::SERVER);
@@ -297,7 +307,7 @@ fn start_workers(
         .and_then(|a| a.as_socket())
         .unwrap_or(addr);
     // Bound before any thread starts: a taken metrics port is exit 3.
-    let metrics_listener = match config.metrics_addr()? {
+    let metrics_listener = match metrics {
         Some(addr) => Some(match activation::take(activation::METRICS) {
             Some(socket) => metrics::adopt(socket).map_err(|source| Error::MetricsBind {
                 addr: addr.to_string(),
@@ -312,7 +322,7 @@ fn start_workers(
     };
     // The RELP listener, bound before any thread starts like the others.
     let mut passed_relp = false;
-    let relp_listener = match config.relp_addr()? {
+    let relp_listener = match relp.map(|r| r.listen) {
         Some(addr) => Some(
             match activation::take(activation::RELP) {
                 Some(socket) => {
@@ -378,11 +388,7 @@ fn start_workers(
 
     // Sinks: each thread holds a `done` sender; all dropped = all done.
     let (done_tx, sinks_done) = crossbeam_channel::bounded::<()>(0);
-    let tick = config
-        .sink
-        .flush_interval
-        .unwrap_or(Duration::from_secs(1))
-        .min(Duration::from_millis(250));
+    let tick = sink::tick(&sink_settings);
     let liveness = Arc::new(systemd::Liveness::new(sinks.len()));
     let mut sink_threads = Vec::new();
     for (n, sink) in sinks.into_iter().enumerate() {
@@ -425,7 +431,10 @@ fn start_workers(
     // The accept loops, which spawn one worker per connection. Both
     // listeners share one connection bound and one per-IP count.
     let limiter = Limiter::new(config.limits.max_connections);
-    let access = Arc::new(Access::new(&config.server));
+    let access = Arc::new(Access::new(
+        server_settings.allow,
+        config.server.max_connections_per_ip,
+    ));
     let relp_accept = match relp_listener {
         Some(listener) => {
             let mut ctx = ConnContext::new(

@@ -15,7 +15,7 @@ use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use floodwall::{Config, Shutdown, systemd, threads};
+use floodwall::{Config, Settings, Shutdown, systemd, threads};
 
 /// `--version`: the crate version and the commit it was built from.
 const VERSION: &str = concat!(
@@ -82,12 +82,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match &args.config {
-        Some(path) => Config::load(path),
-        None => Ok(Config::default()),
+    let settings = match &args.config {
+        Some(path) => Settings::load(path),
+        None => Config::default().validate(),
     };
-    let config = match config {
-        Ok(c) => c,
+    let settings = match settings {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("floodwall: configuration error: {e}");
             return ExitCode::from(2);
@@ -95,7 +95,7 @@ fn main() -> ExitCode {
     };
     if args.check_config {
         // The TLS files are part of the configuration: load them too.
-        if let Err(e) = floodwall::tls::check_files(&config) {
+        if let Err(e) = floodwall::tls::check_files(&settings.config) {
             eprintln!("floodwall: configuration error: {e}");
             return ExitCode::from(2);
         }
@@ -103,16 +103,16 @@ fn main() -> ExitCode {
         // sink's path, the spool directory) is warned about, not an
         // error: SPEC.md gives --check-config exit 0 or 2 only, and the
         // check is run beside the live daemon, whose ports are taken.
-        if let Err(e) = floodwall::probe(&config) {
+        if let Err(e) = floodwall::probe(&settings) {
             eprintln!(
                 "floodwall: warning: starting now would fail (exit {}): {e}",
                 e.exit_code()
             );
         }
-        print!("{}", config.to_toml());
+        print!("{}", settings.config.to_toml());
         return ExitCode::SUCCESS;
     }
-    init_logging(&config.log.level);
+    init_logging(&settings.config.log.level);
 
     // Handlers first, so a signal during start-up is not lost.
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
@@ -123,7 +123,7 @@ fn main() -> ExitCode {
         }
     };
     let shutdown = Shutdown::new();
-    let daemon = match floodwall::start(config, shutdown.clone()) {
+    let daemon = match floodwall::start_settings(settings, shutdown.clone()) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("floodwall: {e}");

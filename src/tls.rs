@@ -38,6 +38,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::alerts::{Throttle, suppressed};
+pub use crate::config::PeerPattern;
 use crate::config::{Config, RecordLayer, ServerTlsConfig, SinkTlsConfig, TlsVersion};
 use crate::stats::Stats;
 use crate::stream::Stream;
@@ -203,48 +204,9 @@ fn key_error(key: &'static str, key_file: &Path, cert: &Path, e: rustls::Error) 
     )
 }
 
-/// One `permitted_peers` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerPattern {
-    /// A DNS name, lower case.
-    Name(String),
-    /// `*.example.net`: the suffix after `*.`, lower case.
-    Wildcard(String),
-    /// `sha256:` of the leaf's DER.
-    Fingerprint([u8; 32]),
-}
-
+/// Matching a client certificate against a `permitted_peers` entry
+/// (parsed with the config's other parsers, src/config/tls.rs).
 impl PeerPattern {
-    /// Parses an entry; the error says what is wrong with it.
-    pub fn parse(entry: &str) -> Result<PeerPattern, String> {
-        let entry = entry.trim();
-        if entry.len() >= 7 && entry[..7].eq_ignore_ascii_case("sha256:") {
-            let hex: String = entry[7..].chars().filter(|c| *c != ':').collect();
-            let mut out = [0u8; 32];
-            if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err("is not a sha256 fingerprint (64 hex digits, colons optional)".into());
-            }
-            for (i, byte) in out.iter_mut().enumerate() {
-                *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                    .map_err(|e| format!("bad hex: {e}"))?;
-            }
-            return Ok(PeerPattern::Fingerprint(out));
-        }
-        if entry.is_empty() {
-            return Err("is empty".into());
-        }
-        if let Some(suffix) = entry.strip_prefix("*.") {
-            if suffix.is_empty() || suffix.contains('*') || suffix.starts_with('.') {
-                return Err("is not a one-label wildcard".into());
-            }
-            return Ok(PeerPattern::Wildcard(suffix.to_ascii_lowercase()));
-        }
-        if entry.contains('*') {
-            return Err("has a wildcard that is not the whole first label".into());
-        }
-        Ok(PeerPattern::Name(entry.to_ascii_lowercase()))
-    }
-
     /// Whether a certificate with these (lower-case) names and this
     /// fingerprint matches. A wildcard in a certificate name matches
     /// nothing.

@@ -1,6 +1,6 @@
 //! Reaching a downstream over TCP, in plaintext or TLS: what the tcp and
-//! relp sinks share. [`Downstream`] holds the address (resolved once at
-//! start: a reconnect never waits on DNS, whose lookups have no timeout),
+//! relp sinks share. [`Downstream`] holds the address (resolved once, by
+//! validation: a reconnect never waits on DNS, whose lookups have no timeout),
 //! the timeouts and `[sink.tls]` loaded; [`Downstream::connect`] makes
 //! one connection ([`Conn`]) with the write timeout set, the TLS
 //! handshake done and the server's certificate verified against `ca`
@@ -12,7 +12,7 @@
 //! discards what it reads, the relp sink must keep it: they are acks).
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use log::{debug, info};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use rustls_pki_types::ServerName;
 
-use crate::config::SinkConfig;
+use crate::config::DownstreamSettings;
 use crate::tls;
 
 /// The downstream connection: plain, or TLS over TCP.
@@ -109,41 +109,24 @@ pub struct Downstream {
 }
 
 impl Downstream {
-    /// Resolves `sink.address` once and loads `[sink.tls]`; fails only if
-    /// the address does not resolve or the TLS files do not load
-    /// (validation and start-up have checked both once already).
-    pub fn new(config: &SinkConfig, name: &'static str) -> io::Result<Downstream> {
-        let tls = match &config.tls {
+    /// Loads `[sink.tls]`; fails only if its files do not load (start-up
+    /// has loaded them once already). The address was resolved by
+    /// validation.
+    pub fn new(settings: &DownstreamSettings, name: &'static str) -> io::Result<Downstream> {
+        let tls = match &settings.tls {
             None => None,
-            Some(t) => {
-                let client = tls::client_config(t).map_err(io::Error::other)?;
-                let server_name = t.server_name.clone().unwrap_or_default();
-                let server_name = ServerName::try_from(server_name)
-                    .map_err(|e| io::Error::other(format!("sink.tls.server_name: {e}")))?;
-                Some(SinkTls {
-                    config: client,
-                    server_name,
-                })
-            }
+            Some(t) => Some(SinkTls {
+                config: tls::client_config(&t.files).map_err(io::Error::other)?,
+                server_name: t.server_name.clone(),
+            }),
         };
-        let address = config.address.clone().unwrap_or_default();
-        let addrs: Vec<SocketAddr> = address
-            .to_socket_addrs()
-            .map_err(|e| io::Error::new(e.kind(), format!("sink.address {address:?}: {e}")))?
-            .collect();
-        if addrs.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("sink.address {address:?} resolves to no address"),
-            ));
-        }
         Ok(Downstream {
             name,
-            address,
-            addrs,
+            address: settings.address.clone(),
+            addrs: settings.addrs.clone(),
             tls,
-            connect_timeout: config.connect_timeout.unwrap_or(Duration::from_secs(2)),
-            write_timeout: config.write_timeout.unwrap_or(Duration::from_secs(5)),
+            connect_timeout: settings.connect_timeout,
+            write_timeout: settings.write_timeout,
             connected_once: false,
         })
     }

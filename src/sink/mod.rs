@@ -24,6 +24,7 @@
 //! at once, which a synchronous `write` cannot express, so it runs its own
 //! loop on the sink thread ([`SinkWorker::Nats`]).
 
+mod backoff;
 mod downstream;
 mod file;
 mod nats;
@@ -39,8 +40,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{TryRecvError, select};
 use log::{debug, info, warn};
 
+use self::backoff::Backoff;
 use crate::alerts::{Alerts, suppressed};
-use crate::config::{SinkConfig, SinkType};
+use crate::config::{Destination, SinkSettings};
 use crate::queue::{Batch, QueueReceiver};
 use crate::shutdown::{Reopen, Shutdown};
 use crate::spool::{Spool, Taken};
@@ -128,27 +130,27 @@ impl From<Box<dyn Sink>> for SinkWorker {
 /// Opens `workers` sinks of the configured type. Fails only for what is
 /// fatal at start-up (a file that cannot be opened); a tcp or nats
 /// downstream that is down is retried later.
-pub fn open(config: &SinkConfig) -> io::Result<Vec<SinkWorker>> {
+pub fn open(settings: &SinkSettings) -> io::Result<Vec<SinkWorker>> {
     let run_id = nats::run_id();
-    (0..config.workers)
+    (0..settings.workers)
         .map(|worker| -> io::Result<SinkWorker> {
-            let sink: Box<dyn Sink> = match config.kind {
-                SinkType::Stdout => Box::new(StdoutSink),
-                SinkType::Null => Box::new(NullSink),
-                SinkType::File => Box::new(FileSink::open(
-                    config
-                        .path
-                        .as_deref()
-                        .expect("validate() requires sink.path for file"),
-                    config
-                        .flush_interval
-                        .expect("validate() fills sink.flush_interval for file"),
-                )?),
-                SinkType::Tcp => Box::new(TcpSink::new(config)?),
-                SinkType::Relp => Box::new(RelpSink::new(config)?),
-                SinkType::Nats => {
+            let sink: Box<dyn Sink> = match &settings.destination {
+                Destination::Stdout => Box::new(StdoutSink),
+                Destination::Null => Box::new(NullSink),
+                Destination::File {
+                    path,
+                    flush_interval,
+                } => Box::new(FileSink::open(path, *flush_interval)?),
+                Destination::Tcp {
+                    downstream,
+                    framing,
+                } => Box::new(TcpSink::new(downstream, *framing)?),
+                Destination::Relp { downstream, window } => {
+                    Box::new(RelpSink::new(downstream, *window)?)
+                }
+                Destination::Nats(nats) => {
                     return Ok(SinkWorker::Nats(Box::new(NatsSink::open(
-                        config, worker, &run_id,
+                        nats, worker, &run_id,
                     )?)));
                 }
             };
@@ -156,6 +158,18 @@ pub fn open(config: &SinkConfig) -> io::Result<Vec<SinkWorker>> {
         })
         .collect()
 }
+
+/// How often an idle sink thread wakes (reopen requests, the idle
+/// probe): every 250 ms, or the file sink's `flush_interval` when that is
+/// shorter.
+pub fn tick(settings: &SinkSettings) -> Duration {
+    settings
+        .flush_interval()
+        .map_or(IDLE_TICK, |flush| flush.min(IDLE_TICK))
+}
+
+/// See [`tick`].
+const IDLE_TICK: Duration = Duration::from_millis(250);
 
 /// Writes gathered per call, at most: large enough to amortise the
 /// syscall, small enough that credits return steadily.
@@ -172,9 +186,6 @@ const SPOOL_GATHER_BYTES: usize = 64 << 10;
 /// capacity: the rest stays free for senders while the write runs, so a
 /// small queue streams instead of waiting for the linger timer.
 const LINGER_SHARE: usize = 4;
-/// Back-off between retries of a failed write.
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How often a sink waiting to retry looks at the abandon flag.
 const ABANDON_POLL: Duration = Duration::from_millis(10);
 
@@ -344,7 +355,7 @@ fn write_all(
     seen_reopen: &mut u64,
     health: &mut Health,
 ) -> bool {
-    let mut backoff = RETRY_MIN;
+    let mut backoff = Backoff::default();
     let mut outage: Option<Instant> = None;
     let mut warned = false;
     loop {
@@ -375,6 +386,7 @@ fn write_all(
             Err(e) => {
                 Stats::add(&ctx.stats.sink_errors, 1);
                 outage.get_or_insert_with(Instant::now);
+                backoff.fail();
                 if !warned && let Some(n) = ctx.alerts.sink_error.ready() {
                     warned = true;
                     warn!(
@@ -382,20 +394,15 @@ fn write_all(
                         suppressed(n)
                     );
                 } else {
-                    debug!("sink write failed again, retry in {backoff:?} error=\"{e}\"");
+                    let wait = backoff.remaining().unwrap_or_default();
+                    debug!("sink write failed again, retry in {wait:?} error=\"{e}\"");
                 }
-                let deadline = Instant::now() + backoff;
-                loop {
+                while let Some(left) = backoff.remaining() {
                     if ctx.abandon.load(Ordering::SeqCst) {
                         return false;
                     }
-                    let now = Instant::now();
-                    if now >= deadline {
-                        break;
-                    }
-                    std::thread::sleep((deadline - now).min(ABANDON_POLL));
+                    std::thread::sleep(left.min(ABANDON_POLL));
                 }
-                backoff = (backoff * 2).min(RETRY_MAX);
                 // A SIGHUP during an outage may be the fix (a new file).
                 reopen_if_asked(sink, ctx, seen_reopen);
             }

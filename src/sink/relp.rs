@@ -41,7 +41,7 @@ use log::{debug, info};
 use super::Sink;
 use super::downstream::{Conn, Downstream};
 use super::tcp::PROBE_RETRY;
-use crate::config::SinkConfig;
+use crate::config::DownstreamSettings;
 use crate::queue::Batch;
 use crate::relp::codec::{self, Command, Rsp};
 
@@ -115,10 +115,10 @@ pub struct RelpSink {
 impl RelpSink {
     /// Resolves the address and loads `[sink.tls]`; connects later (a
     /// downstream that is down at start-up is retried, not fatal).
-    pub fn new(config: &SinkConfig) -> io::Result<RelpSink> {
+    pub fn new(downstream: &DownstreamSettings, window: usize) -> io::Result<RelpSink> {
         Ok(RelpSink {
-            downstream: Downstream::new(config, "relp sink")?,
-            window: config.window.unwrap_or(128).max(1),
+            downstream: Downstream::new(downstream, "relp sink")?,
+            window,
             session: None,
             progress: Progress::default(),
             resent: 0,
@@ -503,20 +503,18 @@ impl Drop for RelpSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SinkType;
     use std::net::{TcpListener, TcpStream};
     use std::sync::mpsc;
 
     fn sink(addr: std::net::SocketAddr, write_timeout: Duration) -> RelpSink {
-        let config = SinkConfig {
-            kind: SinkType::Relp,
-            address: Some(addr.to_string()),
-            window: Some(128),
-            connect_timeout: Some(Duration::from_secs(5)),
-            write_timeout: Some(write_timeout),
-            ..SinkConfig::default()
+        let downstream = DownstreamSettings {
+            address: addr.to_string(),
+            addrs: vec![addr],
+            connect_timeout: Duration::from_secs(5),
+            write_timeout,
+            tls: None,
         };
-        RelpSink::new(&config).unwrap()
+        RelpSink::new(&downstream, 128).unwrap()
     }
 
     fn batch(messages: &[&str]) -> Vec<Batch> {

@@ -44,7 +44,7 @@ use log::debug;
 
 use super::downstream::{Conn, Downstream};
 use super::{Sink, write_vectored_all};
-use crate::config::{SinkConfig, SinkFraming};
+use crate::config::{DownstreamSettings, SinkFraming};
 use crate::queue::Batch;
 
 /// Least time between two idle connect attempts while the downstream is
@@ -68,11 +68,11 @@ pub struct TcpSink {
 }
 
 impl TcpSink {
-    /// Resolves the address once and loads `[sink.tls]` ([`Downstream`]).
-    pub fn new(config: &SinkConfig) -> io::Result<TcpSink> {
+    /// Loads `[sink.tls]` ([`Downstream`]); connects later.
+    pub fn new(downstream: &DownstreamSettings, framing: SinkFraming) -> io::Result<TcpSink> {
         Ok(TcpSink {
-            downstream: Downstream::new(config, "tcp sink")?,
-            framing: config.framing.unwrap_or(SinkFraming::Lines),
+            downstream: Downstream::new(downstream, "tcp sink")?,
+            framing,
             conn: None,
             done: 0,
             scratch: Vec::new(),
