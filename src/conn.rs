@@ -29,8 +29,8 @@ use crate::queue::{Batch, QueueSender, SendError};
 use crate::rate::Bucket;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
-use crate::stream::Stream;
-use crate::tls_record::Ending;
+use crate::tls::Stream;
+use crate::tls::record::Ending;
 use crate::wake::{Ready, Wake};
 
 /// First read buffer, allocated only once the peer has sent something, so

@@ -52,14 +52,9 @@ pub mod shutdown;
 pub mod sink;
 pub mod spool;
 pub mod stats;
-pub mod stream;
 pub mod systemd;
 pub mod threads;
 pub mod tls;
-pub mod tls_record;
-#[cfg(test)]
-mod tls_record_diff;
-pub mod tls_rustls;
 pub mod wake;
 
 use std::net::SocketAddr;

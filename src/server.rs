@@ -46,9 +46,9 @@ use crate::limiter::{Limiter, Permit};
 use crate::proxy::{self, Header, ProxyError};
 use crate::queue::QueueDepth;
 use crate::stats::Stats;
-use crate::stream::Stream;
 use crate::systemd::Liveness;
 use crate::threads::{self, Panics};
+use crate::tls::Stream;
 use crate::tls::{HandshakeEnd, ServerTls};
 
 /// How long one blocking accept or permit wait lasts before the loop

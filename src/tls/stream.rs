@@ -3,7 +3,7 @@
 //!
 //! conn.rs sees only this: a non-blocking read, a wait for input (the
 //! shared shutdown wake-up included) and non-blocking mode. With TLS, input
-//! may already sit in the session (src/tls_record.rs) while the socket has
+//! may already sit in the session (src/tls/record.rs) while the socket has
 //! nothing: the wait returns at once then, so nothing is left behind a poll.
 
 use std::io::{self, Read};
@@ -11,8 +11,8 @@ use std::net::TcpStream;
 
 use std::time::Duration;
 
-use crate::tls_record::{Ending, Session};
-use crate::tls_rustls::RustlsSession;
+use crate::tls::record::{Ending, Session};
+use crate::tls::rustls::RustlsSession;
 use crate::wake::{Ready, Wake};
 
 pub enum Stream<'a> {
@@ -25,7 +25,7 @@ pub enum Stream<'a> {
         session: Box<Session>,
         sock: &'a TcpStream,
     },
-    /// A TLS session read by rustls (src/tls_rustls.rs): `record_layer =
+    /// A TLS session read by rustls (src/tls/rustls.rs): `record_layer =
     /// "rustls"`, or a suite floodwall's layer cannot open.
     RustlsTls {
         session: Box<RustlsSession>,
@@ -82,7 +82,7 @@ impl Stream<'_> {
     }
 
     /// Plain: one read. TLS: opens records until `buf` is full or the
-    /// socket has nothing more (src/tls_record.rs).
+    /// socket has nothing more (src/tls/record.rs).
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.read(buf),
@@ -140,7 +140,7 @@ mod tests {
 
     fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         // The suite loggen and rsyslog's ossl driver choose.
-        crate::tls_record::tests::configs(
+        crate::tls::record::tests::configs(
             rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
         )
     }

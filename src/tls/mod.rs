@@ -14,6 +14,14 @@
 //! and unread bytes in a client's receive buffer turn its close into a
 //! reset that throws away what it had not yet sent.
 
+#[cfg(test)]
+mod diff;
+pub mod record;
+pub mod rustls;
+pub mod stream;
+
+pub use stream::Stream;
+
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -21,29 +29,28 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
-use parking_lot::RwLock;
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::CryptoProvider;
-use rustls::kernel::KernelConnection;
-use rustls::server::WebPkiClientVerifier;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
-use rustls::unbuffered::{ConnectionState, EncodeError, InsufficientSizeError};
-use rustls::{
+use ::rustls::client::danger::HandshakeSignatureValid;
+use ::rustls::crypto::CryptoProvider;
+use ::rustls::kernel::KernelConnection;
+use ::rustls::server::WebPkiClientVerifier;
+use ::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use ::rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use ::rustls::unbuffered::{ConnectionState, EncodeError, InsufficientSizeError};
+use ::rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, ExtractedSecrets,
     OtherError, RootCertStore, ServerConfig, SignatureScheme, StreamOwned,
 };
+use log::{info, warn};
+use parking_lot::RwLock;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
+use self::rustls::RustlsSession;
 use crate::alerts::{Throttle, suppressed};
 use crate::config::{Config, RecordLayer, ServerTlsConfig, SinkTlsConfig, TlsVersion};
 use crate::stats::Stats;
-use crate::stream::Stream;
-use crate::tls_record::{STAGING_MIN, Session};
-use crate::tls_rustls::RustlsSession;
 use crate::wake::{Ready, Wake};
+use record::{STAGING_MIN, Session};
 
 /// A TLS file that cannot be used; the message names the key and the file.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +77,7 @@ const RECORD_HANDSHAKE: u8 = 0x16;
 const HANDSHAKE_INPUT_MAX: usize = 128 << 10;
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(::rustls::crypto::ring::default_provider())
 }
 
 fn read_file(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -139,9 +146,9 @@ pub fn server_config(tls: &ServerTlsConfig) -> Result<Arc<ServerConfig>, TlsErro
     let certs = load_certs("server.tls.cert", &tls.cert)?;
     let key = load_key("server.tls.key", &tls.key)?;
     let provider = provider();
-    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
-        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
-        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+    let versions: &[&::rustls::SupportedProtocolVersion] = match tls.min_version {
+        TlsVersion::V1_2 => &[&::rustls::version::TLS13, &::rustls::version::TLS12],
+        TlsVersion::V1_3 => &[&::rustls::version::TLS13],
     };
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
@@ -167,7 +174,7 @@ pub fn server_config(tls: &ServerTlsConfig) -> Result<Arc<ServerConfig>, TlsErro
     // Syslog clients never read: a ticket left unread in a client's
     // receive buffer makes its close a reset that loses its unsent tail.
     config.send_tls13_tickets = 0;
-    // After the handshake, src/tls_record.rs opens the records itself.
+    // After the handshake, src/tls/record.rs opens the records itself.
     config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
@@ -192,9 +199,9 @@ pub fn client_config(tls: &SinkTlsConfig) -> Result<Arc<ClientConfig>, TlsError>
     Ok(Arc::new(config))
 }
 
-fn key_error(key: &'static str, key_file: &Path, cert: &Path, e: rustls::Error) -> TlsError {
+fn key_error(key: &'static str, key_file: &Path, cert: &Path, e: ::rustls::Error) -> TlsError {
     let why = match e {
-        rustls::Error::InconsistentKeys(_) => "does not match".to_string(),
+        ::rustls::Error::InconsistentKeys(_) => "does not match".to_string(),
         other => format!("cannot be used ({other}) with"),
     };
     tls_error(
@@ -327,7 +334,7 @@ impl ClientCertVerifier for PermittedVerifier {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
+    ) -> Result<ClientCertVerified, ::rustls::Error> {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
@@ -339,9 +346,9 @@ impl ClientCertVerifier for PermittedVerifier {
         if self.permitted.iter().any(|p| p.matches(&names, &print)) {
             Ok(verified)
         } else {
-            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                OtherError(Arc::new(NotPermitted(names))),
-            )))
+            Err(::rustls::Error::InvalidCertificate(
+                CertificateError::Other(OtherError(Arc::new(NotPermitted(names)))),
+            ))
         }
     }
 
@@ -350,7 +357,7 @@ impl ClientCertVerifier for PermittedVerifier {
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+    ) -> Result<HandshakeSignatureValid, ::rustls::Error> {
         self.inner.verify_tls12_signature(message, cert, dss)
     }
 
@@ -359,7 +366,7 @@ impl ClientCertVerifier for PermittedVerifier {
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+    ) -> Result<HandshakeSignatureValid, ::rustls::Error> {
         self.inner.verify_tls13_signature(message, cert, dss)
     }
 
@@ -496,9 +503,9 @@ fn is_timeout(e: &io::Error) -> bool {
 
 /// Who reads a session after its handshake.
 pub enum Taken {
-    /// floodwall's record layer (src/tls_record.rs).
+    /// floodwall's record layer (src/tls/record.rs).
     Floodwall(Box<Session>),
-    /// rustls's reader (src/tls_rustls.rs): `record_layer = "rustls"`, or
+    /// rustls's reader (src/tls/rustls.rs): `record_layer = "rustls"`, or
     /// a suite floodwall's layer cannot open.
     Rustls(Box<RustlsSession>),
 }
@@ -515,8 +522,8 @@ impl Taken {
 /// The take-over check: floodwall's record layer opens exactly these
 /// suites (AES-GCM and ChaCha20-Poly1305, TLS 1.3 and 1.2); a session on
 /// any other (a provider may offer more one day) stays with rustls.
-pub fn record_layer_opens(suite: rustls::CipherSuite) -> bool {
-    use rustls::CipherSuite as S;
+pub fn record_layer_opens(suite: ::rustls::CipherSuite) -> bool {
+    use ::rustls::CipherSuite as S;
     matches!(
         suite,
         S::TLS13_AES_128_GCM_SHA256
@@ -532,8 +539,8 @@ pub fn record_layer_opens(suite: rustls::CipherSuite) -> bool {
 }
 
 /// The handshake loop, on rustls's unbuffered connection over our own
-/// input buffer, which then becomes the session's (src/tls_record.rs, or
-/// src/tls_rustls.rs: see [`Taken`]).
+/// input buffer, which then becomes the session's (src/tls/record.rs, or
+/// src/tls/rustls.rs: see [`Taken`]).
 /// Every wait for input is a poll bounded by what is left before
 /// `deadline` (and woken at shutdown), every write has that as its
 /// timeout, so a client trickling one byte at a time cannot stretch it.
@@ -715,7 +722,7 @@ pub(crate) fn hand_over(
 #[inline(never)]
 fn extract(
     conn: Box<UnbufferedServerConnection>,
-) -> Result<Box<(ExtractedSecrets, KernelConnection<ServerConnectionData>)>, rustls::Error> {
+) -> Result<Box<(ExtractedSecrets, KernelConnection<ServerConnectionData>)>, ::rustls::Error> {
     conn.dangerous_into_kernel_connection().map(Box::new)
 }
 
@@ -764,15 +771,15 @@ fn send_alert(
 #[inline(never)]
 fn new_session(
     config: Arc<ServerConfig>,
-) -> Result<Box<UnbufferedServerConnection>, rustls::Error> {
+) -> Result<Box<UnbufferedServerConnection>, ::rustls::Error> {
     Ok(Box::new(UnbufferedServerConnection::new(config)?))
 }
 
 /// The warning's reason for a failed handshake.
 #[cold]
 #[inline(never)]
-fn reason(e: &rustls::Error, first: Option<u8>) -> String {
-    use rustls::Error as E;
+fn reason(e: &::rustls::Error, first: Option<u8>) -> String {
+    use ::rustls::Error as E;
     match e {
         E::NoCertificatesPresented => "no client certificate".into(),
         E::InvalidCertificate(
@@ -794,8 +801,8 @@ pub fn connect(
     server_name: &ServerName<'static>,
     mut tcp: TcpStream,
     timeout: Duration,
-) -> io::Result<StreamOwned<rustls::ClientConnection, TcpStream>> {
-    let mut conn = rustls::ClientConnection::new(config.clone(), server_name.clone())
+) -> io::Result<StreamOwned<::rustls::ClientConnection, TcpStream>> {
+    let mut conn = ::rustls::ClientConnection::new(config.clone(), server_name.clone())
         .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
     let deadline = Instant::now() + timeout;
     while conn.is_handshaking() {

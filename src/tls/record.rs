@@ -24,7 +24,7 @@
 //! unknown level), a change_cipher_spec, any handshake message but a
 //! TLS 1.3 KeyUpdate (so no TLS 1.2 renegotiation; a KeyUpdate may span
 //! records), and more than 32 records in a row that carry no data.
-//! src/tls_record_diff.rs proves these rules against rustls's reader;
+//! src/tls/diff.rs proves these rules against rustls's reader;
 //! docs/tls.md lists the few where floodwall is stricter, and why. How the
 //! input ended (close_notify or not, inside a record or not) is
 //! [`Session::ending`]: conn.rs drops a frame a cut stream left unfinished.
