@@ -10,7 +10,7 @@
 //!
 //! Access control (`server.allow`, the per-IP cap) is decided here, right
 //! after accept and before a permit or a thread is given; TLS is not: the
-//! handshake runs in the worker thread (src/tls.rs).
+//! handshake runs in the worker thread (src/tls/).
 //!
 //! Every wait here is bounded so the loop notices shutdown: accept() has a
 //! socket timeout (SO_RCVTIMEO applies to accept on Linux), permit and

@@ -46,8 +46,9 @@ use rustls::{
 };
 
 use crate::config::RecordLayer;
+use crate::tls::Taken;
+use crate::tls::handshake::hand_over;
 use crate::tls::record::{Ending, Session};
-use crate::tls::{Taken, hand_over};
 
 /// Randomness that is not: every byte the same.
 #[derive(Debug)]

@@ -1,13 +1,14 @@
 //! The other record reader: rustls's own, its unbuffered server connection
 //! kept past the handshake, for `[server.tls] record_layer = "rustls"` and
 //! for a session whose negotiated suite floodwall's layer cannot open (the
-//! take-over check in src/tls.rs). It costs a copy and an allocation per
-//! record more than src/tls/record.rs (bench/RESULTS.md, "The record
-//! layer"); it is the way to turn that layer off without a rebuild. (The
+//! take-over check in src/tls/handshake.rs). It costs a copy and an
+//! allocation per record more than src/tls/record.rs (bench/RESULTS.md,
+//! "The record layer"); it is the way to turn that layer off without a
+//! rebuild. (The
 //! differential proof, src/tls/diff.rs, checks floodwall's layer
 //! against rustls's own buffered `ServerConnection`.)
 //!
-//! It offers conn.rs what [`crate::tls::record::Session`] offers, with the
+//! It offers src/conn/ what [`crate::tls::record::Session`] offers, with the
 //! same rules: plaintext before a failure is handed out first, the input
 //! ends at the client's close_notify, an EOF without it says whether a
 //! record was cut ([`Ending`]), and nothing is written after the handshake

@@ -1,5 +1,5 @@
 //! The byte stream a connection reads from: the plain TCP socket, or a TLS
-//! session over it whose handshake src/tls.rs has already completed.
+//! session over it whose handshake src/tls/handshake.rs has already completed.
 //!
 //! conn.rs sees only this: a non-blocking read, a wait for input (the
 //! shared shutdown wake-up included) and non-blocking mode. With TLS, input
@@ -17,7 +17,7 @@ use crate::wake::{Ready, Wake};
 
 pub enum Stream<'a> {
     Plain(&'a TcpStream),
-    /// Boxed from its creation in src/tls.rs (the session holds keys and
+    /// Boxed from its creation in src/tls/handshake.rs (the session holds keys and
     /// buffers): a by-value session is copied through the handshake's
     /// stack frames, and every stack page a worker touches stays resident
     /// for as long as its connection lives.
