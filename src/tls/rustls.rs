@@ -4,9 +4,8 @@
 //! take-over check in src/tls/handshake.rs). It costs a copy and an
 //! allocation per record more than src/tls/record.rs (bench/RESULTS.md,
 //! "The record layer"); it is the way to turn that layer off without a
-//! rebuild. (The
-//! differential proof, src/tls/diff.rs, checks floodwall's layer
-//! against rustls's own buffered `ServerConnection`.)
+//! rebuild. (The differential proof, src/tls/diff.rs, checks floodwall's
+//! layer against rustls's own buffered `ServerConnection`.)
 //!
 //! It offers src/conn/ what [`crate::tls::record::Session`] offers, with the
 //! same rules: plaintext before a failure is handed out first, the input
