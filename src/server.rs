@@ -6,7 +6,7 @@
 //! With `server.proxy_protocol`, a connection from outside
 //! `trusted_proxies` is closed here (counted `closed_proxy`) before any
 //! thread is started; the worker then reads the PROXY header first
-//! ([`crate::proxy`]) and serves the client it names.
+//! ([`crate::conn::proxy`]) and serves the client it names.
 //!
 //! Access control (`server.allow`, the per-IP cap) is decided here, right
 //! after accept and before a permit or a thread is given; TLS is not: the
@@ -41,9 +41,9 @@ use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use crate::access::{Access, IpSlot, Refusal};
 use crate::alerts::suppressed;
 use crate::config::{Config, OnConnectionLimit};
+use crate::conn::proxy::{self, Header, ProxyError};
 use crate::conn::{self, ConnContext};
 use crate::limiter::{Limiter, Permit};
-use crate::proxy::{self, Header, ProxyError};
 use crate::queue::QueueDepth;
 use crate::stats::Stats;
 use crate::systemd::Liveness;

@@ -159,7 +159,7 @@ impl ServerTls {
             wake,
             current.record_layer,
         ) {
-            // conn.rs takes over the socket (non-blocking, polled); the
+            // src/conn/ takes over the socket (non-blocking, polled); the
             // only write left is a close_notify at shutdown.
             Ok(taken) => Ok(taken.stream(tcp)),
             Err(HandshakeEnd::Refused(reason)) => Err(self.refused(peer, stats, reason)),

@@ -27,7 +27,7 @@
 //! src/tls/diff.rs proves these rules against rustls's reader;
 //! docs/tls.md lists the few where floodwall is stricter, and why. How the
 //! input ended (close_notify or not, inside a record or not) is
-//! [`Session::ending`]: conn.rs drops a frame a cut stream left unfinished.
+//! [`Session::ending`]: src/conn/ drops a frame a cut stream left unfinished.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -370,7 +370,7 @@ impl Session {
     }
 
     /// Gives the staging buffer back when it holds nothing (a connection
-    /// gone quiet keeps no buffer; see src/conn.rs). One that went quiet
+    /// gone quiet keeps no buffer; see src/conn/). One that went quiet
     /// inside a record keeps that record's start in the smallest buffer
     /// (a burst grew it to 64 KiB, the handshake's input may be larger):
     /// else a client could hold that much per connection while idle.
@@ -396,7 +396,7 @@ impl Session {
 
     /// After [`Session::read`] returned the end of input: how it ended.
     /// Without close_notify the stream may have been cut (SPEC "Access
-    /// control and TLS"), and conn.rs drops the frame it left unfinished.
+    /// control and TLS"), and src/conn/ drops the frame it left unfinished.
     pub fn ending(&self) -> Ending {
         Ending::of(self.closed, self.eof, self.start < self.end)
     }
@@ -1312,7 +1312,7 @@ pub(crate) mod tests {
     /// Records that hand out nothing (empty application data, user_canceled,
     /// KeyUpdate) are allowed only a few in a row, as rustls allows them:
     /// otherwise a client streaming them keeps `read` from returning (it
-    /// returns when `out` is full or the socket is empty), past conn.rs's
+    /// returns when `out` is full or the socket is empty), past src/conn/'s
     /// shutdown deadline. 32 in a row are fine.
     #[test]
     fn records_without_plaintext_are_limited_in_a_row() {

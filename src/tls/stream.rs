@@ -1,7 +1,7 @@
 //! The byte stream a connection reads from: the plain TCP socket, or a TLS
 //! session over it whose handshake src/tls/handshake.rs has already completed.
 //!
-//! conn.rs sees only this: a non-blocking read, a wait for input (the
+//! src/conn/ sees only this: a non-blocking read, a wait for input (the
 //! shared shutdown wake-up included) and non-blocking mode. With TLS, input
 //! may already sit in the session (src/tls/record.rs) while the socket has
 //! nothing: the wait returns at once then, so nothing is left behind a poll.
@@ -41,7 +41,7 @@ impl Stream<'_> {
         }
     }
 
-    /// A quiet connection keeps no TLS staging buffer (see conn.rs's own
+    /// A quiet connection keeps no TLS staging buffer (see src/conn/'s own
     /// read buffer).
     pub fn release(&mut self) {
         match self {

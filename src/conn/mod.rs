@@ -13,6 +13,10 @@
 //! from the queue, the thread and its permit belong to the server. A
 //! failure here (reset, garbage, slowloris) ends this connection only.
 
+pub mod framing;
+pub mod proxy;
+pub mod rate;
+
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -24,14 +28,14 @@ use log::warn;
 
 use crate::alerts::{Alerts, suppressed};
 use crate::config::{Config, Framing, OnSendTimeout};
-use crate::framing::{Decoder, Frame, FrameError};
 use crate::queue::{Batch, QueueSender, SendError};
-use crate::rate::Bucket;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 use crate::tls::Stream;
 use crate::tls::record::Ending;
 use crate::wake::{Ready, Wake};
+use framing::{Decoder, Frame, FrameError};
+use rate::Bucket;
 
 /// First read buffer, allocated only once the peer has sent something, so
 /// an idle connection costs no buffer at all.
