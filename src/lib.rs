@@ -70,9 +70,10 @@ pub use stats::Snapshot;
 use access::Access;
 use alerts::Alerts;
 use conn::ConnContext;
+use conn::worker::{Shared, Speaks};
 use limiter::Limiter;
 use queue::QueueDepth;
-use server::{Acceptor, Speaks};
+use server::Acceptor;
 use sink::SinkContext;
 use stats::Stats;
 use threads::Panics;
@@ -436,13 +437,15 @@ fn start_workers(
                 .flatten();
             let acceptor = Acceptor::new(
                 &config,
-                Speaks::Relp,
                 listener,
                 memory.clone(),
-                Arc::new(ctx),
-                relp_tls,
                 limiter.clone(),
-                access.clone(),
+                Shared {
+                    ctx: Arc::new(ctx),
+                    access: access.clone(),
+                    tls: relp_tls,
+                    protocol: Speaks::Relp,
+                },
                 panics.clone(),
             )
             // The watchdog vouches for the main accept loop only.
@@ -466,13 +469,15 @@ fn start_workers(
     // spool absorbs must not pause accepting.
     let acceptor = Acceptor::new(
         &config,
-        Speaks::Plain,
         listener,
         memory.clone(),
-        ctx,
-        tls.clone(),
         limiter,
-        access,
+        Shared {
+            ctx,
+            access,
+            tls: tls.clone(),
+            protocol: Speaks::Plain,
+        },
         panics.clone(),
     )
     .passed(passed_server)

@@ -16,6 +16,7 @@
 pub mod framing;
 pub mod proxy;
 pub mod rate;
+pub mod worker;
 
 use std::io;
 use std::net::SocketAddr;
