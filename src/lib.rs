@@ -42,6 +42,7 @@ pub mod histogram;
 pub mod limiter;
 pub mod metrics;
 pub mod queue;
+pub mod read_buf;
 pub mod relp;
 pub mod rlimits;
 pub mod server;
