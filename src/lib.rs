@@ -263,22 +263,7 @@ fn start_workers(
     let bound = Bound::bind(&config)?;
     rlimits::check(&config);
     let stats = Arc::new(Stats::default());
-    let spool = match &config.spool {
-        Some(c) => Some(
-            spool::open(
-                spool::Settings {
-                    dir: c.dir.clone(),
-                    max_bytes: c.max_bytes,
-                    segment_bytes: c.segment_bytes,
-                    sync: c.sync,
-                },
-                stats.clone(),
-            )
-            .map_err(Error::Spool)?,
-        ),
-        None => None,
-    };
-    let (spool_reader, spool_writer) = spool.unzip();
+    let (spool_reader, spool_writer) = open_spool(&config, &stats)?.unzip();
     let (tx, rx) = queue::queue(config.queue.capacity);
     let memory = tx.depth();
     let common = Common {
@@ -308,7 +293,7 @@ fn start_workers(
     let relp_accept = match bound.relp {
         Some(listener) => {
             let mut ctx = common.conn_context(&config, tx.clone());
-            ctx.proxy_header_timeout = None;
+            ctx.proxy_header_timeout = None; // RELP takes no PROXY header
             let relp_tls = config.relp.as_ref().is_some_and(|r| r.tls);
             let shared = Shared {
                 ctx: Arc::new(ctx),
@@ -316,11 +301,9 @@ fn start_workers(
                 tls: tls.clone().filter(|_| relp_tls),
                 protocol: Speaks::Relp,
             };
-            let acceptor = common
-                .acceptor(&config, listener, limiter.clone(), shared)
-                // The watchdog vouches for the main accept loop only.
-                .passed(bound.relp_passed);
-            Some(common.spawn("fw-accept-relp", move || acceptor.run())?)
+            // The watchdog vouches for the main accept loop only.
+            let passed = bound.relp_passed;
+            Some(common.spawn_accept(&config, listener, shared, limiter.clone(), passed, None)?)
         }
         None => None,
     };
@@ -330,11 +313,9 @@ fn start_workers(
         tls: tls.clone(),
         protocol: Speaks::Plain,
     };
-    let acceptor = common
-        .acceptor(&config, bound.server, limiter, shared)
-        .passed(bound.server_passed)
-        .liveness(liveness.clone());
-    let accept = common.spawn("fw-accept", move || acceptor.run())?;
+    let passed = bound.server_passed;
+    let beat = Some(liveness.clone());
+    let accept = common.spawn_accept(&config, bound.server, shared, limiter, passed, beat)?;
     let stats_thread = common.spawn_stats_line(config.log.stats_interval)?;
     info!("listening addr={}", bound.local_addr);
     if let Some(addr) = bound.relp_addr {
@@ -359,6 +340,26 @@ fn start_workers(
         metrics,
         notifier,
     })
+}
+
+/// Opens the spool (with `[spool]`): its readers for the sinks, its
+/// writer for `fw-spool`.
+fn open_spool(
+    config: &Config,
+    stats: &Arc<Stats>,
+) -> Result<Option<(Arc<spool::Spool>, spool::SpoolWriter)>, Error> {
+    let Some(c) = &config.spool else {
+        return Ok(None);
+    };
+    let settings = spool::Settings {
+        dir: c.dir.clone(),
+        max_bytes: c.max_bytes,
+        segment_bytes: c.segment_bytes,
+        sync: c.sync,
+    };
+    spool::open(settings, stats.clone())
+        .map(Some)
+        .map_err(Error::Spool)
 }
 
 /// The sockets start-up binds, or takes from the service manager
@@ -545,15 +546,24 @@ impl Common {
         )
     }
 
-    /// An accept loop that pauses on the memory queue.
-    fn acceptor(
+    /// `fw-accept` (`fw-accept-relp` for `[relp]`): an accept loop, which
+    /// starts one worker per connection. It pauses on the memory queue;
+    /// `passed`: the listener came from the service manager; `beat`: the
+    /// watchdog's liveness, which it beats as it goes round.
+    fn spawn_accept(
         &self,
         config: &Config,
         listener: Socket,
-        limiter: Limiter,
         shared: Shared,
-    ) -> Acceptor {
-        Acceptor::new(
+        limiter: Limiter,
+        passed: bool,
+        beat: Option<Arc<systemd::Liveness>>,
+    ) -> Result<JoinHandle<()>, Error> {
+        let name = match shared.protocol {
+            Speaks::Plain => "fw-accept",
+            Speaks::Relp => "fw-accept-relp",
+        };
+        let mut acceptor = Acceptor::new(
             config,
             listener,
             self.memory.clone(),
@@ -561,6 +571,11 @@ impl Common {
             shared,
             self.panics.clone(),
         )
+        .passed(passed);
+        if let Some(liveness) = beat {
+            acceptor = acceptor.liveness(liveness);
+        }
+        self.spawn(name, move || acceptor.run())
     }
 
     /// `fw-stats`: the periodic stats line (none when the interval is 0).
