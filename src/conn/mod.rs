@@ -12,6 +12,16 @@
 //! It owns nothing global: counters go to [`Stats`], backpressure comes
 //! from the queue, the thread and its permit belong to the server. A
 //! failure here (reset, garbage, slowloris) ends this connection only.
+//!
+//! The connection's wing, in the order a connection meets it:
+//! - `worker.rs`: the thread from its start to its close (PROXY header,
+//!   the named client's admission, the TLS handshake, the protocol);
+//! - `proxy.rs`: the PROXY protocol header, parsed and read exactly;
+//! - this file: reading, framing and enqueueing, and why it closed; its
+//!   read buffer is a [`ReadBuf`] (src/read_buf.rs, shared with the TLS
+//!   record layer);
+//! - `framing.rs`: the pure decoder; `rate.rs`: the token bucket of
+//!   `rate_per_connection`.
 
 pub mod framing;
 pub mod proxy;
