@@ -4,8 +4,9 @@
 //!
 //! It owns the per-IP live counts; an [`IpSlot`] holds one and gives it
 //! back when dropped (with the worker's other resources), so no code path
-//! can leak a count. It does not close sockets or count stats: the accept
-//! loop does, with the [`Refusal`] it gets here.
+//! can leak a count. It does not close sockets: the accept loop (or, for
+//! the client a PROXY header names, the worker) does, with the
+//! [`Refusal`] it gets here, which [`Access::refused`] counts.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,6 +16,7 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 
 use crate::alerts::Throttle;
+use crate::stats::Stats;
 
 /// Why a connection was turned away at accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +71,26 @@ impl Access {
             live: self.live.clone(),
             ip,
         }))
+    }
+
+    /// Counts a refused connection in its counter and says why, when its
+    /// warning is due (throttled per kind): the suppressed count since the
+    /// last one and the reason the warning gives.
+    pub fn refused(&self, refusal: Refusal, stats: &Stats) -> Option<(u64, &'static str)> {
+        let (counter, alert, why) = match refusal {
+            Refusal::Denied => (
+                &stats.conns_denied,
+                &self.denied_alert,
+                "source not in server.allow",
+            ),
+            Refusal::OverIpLimit => (
+                &stats.conns_over_ip_limit,
+                &self.over_ip_limit_alert,
+                "over server.max_connections_per_ip",
+            ),
+        };
+        Stats::add(counter, 1);
+        alert.allow().map(|n| (n, why))
     }
 
     /// Live connections counted for `ip` (tests).

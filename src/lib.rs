@@ -38,13 +38,11 @@ pub mod activation;
 pub mod alerts;
 pub mod config;
 pub mod conn;
-pub mod framing;
 pub mod histogram;
 pub mod limiter;
 pub mod metrics;
-pub mod proxy;
 pub mod queue;
-pub mod rate;
+pub mod read_buf;
 pub mod relp;
 pub mod rlimits;
 pub mod server;
@@ -52,14 +50,9 @@ pub mod shutdown;
 pub mod sink;
 pub mod spool;
 pub mod stats;
-pub mod stream;
 pub mod systemd;
 pub mod threads;
 pub mod tls;
-pub mod tls_record;
-#[cfg(test)]
-mod tls_record_diff;
-pub mod tls_rustls;
 pub mod wake;
 
 use std::net::SocketAddr;
@@ -78,10 +71,13 @@ pub use stats::Snapshot;
 use access::Access;
 use alerts::Alerts;
 use conn::ConnContext;
+use conn::worker::{Shared, Speaks};
 use limiter::Limiter;
 use queue::QueueDepth;
-use server::{Acceptor, Speaks};
+use queue::{QueueReceiver, QueueSender};
+use server::Acceptor;
 use sink::SinkContext;
+use socket2::Socket;
 use stats::Stats;
 use threads::Panics;
 use tls::ServerTls;
@@ -169,43 +165,27 @@ impl Report {
 /// A running daemon.
 pub struct Daemon {
     local_addr: SocketAddr,
+    relp_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     shutdown_timeout: Duration,
-    stats: Arc<Stats>,
-    /// The depth stats report: the memory queue plus, with a spool, what
-    /// is spooled and not yet delivered.
-    depth: QueueDepth,
-    /// The memory queue alone: what a shutdown loses if it is not empty.
-    memory: QueueDepth,
-    reopen: Reopen,
     /// The listener's TLS, reloaded on SIGHUP.
     tls: Option<Arc<ServerTls>>,
-    /// Fires the shutdown; everything else watches it.
-    shutdown: Shutdown,
-    /// Set at the drain deadline: sinks stop retrying.
-    abandon: Arc<AtomicBool>,
-    /// Fired as the shutdown starts: wakes every sleeping worker.
-    wake: Arc<Wake>,
-    /// Threads that panicked; shared with every spawned thread.
-    panics: Panics,
+    /// What every thread shares: the shutdown, counters, queue depths,
+    /// the wake-up, the panic record.
+    common: Common,
     accept: JoinHandle<()>,
     /// The RELP listener's accept loop, with `[relp]`.
     relp_accept: Option<JoinHandle<()>>,
-    relp_addr: Option<SocketAddr>,
     stats_thread: Option<JoinHandle<()>>,
     /// Every sink thread holds a sender; all dropped = all sinks done.
     sinks_done: crossbeam_channel::Receiver<()>,
     sink_threads: Vec<JoinHandle<()>>,
     /// The spool writer (with `[spool]`), stopped after the sinks.
-    spool_thread: Option<JoinHandle<()>>,
-    /// Tells the spool writer to make its last commit and end.
-    spool_stop: Arc<AtomicBool>,
-    metrics_addr: Option<SocketAddr>,
-    /// Set after the drain (the endpoint serves through it): fw-metrics ends.
-    metrics_stop: Arc<AtomicBool>,
-    metrics_thread: Option<JoinHandle<()>>,
-    /// Set after the drain: fw-notify (under systemd only) ends.
-    notify_stop: Arc<AtomicBool>,
-    notify_thread: Option<JoinHandle<()>>,
+    spool_writer: Stoppable,
+    /// fw-metrics, stopped after the drain (the endpoint serves through it).
+    metrics: Stoppable,
+    /// fw-notify (under systemd only), stopped after the drain.
+    notifier: Stoppable,
 }
 
 /// `--check-config`'s look beyond the file: what start-up would fail on
@@ -290,298 +270,432 @@ fn start_workers(
         Some(t) => Some(Arc::new(ServerTls::new(t)?)),
         None => None,
     };
-    let addr = server_settings.listen;
-    // A listener passed by the service manager (src/activation.rs) is
-    // used as it is; else floodwall binds its own.
-    let activated = activation::take(activation::SERVER);
-    let passed_server = activated.is_some();
-    let listener = match activated {
-        Some(socket) => server::adopt(socket, config.server.backlog)
-            .map_err(|source| Error::Bind { addr, source })?,
-        None => server::bind(addr, config.server.backlog)
-            .map_err(|source| Error::Bind { addr, source })?,
-    };
-    let local_addr = listener
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .unwrap_or(addr);
-    // Bound before any thread starts: a taken metrics port is exit 3.
-    let metrics_listener = match metrics {
-        Some(addr) => Some(match activation::take(activation::METRICS) {
-            Some(socket) => metrics::adopt(socket).map_err(|source| Error::MetricsBind {
-                addr: addr.to_string(),
-                source,
-            })?,
-            None => metrics::bind(addr).map_err(|source| Error::MetricsBind {
-                addr: addr.to_string(),
-                source,
-            })?,
-        }),
-        None => None,
-    };
-    // The RELP listener, bound before any thread starts like the others.
-    let mut passed_relp = false;
-    let relp_listener = match relp.map(|r| r.listen) {
-        Some(addr) => Some(
-            match activation::take(activation::RELP) {
-                Some(socket) => {
-                    passed_relp = true;
-                    server::adopt(socket, config.server.backlog)
-                }
-                None => server::bind(addr, config.server.backlog),
-            }
-            .inspect(relp::tune_listener)
-            .map_err(|source| Error::RelpBind { addr, source })?,
-        ),
-        None => None,
-    };
-    let relp_local = relp_listener
-        .as_ref()
-        .and_then(|l| l.local_addr().ok())
-        .and_then(|a| a.as_socket());
-    if passed_server {
-        info!("socket activation: server.listen is the passed socket {local_addr}");
-    }
-    for name in activation::leftover() {
-        log::warn!("socket activation: no listener is configured for the passed socket {name:?}");
-    }
+    let bound = Bound::bind(
+        &config,
+        server_settings.listen,
+        relp.map(|r| r.listen),
+        metrics,
+    )?;
     rlimits::check(&config);
-    let metrics_addr = metrics_listener
-        .as_ref()
-        .and_then(|l| l.local_addr().ok())
-        .and_then(|a| a.as_socket());
-
     let stats = Arc::new(Stats::default());
-    let alerts = Arc::new(Alerts::default());
-    let spool = match &config.spool {
-        Some(c) => Some(
-            spool::open(
-                spool::Settings {
-                    dir: c.dir.clone(),
-                    max_bytes: c.max_bytes,
-                    segment_bytes: c.segment_bytes,
-                    sync: c.sync,
-                },
-                stats.clone(),
-            )
-            .map_err(Error::Spool)?,
-        ),
-        None => None,
-    };
+    let (spool_reader, spool_writer) = open_spool(&config, &stats)?.unzip();
     let (tx, rx) = queue::queue(config.queue.capacity);
     let memory = tx.depth();
-    let depth = match &spool {
-        Some((s, _)) => memory.with_spooled(s.spooled()),
-        None => memory.clone(),
+    let common = Common {
+        depth: match &spool_reader {
+            Some(s) => memory.with_spooled(s.spooled()),
+            None => memory.clone(),
+        },
+        memory,
+        stats,
+        alerts: Arc::new(Alerts::default()),
+        reopen: Reopen::default(),
+        abandon: Arc::new(AtomicBool::new(false)),
+        wake: Arc::new(Wake::new().map_err(Error::Wake)?),
+        panics: Panics::new(shutdown.clone()),
+        shutdown,
     };
-    let reopen = Reopen::default();
-    let abandon = Arc::new(AtomicBool::new(false));
-    let wake = Arc::new(Wake::new().map_err(Error::Wake)?);
-    let panics = Panics::new(shutdown.clone());
-    let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
-        threads::spawn(name, None, &panics, f).map_err(|source| Error::Thread {
-            name: "fw-*",
-            source,
-        })
-    };
-
-    // Sinks: each thread holds a `done` sender; all dropped = all done.
-    let (done_tx, sinks_done) = crossbeam_channel::bounded::<()>(0);
-    let tick = sink::tick(&sink_settings);
     let liveness = Arc::new(systemd::Liveness::new(sinks.len()));
-    let mut sink_threads = Vec::new();
-    for (n, sink) in sinks.into_iter().enumerate() {
-        let ctx = SinkContext {
-            queue: rx.clone(),
-            stats: stats.clone(),
-            alerts: alerts.clone(),
-            reopen: reopen.clone(),
-            tick,
-            abandon: abandon.clone(),
-            shutdown: shutdown.clone(),
-            spool: spool.as_ref().map(|(s, _)| s.clone()),
-            liveness: liveness.clone(),
-            worker: n,
-        };
-        let done = done_tx.clone();
-        sink_threads.push(spawn(
-            format!("fw-sink-{n}"),
-            Box::new(move || {
-                let _done = done;
-                sink.run(ctx);
-            }),
-        )?);
-    }
-    drop(done_tx);
-    // The spool writer: the memory queue's only reader when spooling.
-    let spool_stop = Arc::new(AtomicBool::new(false));
-    let spool_thread = match spool {
-        Some((_, writer)) => {
-            let (abandon, stop, rx) = (abandon.clone(), spool_stop.clone(), rx.clone());
-            Some(spawn(
-                "fw-spool".to_string(),
-                Box::new(move || writer.run(rx, abandon, stop)),
-            )?)
-        }
-        None => None,
-    };
-    drop(rx);
 
-    // The accept loops, which spawn one worker per connection. Both
-    // listeners share one connection bound and one per-IP count.
+    // The threads, downstream first: nothing is accepted before the
+    // sinks (and the spool writer) read the queue.
+    let (sink_threads, sinks_done) =
+        common.spawn_sinks(&sink_settings, sinks, &rx, spool_reader, &liveness)?;
+    let spool_thread = common.spawn_spool_writer(spool_writer, rx)?;
+    // Both listeners share one connection bound and one per-IP count.
     let limiter = Limiter::new(config.limits.max_connections);
     let access = Arc::new(Access::new(
         server_settings.allow,
         config.server.max_connections_per_ip,
     ));
-    let relp_accept = match relp_listener {
+    let relp_accept = match bound.relp {
         Some(listener) => {
-            let mut ctx = ConnContext::new(
-                &config,
-                tx.clone(),
-                stats.clone(),
-                alerts.clone(),
-                shutdown.clone(),
-                wake.clone(),
-            );
-            ctx.proxy_header_timeout = None;
-            let relp_tls = config
-                .relp
-                .as_ref()
-                .is_some_and(|r| r.tls)
-                .then(|| tls.clone())
-                .flatten();
-            let acceptor = Acceptor::new(
-                &config,
-                Speaks::Relp,
-                listener,
-                memory.clone(),
-                Arc::new(ctx),
-                relp_tls,
-                limiter.clone(),
-                access.clone(),
-                panics.clone(),
-            )
+            let mut ctx = common.conn_context(&config, tx.clone());
+            ctx.proxy_header_timeout = None; // RELP takes no PROXY header
+            let relp_tls = config.relp.as_ref().is_some_and(|r| r.tls);
+            let shared = Shared {
+                ctx: Arc::new(ctx),
+                access: access.clone(),
+                tls: tls.clone().filter(|_| relp_tls),
+                protocol: Speaks::Relp,
+            };
             // The watchdog vouches for the main accept loop only.
-            .passed(passed_relp);
-            Some(spawn(
-                "fw-accept-relp".to_string(),
-                Box::new(move || acceptor.run()),
-            )?)
+            let passed = bound.relp_passed;
+            Some(common.spawn_accept(&config, listener, shared, limiter.clone(), passed, None)?)
         }
         None => None,
     };
-    let ctx = Arc::new(ConnContext::new(
-        &config,
-        tx,
-        stats.clone(),
-        alerts.clone(),
-        shutdown.clone(),
-        wake.clone(),
-    ));
-    // The accept loop watches the memory queue only: an outage that the
-    // spool absorbs must not pause accepting.
-    let acceptor = Acceptor::new(
-        &config,
-        Speaks::Plain,
-        listener,
-        memory.clone(),
-        ctx,
-        tls.clone(),
-        limiter,
+    let shared = Shared {
+        ctx: Arc::new(common.conn_context(&config, tx)),
         access,
-        panics.clone(),
-    )
-    .passed(passed_server)
-    .liveness(liveness.clone());
-    let accept = spawn("fw-accept".to_string(), Box::new(move || acceptor.run()))?;
-
-    // The periodic stats line.
-    let stats_thread = if config.log.stats_interval.is_zero() {
-        None
-    } else {
-        let (stats, depth, shutdown) = (stats.clone(), depth.clone(), shutdown.clone());
-        let interval = config.log.stats_interval;
-        Some(spawn(
-            "fw-stats".to_string(),
-            Box::new(move || {
-                while !shutdown.wait_timeout(interval) {
-                    info!("{}", stats.snapshot(&depth));
-                }
-            }),
-        )?)
+        tls: tls.clone(),
+        protocol: Speaks::Plain,
     };
-
-    info!("listening addr={local_addr}");
-    if let Some(addr) = relp_local {
+    let passed = bound.server_passed;
+    let beat = Some(liveness.clone());
+    let accept = common.spawn_accept(&config, bound.server, shared, limiter, passed, beat)?;
+    let stats_thread = common.spawn_stats_line(config.log.stats_interval)?;
+    info!("listening addr={}", bound.local_addr);
+    if let Some(addr) = bound.relp_addr {
         // Not "listening addr=": SPEC gives that line to [server] alone.
         info!("relp listener addr={addr}");
     }
-    let metrics_stop = Arc::new(AtomicBool::new(false));
-    let metrics_thread = match metrics_listener {
-        Some(listener) => Some(
-            metrics::Endpoint::new(
-                listener,
-                stats.clone(),
-                depth.clone(),
-                shutdown.clone(),
-                metrics_stop.clone(),
-            )
-            .spawn(&panics)
-            .map_err(|source| Error::Thread {
-                name: "fw-metrics",
-                source,
-            })?,
-        ),
-        None => None,
-    };
-    // Under a service manager: the watchdog's pings and the drain's status.
-    let notify_stop = Arc::new(AtomicBool::new(false));
-    let notify_thread = if systemd::supervised() {
-        Some(
-            systemd::Notifier {
-                liveness,
-                stats: stats.clone(),
-                depth: depth.clone(),
-                shutdown: shutdown.clone(),
-                stop: notify_stop.clone(),
-            }
-            .spawn(&panics)
-            .map_err(|source| Error::Thread {
-                name: "fw-notify",
-                source,
-            })?,
-        )
-    } else {
-        None
-    };
+    let metrics = common.spawn_metrics(bound.metrics)?;
+    let notifier = common.spawn_notifier(liveness)?;
     Ok(Daemon {
-        notify_stop,
-        notify_thread,
-        metrics_addr,
-        metrics_stop,
-        metrics_thread,
-        local_addr,
+        local_addr: bound.local_addr,
+        relp_addr: bound.relp_addr,
+        metrics_addr: bound.metrics_addr,
         shutdown_timeout: config.shutdown.timeout,
-        stats,
-        depth,
-        memory,
-        reopen,
         tls,
-        shutdown,
-        abandon,
-        wake,
-        panics,
+        common,
         accept,
         relp_accept,
-        relp_addr: relp_local,
         stats_thread,
         sinks_done,
         sink_threads,
-        spool_thread,
-        spool_stop,
+        spool_writer: spool_thread,
+        metrics,
+        notifier,
     })
+}
+
+/// Opens the spool (with `[spool]`): its readers for the sinks, its
+/// writer for `fw-spool`.
+fn open_spool(
+    config: &Config,
+    stats: &Arc<Stats>,
+) -> Result<Option<(Arc<spool::Spool>, spool::SpoolWriter)>, Error> {
+    let Some(c) = &config.spool else {
+        return Ok(None);
+    };
+    let settings = spool::Settings {
+        dir: c.dir.clone(),
+        max_bytes: c.max_bytes,
+        segment_bytes: c.segment_bytes,
+        sync: c.sync,
+    };
+    spool::open(settings, stats.clone())
+        .map(Some)
+        .map_err(Error::Spool)
+}
+
+/// The sockets start-up binds, or takes from the service manager
+/// (src/activation.rs), before any thread starts: a taken port is exit 3
+/// with nothing started.
+struct Bound {
+    server: Socket,
+    /// The address actually bound (the real port when 0 was asked).
+    local_addr: SocketAddr,
+    /// `server.listen` is a socket the service manager passed.
+    server_passed: bool,
+    relp: Option<Socket>,
+    relp_addr: Option<SocketAddr>,
+    relp_passed: bool,
+    metrics: Option<Socket>,
+    metrics_addr: Option<SocketAddr>,
+}
+
+impl Bound {
+    fn bind(
+        config: &Config,
+        addr: SocketAddr,
+        relp: Option<SocketAddr>,
+        metrics: Option<SocketAddr>,
+    ) -> Result<Bound, Error> {
+        // A listener passed by the service manager is used as it is;
+        // else floodwall binds its own.
+        let activated = activation::take(activation::SERVER);
+        let server_passed = activated.is_some();
+        let server = match activated {
+            Some(socket) => server::adopt(socket, config.server.backlog),
+            None => server::bind(addr, config.server.backlog),
+        }
+        .map_err(|source| Error::Bind { addr, source })?;
+        let local_addr = bound_addr(&server).unwrap_or(addr);
+        let metrics = match metrics {
+            Some(addr) => Some(
+                match activation::take(activation::METRICS) {
+                    Some(socket) => metrics::adopt(socket),
+                    None => metrics::bind(addr),
+                }
+                .map_err(|source| Error::MetricsBind {
+                    addr: addr.to_string(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        let mut relp_passed = false;
+        let relp = match relp {
+            Some(addr) => Some(
+                match activation::take(activation::RELP) {
+                    Some(socket) => {
+                        relp_passed = true;
+                        server::adopt(socket, config.server.backlog)
+                    }
+                    None => server::bind(addr, config.server.backlog),
+                }
+                .inspect(relp::tune_listener)
+                .map_err(|source| Error::RelpBind { addr, source })?,
+            ),
+            None => None,
+        };
+        if server_passed {
+            info!("socket activation: server.listen is the passed socket {local_addr}");
+        }
+        for name in activation::leftover() {
+            log::warn!(
+                "socket activation: no listener is configured for the passed socket {name:?}"
+            );
+        }
+        Ok(Bound {
+            relp_addr: relp.as_ref().and_then(bound_addr),
+            metrics_addr: metrics.as_ref().and_then(bound_addr),
+            server,
+            local_addr,
+            server_passed,
+            relp,
+            relp_passed,
+            metrics,
+        })
+    }
+}
+
+fn bound_addr(socket: &Socket) -> Option<SocketAddr> {
+    socket.local_addr().ok().and_then(|a| a.as_socket())
+}
+
+/// What the daemon's threads share, made once by `start_workers` and kept
+/// by the [`Daemon`] for its drain.
+struct Common {
+    /// Fires the shutdown; everything else watches it.
+    shutdown: Shutdown,
+    stats: Arc<Stats>,
+    alerts: Arc<Alerts>,
+    /// The depth stats report: the memory queue plus, with a spool, what
+    /// is spooled and not yet delivered.
+    depth: QueueDepth,
+    /// The memory queue alone: what a shutdown loses if it is not empty,
+    /// and what the accept loops pause on (an outage that the spool
+    /// absorbs must not pause accepting).
+    memory: QueueDepth,
+    reopen: Reopen,
+    /// Set at the drain deadline: sinks stop retrying.
+    abandon: Arc<AtomicBool>,
+    /// Fired as the shutdown starts: wakes every sleeping worker.
+    wake: Arc<Wake>,
+    /// Threads that panicked; shared with every spawned thread.
+    panics: Panics,
+}
+
+impl Common {
+    /// A named thread whose panic fires the shutdown.
+    fn spawn(
+        &self,
+        name: impl Into<String>,
+        f: impl FnOnce() + Send + 'static,
+    ) -> Result<JoinHandle<()>, Error> {
+        threads::spawn(name.into(), None, &self.panics, f).map_err(|source| Error::Thread {
+            name: "fw-*",
+            source,
+        })
+    }
+
+    /// `fw-sink-<n>`, one per sink worker. Each holds a `done` sender:
+    /// all dropped (the returned receiver disconnects) = all sinks done.
+    fn spawn_sinks(
+        &self,
+        sink_settings: &config::SinkSettings,
+        sinks: Vec<sink::SinkWorker>,
+        queue: &QueueReceiver,
+        spool: Option<Arc<spool::Spool>>,
+        liveness: &Arc<systemd::Liveness>,
+    ) -> Result<(Vec<JoinHandle<()>>, crossbeam_channel::Receiver<()>), Error> {
+        let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
+        let tick = sink::tick(sink_settings);
+        let mut threads = Vec::new();
+        for (n, sink) in sinks.into_iter().enumerate() {
+            let ctx = SinkContext {
+                queue: queue.clone(),
+                stats: self.stats.clone(),
+                alerts: self.alerts.clone(),
+                reopen: self.reopen.clone(),
+                tick,
+                abandon: self.abandon.clone(),
+                shutdown: self.shutdown.clone(),
+                spool: spool.clone(),
+                liveness: liveness.clone(),
+                worker: n,
+            };
+            let done = done_tx.clone();
+            threads.push(self.spawn(format!("fw-sink-{n}"), move || {
+                let _done = done;
+                sink.run(ctx);
+            })?);
+        }
+        Ok((threads, done))
+    }
+
+    /// `fw-spool` (with `[spool]`): the memory queue's only reader when
+    /// spooling, stopped after the sinks. Takes the last receiver: the
+    /// queue is read by the sinks and this writer only.
+    fn spawn_spool_writer(
+        &self,
+        writer: Option<spool::SpoolWriter>,
+        queue: QueueReceiver,
+    ) -> Result<Stoppable, Error> {
+        let Some(writer) = writer else {
+            return Ok(Stoppable::none());
+        };
+        let abandon = self.abandon.clone();
+        Stoppable::start(|stop| self.spawn("fw-spool", move || writer.run(queue, abandon, stop)))
+    }
+
+    /// The settings, counters and queue end every connection worker of
+    /// one listener shares.
+    fn conn_context(&self, config: &Config, queue: QueueSender) -> ConnContext {
+        ConnContext::new(
+            config,
+            queue,
+            self.stats.clone(),
+            self.alerts.clone(),
+            self.shutdown.clone(),
+            self.wake.clone(),
+        )
+    }
+
+    /// `fw-accept` (`fw-accept-relp` for `[relp]`): an accept loop, which
+    /// starts one worker per connection. It pauses on the memory queue;
+    /// `passed`: the listener came from the service manager; `beat`: the
+    /// watchdog's liveness, which it beats as it goes round.
+    fn spawn_accept(
+        &self,
+        config: &Config,
+        listener: Socket,
+        shared: Shared,
+        limiter: Limiter,
+        passed: bool,
+        beat: Option<Arc<systemd::Liveness>>,
+    ) -> Result<JoinHandle<()>, Error> {
+        let name = match shared.protocol {
+            Speaks::Plain => "fw-accept",
+            Speaks::Relp => "fw-accept-relp",
+        };
+        let mut acceptor = Acceptor::new(
+            config,
+            listener,
+            self.memory.clone(),
+            limiter,
+            shared,
+            self.panics.clone(),
+        )
+        .passed(passed);
+        if let Some(liveness) = beat {
+            acceptor = acceptor.liveness(liveness);
+        }
+        self.spawn(name, move || acceptor.run())
+    }
+
+    /// `fw-stats`: the periodic stats line (none when the interval is 0).
+    fn spawn_stats_line(&self, interval: Duration) -> Result<Option<JoinHandle<()>>, Error> {
+        if interval.is_zero() {
+            return Ok(None);
+        }
+        let (stats, depth, shutdown) = (
+            self.stats.clone(),
+            self.depth.clone(),
+            self.shutdown.clone(),
+        );
+        let thread = self.spawn("fw-stats", move || {
+            while !shutdown.wait_timeout(interval) {
+                info!("{}", stats.snapshot(&depth));
+            }
+        })?;
+        Ok(Some(thread))
+    }
+
+    /// `fw-metrics` (with `metrics.listen`): it serves through the drain.
+    fn spawn_metrics(&self, listener: Option<Socket>) -> Result<Stoppable, Error> {
+        let Some(listener) = listener else {
+            return Ok(Stoppable::none());
+        };
+        Stoppable::start(|stop| {
+            metrics::Endpoint::new(
+                listener,
+                self.stats.clone(),
+                self.depth.clone(),
+                self.shutdown.clone(),
+                stop,
+            )
+            .spawn(&self.panics)
+            .map_err(|source| Error::Thread {
+                name: "fw-metrics",
+                source,
+            })
+        })
+    }
+
+    /// `fw-notify` (under a service manager only): the watchdog's pings
+    /// and the drain's status.
+    fn spawn_notifier(&self, liveness: Arc<systemd::Liveness>) -> Result<Stoppable, Error> {
+        if !systemd::supervised() {
+            return Ok(Stoppable::none());
+        }
+        Stoppable::start(|stop| {
+            systemd::Notifier {
+                liveness,
+                stats: self.stats.clone(),
+                depth: self.depth.clone(),
+                shutdown: self.shutdown.clone(),
+                stop,
+            }
+            .spawn(&self.panics)
+            .map_err(|source| Error::Thread {
+                name: "fw-notify",
+                source,
+            })
+        })
+    }
+}
+
+/// A thread that runs until its stop flag is set (the spool writer, the
+/// metrics endpoint, the systemd notifier): [`Daemon::wait`] stops each
+/// at its point of the drain, then joins it.
+struct Stoppable {
+    /// The thread looks at it between its bounded waits.
+    stop: Arc<AtomicBool>,
+    /// None when its part is not configured.
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Stoppable {
+    fn none() -> Stoppable {
+        Stoppable {
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        }
+    }
+
+    /// Starts the thread `spawn` makes, handing it the stop flag.
+    fn start(
+        spawn: impl FnOnce(Arc<AtomicBool>) -> Result<JoinHandle<()>, Error>,
+    ) -> Result<Stoppable, Error> {
+        let stop = Arc::new(AtomicBool::new(false));
+        Ok(Stoppable {
+            thread: Some(spawn(stop.clone())?),
+            stop,
+        })
+    }
+
+    /// Tells the thread to end and joins it (a panic was logged and
+    /// recorded by its guard already).
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Daemon {
@@ -601,16 +715,16 @@ impl Daemon {
     }
 
     pub fn stats(&self) -> Snapshot {
-        self.stats.snapshot(&self.depth)
+        self.common.stats.snapshot(&self.common.depth)
     }
 
     pub fn shutdown_handle(&self) -> Shutdown {
-        self.shutdown.clone()
+        self.common.shutdown.clone()
     }
 
     /// The handle SIGHUP pokes: sinks reopen their files.
     pub fn reopen_handle(&self) -> Reopen {
-        self.reopen.clone()
+        self.common.reopen.clone()
     }
 
     /// The listener's TLS (None for plaintext): SIGHUP reloads its files.
@@ -621,7 +735,7 @@ impl Daemon {
     /// What a panicking thread reports to: for threads spawned outside
     /// the library (main's signal thread) with [`threads::spawn`].
     pub fn panics(&self) -> Panics {
-        self.panics.clone()
+        self.common.panics.clone()
     }
 
     /// Blocks until shutdown is triggered, then drains (SPEC.md
@@ -630,10 +744,14 @@ impl Daemon {
     /// joins them); the sinks write what is queued until the deadline.
     /// Logs the final stats and shutdown lines.
     pub fn wait(self) -> Report {
-        self.shutdown.wait();
-        self.wake.fire();
-        systemd::stopping(&systemd::drain_status(&self.stats, &self.depth));
+        self.common.shutdown.wait();
+        self.common.wake.fire();
+        systemd::stopping(&systemd::drain_status(
+            &self.common.stats,
+            &self.common.depth,
+        ));
         let deadline = self
+            .common
             .shutdown
             .deadline(self.shutdown_timeout)
             .unwrap_or_else(|| Instant::now() + self.shutdown_timeout);
@@ -662,25 +780,22 @@ impl Daemon {
             // finishing a write gets a moment, so that what it wrote is
             // counted delivered, not lost; one stuck in a write stays
             // behind (the process is exiting).
-            self.abandon.store(true, Ordering::SeqCst);
+            self.common.abandon.store(true, Ordering::SeqCst);
             let _ = self.sinks_done.recv_timeout(SINK_EXIT_MARGIN);
         }
         // The spool writer has appended what the queue held (or the
         // deadline abandoned it); its last commit makes what the sinks
         // delivered durable.
-        if let Some(t) = self.spool_thread {
-            self.spool_stop.store(true, Ordering::SeqCst);
-            let _ = t.join(); // a panic was reported by its guard
-        }
+        self.spool_writer.stop();
         if let Some(t) = self.stats_thread {
             let _ = t.join();
         }
-        let stats = self.stats.snapshot(&self.depth);
+        let stats = self.common.stats.snapshot(&self.common.depth);
         // With a spool, what stays on disk is kept for the next start,
         // not lost: only the memory queue can lose messages.
-        let lost = stats.dropped_shutdown + self.memory.in_memory() as u64;
+        let lost = stats.dropped_shutdown + self.common.memory.in_memory() as u64;
         let drained = lost == 0;
-        let panicked = self.panics.names();
+        let panicked = self.common.panics.names();
         info!("{stats}");
         if !panicked.is_empty() {
             error!("exiting 1: thread(s) panicked: {}", panicked.join(", "));
@@ -688,22 +803,16 @@ impl Daemon {
         // drained=true says nothing was lost; say too what the spool keeps.
         let spooled = stats
             .queue_depth
-            .saturating_sub(self.memory.in_memory() as u64);
+            .saturating_sub(self.common.memory.in_memory() as u64);
         if spooled > 0 {
             info!(
                 "shutdown: {spooled} messages stay spooled on disk for the next start (not lost)"
             );
         }
         info!("shutdown drained={drained} lost={lost}");
-        self.notify_stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.notify_thread {
-            let _ = t.join(); // a panic was logged and recorded already
-        }
+        self.notifier.stop();
         systemd::status(&format!("stopped: drained={drained} lost={lost}"));
-        self.metrics_stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.metrics_thread {
-            let _ = t.join(); // a panic was logged and recorded already
-        }
+        self.metrics.stop();
         Report {
             drained,
             lost,

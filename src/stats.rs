@@ -89,6 +89,18 @@ pub struct Stats {
     ledger: RwLock<()>,
 }
 
+/// Why a connection dropped messages it received (SPEC's drop reasons
+/// that a connection counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// Over `max_message_bytes`.
+    Oversize,
+    /// The queue stayed full for `send_timeout`.
+    SendTimeout,
+    /// The shutdown ended the connection, or no sink was left.
+    Shutdown,
+}
+
 impl Stats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
@@ -105,6 +117,20 @@ impl Stats {
     pub fn moving<T>(&self, f: impl FnOnce() -> T) -> T {
         let _shared = self.ledger.read();
         f()
+    }
+
+    /// Counts `n` messages received and dropped at once (one move, so
+    /// no snapshot sees them received and not yet dropped).
+    pub fn dropped(&self, n: u64, why: Dropped) {
+        let counter = match why {
+            Dropped::Oversize => &self.dropped_oversize,
+            Dropped::SendTimeout => &self.dropped_send_timeout,
+            Dropped::Shutdown => &self.dropped_shutdown,
+        };
+        self.moving(|| {
+            Stats::add(&self.received, n);
+            Stats::add(counter, n);
+        });
     }
 
     /// No sink worker is down (SPEC: `floodwall_sink_up`).

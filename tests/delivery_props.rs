@@ -6,7 +6,7 @@
 //! are dropped and counted; `received` grows by exactly the messages framed
 //! (oversize ones included) and nothing is dropped otherwise.
 //!
-//! What this reaches in src/conn.rs without naming its internals: batches
+//! What this reaches in src/conn/ without naming its internals: batches
 //! cut at the batch limit (a sixteenth of `queue.capacity`: 2 messages with
 //! capacity 32, 4096 with the default), runs of clean lines copied in one
 //! piece next to frames that take the slow path (CRLF, empty lines,

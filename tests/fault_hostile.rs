@@ -18,7 +18,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use floodwall::config::Framing;
-use floodwall::framing::{Decoder, Frame};
+use floodwall::conn::framing::{Decoder, Frame};
 use support::{Daemon, StatsLine, assert_balanced, num, read};
 
 const MAX: usize = 1024;
@@ -95,7 +95,7 @@ fn garbage(len: usize, mut seed: u64) -> Vec<u8> {
 
 /// What the daemon must make of `data` sent on one connection then closed:
 /// (messages, oversize count, framing error?). The decoder is the oracle;
-/// its own split-invariance is proptested in src/framing.rs.
+/// its own split-invariance is proptested in src/conn/framing.rs.
 fn oracle(framing: Framing, data: &[u8]) -> (Vec<Vec<u8>>, u64, bool) {
     let mut dec = Decoder::new(framing, MAX);
     let (mut msgs, mut oversize, mut pos) = (Vec::new(), 0, 0);

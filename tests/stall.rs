@@ -10,7 +10,7 @@
 //! batch) cannot fit while the accept loop stays below its high watermark
 //! (pause_accept_above = 1.0): the only layers acting are the limiter and
 //! the send timeout. This leans on one read's messages travelling as one
-//! batch of up to `capacity / 16` messages (src/conn.rs), as the queue's
+//! batch of up to `capacity / 16` messages (src/conn/), as the queue's
 //! room is counted in messages: a full queue would pause accepting
 //! instead, and no new client could get in while the sink is stalled.
 

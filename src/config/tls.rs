@@ -24,7 +24,7 @@ pub enum TlsVersion {
 }
 
 /// `[server.tls] record_layer`: who opens the client's records after the
-/// handshake (src/tls.rs): floodwall's own layer (src/tls_record.rs) or
+/// handshake (src/tls/handshake.rs): floodwall's own layer (src/tls/record.rs) or
 /// rustls's reader, so an operator can turn ours off without a rebuild.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

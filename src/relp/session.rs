@@ -44,7 +44,7 @@ use crate::queue::{Batch, SendError};
 use crate::relp::ack::{Ack, Bell};
 use crate::relp::codec::{self, Command, FrameError, Offer};
 use crate::stats::Stats;
-use crate::stream::Stream;
+use crate::tls::Stream;
 
 /// First read buffer; it doubles up to one maximal frame.
 const INITIAL_BUFFER: usize = 16 << 10;

@@ -420,7 +420,7 @@ pub fn proc_status(pid: u32, key: &str) -> u64 {
 /// Mirrors `GATHER_BYTES` in src/sink/mod.rs: a sink thread gathers
 /// queued batches into one write while it holds fewer bytes than this.
 pub const SINK_GATHER_BYTES: usize = 1 << 20;
-/// Mirrors `READ_BUFFER` in src/conn.rs. A connection's read buffer is at
+/// Mirrors `READ_BUFFER` in src/conn/mod.rs. A connection's read buffer is at
 /// most `READ_BUFFER.max(max_message_bytes + 17)` (65,553 bytes with the
 /// default `max_message_bytes`), and one batch never carries more than
 /// one buffer's bytes.
@@ -456,7 +456,7 @@ pub fn assert_source_has(file: &str, line: &str) {
 /// `GATHER_BATCHES` (256) batches only lowers this, so it is left out.
 pub fn max_resent_per_outage(message_bytes: usize) -> usize {
     assert_source_has("src/sink/mod.rs", "const GATHER_BYTES: usize = 1 << 20;");
-    assert_source_has("src/conn.rs", "const READ_BUFFER: usize = 64 << 10;");
+    assert_source_has("src/conn/mod.rs", "const READ_BUFFER: usize = 64 << 10;");
     (SINK_GATHER_BYTES + CONN_MAX_BATCH_BYTES).div_ceil(message_bytes)
 }
 

@@ -1,9 +1,9 @@
 //! The byte stream a connection reads from: the plain TCP socket, or a TLS
-//! session over it whose handshake src/tls.rs has already completed.
+//! session over it whose handshake src/tls/handshake.rs has already completed.
 //!
-//! conn.rs sees only this: a non-blocking read, a wait for input (the
+//! src/conn/ sees only this: a non-blocking read, a wait for input (the
 //! shared shutdown wake-up included) and non-blocking mode. With TLS, input
-//! may already sit in the session (src/tls_record.rs) while the socket has
+//! may already sit in the session (src/tls/record.rs) while the socket has
 //! nothing: the wait returns at once then, so nothing is left behind a poll.
 
 use std::io::{self, Read};
@@ -11,13 +11,13 @@ use std::net::TcpStream;
 
 use std::time::Duration;
 
-use crate::tls_record::{Ending, Session};
-use crate::tls_rustls::RustlsSession;
+use crate::tls::record::{Ending, Session};
+use crate::tls::rustls::RustlsSession;
 use crate::wake::{Ready, Wake};
 
 pub enum Stream<'a> {
     Plain(&'a TcpStream),
-    /// Boxed from its creation in src/tls.rs (the session holds keys and
+    /// Boxed from its creation in src/tls/handshake.rs (the session holds keys and
     /// buffers): a by-value session is copied through the handshake's
     /// stack frames, and every stack page a worker touches stays resident
     /// for as long as its connection lives.
@@ -25,7 +25,7 @@ pub enum Stream<'a> {
         session: Box<Session>,
         sock: &'a TcpStream,
     },
-    /// A TLS session read by rustls (src/tls_rustls.rs): `record_layer =
+    /// A TLS session read by rustls (src/tls/rustls.rs): `record_layer =
     /// "rustls"`, or a suite floodwall's layer cannot open.
     RustlsTls {
         session: Box<RustlsSession>,
@@ -41,7 +41,7 @@ impl Stream<'_> {
         }
     }
 
-    /// A quiet connection keeps no TLS staging buffer (see conn.rs's own
+    /// A quiet connection keeps no TLS staging buffer (see src/conn/'s own
     /// read buffer).
     pub fn release(&mut self) {
         match self {
@@ -81,7 +81,7 @@ impl Stream<'_> {
     }
 
     /// Plain: one read. TLS: opens records until `buf` is full or the
-    /// socket has nothing more (src/tls_record.rs).
+    /// socket has nothing more (src/tls/record.rs).
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.read(buf),
@@ -139,7 +139,7 @@ mod tests {
 
     fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         // The suite loggen and rsyslog's ossl driver choose.
-        crate::tls_record::tests::configs(
+        crate::tls::record::tests::configs(
             rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
         )
     }

@@ -1,13 +1,13 @@
 //! The other record reader: rustls's own, its unbuffered server connection
 //! kept past the handshake, for `[server.tls] record_layer = "rustls"` and
 //! for a session whose negotiated suite floodwall's layer cannot open (the
-//! take-over check in src/tls.rs). It costs a copy and an allocation per
-//! record more than src/tls_record.rs (bench/RESULTS.md, "The record
-//! layer"); it is the way to turn that layer off without a rebuild. (The
-//! differential proof, src/tls_record_diff.rs, checks floodwall's layer
-//! against rustls's own buffered `ServerConnection`.)
+//! take-over check in src/tls/handshake.rs). It costs a copy and an
+//! allocation per record more than src/tls/record.rs (bench/RESULTS.md,
+//! "The record layer"); it is the way to turn that layer off without a
+//! rebuild. (The differential proof, src/tls/diff.rs, checks floodwall's
+//! layer against rustls's own buffered `ServerConnection`.)
 //!
-//! It offers conn.rs what [`crate::tls_record::Session`] offers, with the
+//! It offers src/conn/ what [`crate::tls::record::Session`] offers, with the
 //! same rules: plaintext before a failure is handed out first, the input
 //! ends at the client's close_notify, an EOF without it says whether a
 //! record was cut ([`Ending`]), and nothing is written after the handshake
@@ -20,7 +20,7 @@ use std::net::TcpStream;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError};
 
-use crate::tls_record::{Ending, HEADER, STAGING_MIN};
+use crate::tls::record::{Ending, HEADER, STAGING_MIN};
 
 /// Largest TLS record on the wire (TLS 1.2's ciphertext limit) and header.
 const RECORD_MAX: usize = HEADER + (16 << 10) + 2048;
@@ -91,7 +91,7 @@ impl RustlsSession {
         Ending::of(self.closed, self.eof, self.end > 0)
     }
 
-    /// As [`crate::tls_record::Session::read`]: plaintext into `out` until
+    /// As [`crate::tls::record::Session::read`]: plaintext into `out` until
     /// it is full or the socket has nothing more; `Ok(0)` is the end.
     pub fn read(&mut self, mut sock: &TcpStream, out: &mut [u8]) -> io::Result<usize> {
         let mut n = 0;
@@ -191,7 +191,7 @@ impl RustlsSession {
         Ok(progressed)
     }
 
-    /// As [`crate::tls_record::Session::seal`]: appends `data` sealed in
+    /// As [`crate::tls::record::Session::seal`]: appends `data` sealed in
     /// application-data records to `out` (a RELP session's answers).
     /// Records staged but not yet opened are opened first (their plaintext
     /// waits for the next read): rustls encrypts only once it has nothing
@@ -287,8 +287,8 @@ mod tests {
     };
 
     use crate::config::RecordLayer;
+    use crate::tls::record::tests::{configs, configs_with};
     use crate::tls::{Taken, handshake};
-    use crate::tls_record::tests::{configs, configs_with};
     use crate::wake::Wake;
 
     /// Runs `client` against a server handshake with `layer`, and reads
@@ -298,7 +298,7 @@ mod tests {
         server: Arc<ServerConfig>,
         layer: RecordLayer,
         client: impl FnOnce(TcpStream) -> T + Send + 'static,
-    ) -> (bool, Vec<u8>, Option<crate::tls_record::Ending>, T) {
+    ) -> (bool, Vec<u8>, Option<crate::tls::record::Ending>, T) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let client = thread::spawn(move || client(TcpStream::connect(addr).unwrap()));
@@ -387,7 +387,7 @@ mod tests {
                 got.len(),
                 sent.len()
             );
-            assert_eq!(ending, Some(crate::tls_record::Ending::CloseNotify));
+            assert_eq!(ending, Some(crate::tls::record::Ending::CloseNotify));
             assert!(clean, "{suite:?}: the client did not read close_notify");
         }
     }
@@ -443,11 +443,11 @@ mod tests {
             sock.write_all(&wire[..wire.len() - 3]).unwrap();
         });
         assert_eq!(got, b"whole\n");
-        assert_eq!(ending, Some(crate::tls_record::Ending::RecordCut));
+        assert_eq!(ending, Some(crate::tls::record::Ending::RecordCut));
     }
 
     /// Reads `stream` until it gave exactly `want`.
-    fn read_until(stream: &mut crate::stream::Stream<'_>, wake: &Wake, want: &[u8]) {
+    fn read_until(stream: &mut crate::tls::stream::Stream<'_>, wake: &Wake, want: &[u8]) {
         let mut got = Vec::new();
         let mut buf = [0u8; 256];
         let until = Instant::now() + Duration::from_secs(10);

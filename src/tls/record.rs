@@ -24,10 +24,10 @@
 //! unknown level, or a fifth user_canceled), a change_cipher_spec, any handshake message but a
 //! TLS 1.3 KeyUpdate (so no TLS 1.2 renegotiation; a KeyUpdate may span
 //! records), and more than 32 records in a row that carry no data.
-//! src/tls_record_diff.rs proves these rules against rustls's reader;
+//! src/tls/diff.rs proves these rules against rustls's reader;
 //! docs/tls.md lists the few where floodwall is stricter, and why. How the
 //! input ended (close_notify or not, inside a record or not) is
-//! [`Session::ending`]: conn.rs drops a frame a cut stream left unfinished.
+//! [`Session::ending`]: src/conn/ drops a frame a cut stream left unfinished.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -37,6 +37,8 @@ use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 use rustls::{ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion};
+
+use crate::read_buf::ReadBuf;
 
 /// Record header: type (1), version (2), length (2).
 pub const HEADER: usize = 5;
@@ -302,14 +304,11 @@ pub struct Session {
     /// rustls's key schedule, for a TLS 1.3 KeyUpdate.
     kernel: KernelConnection<ServerConnectionData>,
     tls12: bool,
-    /// Staging buffer: empty until input comes, given back when drained.
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
+    /// Records read and not opened yet (then their plaintext, opened in
+    /// place): empty until input comes, given back when drained.
+    staging: ReadBuf,
     eof: bool,
-    /// The last socket read filled the staging buffer.
-    filled: bool,
-    /// Opened and not yet handed out: a range of `buf`.
+    /// Opened and not yet handed out: a range of `staging`.
     plain: Range<usize>,
     /// Plaintext rustls opened during the handshake (records that came
     /// with the client's Finished), handed out first.
@@ -351,11 +350,8 @@ impl Session {
             tx_key: None,
             kernel,
             tls12,
-            buf: staged,
-            start: 0,
-            end,
+            staging: ReadBuf::with_unread(staged, end, STAGING_MIN, STAGING_MAX),
             eof: false,
-            filled: false,
             plain: 0..0,
             early,
             early_at: 0,
@@ -381,35 +377,23 @@ impl Session {
     }
 
     /// Gives the staging buffer back when it holds nothing (a connection
-    /// gone quiet keeps no buffer; see src/conn.rs). One that went quiet
+    /// gone quiet keeps no buffer; see src/conn/). One that went quiet
     /// inside a record keeps that record's start in the smallest buffer
     /// (a burst grew it to 64 KiB, the handshake's input may be larger):
     /// else a client could hold that much per connection while idle.
     pub fn release(&mut self) {
-        if !self.plain.is_empty() || self.buf.is_empty() {
+        if !self.plain.is_empty() {
             return;
         }
-        self.filled = false;
-        if self.start == self.end {
-            self.buf = Vec::new();
-            self.start = 0;
-            self.end = 0;
-            self.plain = 0..0;
-        } else if self.buf.len() > STAGING_MIN {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            self.plain = 0..0;
-            self.buf.truncate(self.end.max(STAGING_MIN));
-            self.buf.shrink_to_fit();
-        }
+        self.staging.release();
+        self.plain = 0..0;
     }
 
     /// After [`Session::read`] returned the end of input: how it ended.
     /// Without close_notify the stream may have been cut (SPEC "Access
-    /// control and TLS"), and conn.rs drops the frame it left unfinished.
+    /// control and TLS"), and src/conn/ drops the frame it left unfinished.
     pub fn ending(&self) -> Ending {
-        Ending::of(self.closed, self.eof, self.start < self.end)
+        Ending::of(self.closed, self.eof, !self.staging.is_drained())
     }
 
     /// Opens records into `out` until it is full or the socket has nothing
@@ -443,19 +427,16 @@ impl Session {
                 return Ok(n);
             }
             self.make_room();
-            if self.end == self.buf.len() {
+            if self.staging.is_full() {
                 // Cannot happen (a whole record is opened before reading
                 // more, and the buffer holds the largest); an empty read
                 // would look like the EOF.
                 self.failed = Some("TLS: staging buffer full".into());
                 continue;
             }
-            match sock.read(&mut self.buf[self.end..]) {
+            match self.staging.read_from(|free| sock.read(free)) {
                 Ok(0) => self.eof = true,
-                Ok(k) => {
-                    self.filled = self.end + k == self.buf.len();
-                    self.end += k;
-                }
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // What was opened is handed out first; a reset then shows
                 // as an EOF at the next read (the kernel reports it once).
@@ -526,7 +507,7 @@ impl Session {
             }
         }
         let k = self.plain.len().min(out.len() - n);
-        out[n..n + k].copy_from_slice(&self.buf[self.plain.start..self.plain.start + k]);
+        out[n..n + k].copy_from_slice(self.staging.bytes(self.plain.start..self.plain.start + k));
         self.plain.start += k;
         n + k
     }
@@ -534,7 +515,7 @@ impl Session {
     /// The length (header included) of the record at the front of the
     /// staged input when all of it is there.
     fn staged_record(&self) -> io::Result<Option<usize>> {
-        let staged = &self.buf[self.start..self.end];
+        let staged = self.staging.unread();
         // What rustls checks in a header, each field as soon as it is
         // there: a known type, a 3.x version, no empty record but
         // application data, at most 2^14 + 2048 (TLS 1.3's tighter limit
@@ -566,10 +547,10 @@ impl Session {
         let Some(len) = self.staged_record()? else {
             return Ok(false);
         };
-        let at = self.start;
-        self.start += len;
+        let at = self.staging.start();
+        self.staging.consume(len);
         let rx = self.rx.key(self.tls12)?;
-        let (typ, range) = rx.open(self.tls12, &mut self.buf[at..at + len])?;
+        let (typ, range) = rx.open(self.tls12, self.staging.bytes_mut(at..at + len))?;
         let range = at + range.start..at + range.end;
         if self.fragment_len > 0 && typ != HANDSHAKE {
             // RFC 8446 5.1: nothing between the records of one message.
@@ -602,7 +583,7 @@ impl Session {
     }
 
     fn alert(&mut self, range: Range<usize>) -> io::Result<()> {
-        match self.buf[range] {
+        match *self.staging.bytes(range) {
             [level, _] if level != WARNING && level != FATAL => {
                 Err(broken(format!("alert of unknown level {level}")))
             }
@@ -632,12 +613,12 @@ impl Session {
         if range.is_empty() {
             return Err(broken("empty handshake record"));
         }
-        for i in range {
+        for &byte in self.staging.bytes(range) {
             let at = usize::from(self.fragment_len);
             if at == self.fragment.len() {
                 return Err(broken("KeyUpdate must end its record"));
             }
-            self.fragment[at] = self.buf[i];
+            self.fragment[at] = byte;
             self.fragment_len += 1;
             match (at, self.fragment[at]) {
                 (0, KEY_UPDATE) => {}
@@ -664,28 +645,14 @@ impl Session {
         Ok(())
     }
 
+    /// Room to read: the staging buffer grows while reads fill it, and
+    /// always holds the front record whole (a TLS 1.2 record may be up to
+    /// 18 KiB). Everything opened was handed out before a read.
     fn make_room(&mut self) {
-        let need = self
-            .buf
-            .get(self.start..self.end)
-            .and_then(|s| s.get(..HEADER))
-            .map_or(0, |h| {
-                HEADER + usize::from(u16::from_be_bytes([h[3], h[4]]))
-            });
-        if self.buf.is_empty() {
-            self.buf = vec![0; STAGING_MIN];
-        } else if self.filled && self.buf.len() < STAGING_MAX {
-            self.buf.resize((self.buf.len() * 2).min(STAGING_MAX), 0);
-        }
-        if need > self.buf.len() {
-            // A TLS 1.2 record may be up to 18 KiB.
-            self.buf.resize(need, 0);
-        }
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
+        let need = self.staging.unread().get(..HEADER).map_or(0, |h| {
+            HEADER + usize::from(u16::from_be_bytes([h[3], h[4]]))
+        });
+        self.staging.make_room(need);
         self.plain = 0..0;
     }
 }
@@ -1430,7 +1397,7 @@ pub(crate) mod tests {
     /// Records that hand out nothing (empty application data, user_canceled,
     /// KeyUpdate) are allowed only a few in a row, as rustls allows them:
     /// otherwise a client streaming them keeps `read` from returning (it
-    /// returns when `out` is full or the socket is empty), past conn.rs's
+    /// returns when `out` is full or the socket is empty), past src/conn/'s
     /// shutdown deadline. 32 in a row are fine.
     #[test]
     fn records_without_plaintext_are_limited_in_a_row() {
@@ -1561,7 +1528,7 @@ pub(crate) mod tests {
                     }
                     Err(e) => panic!("{e}"),
                 }
-                grown = grown.max(session.buf.len());
+                grown = grown.max(session.staging.size());
             }
             // Else there is nothing for `release` to cut back.
             assert_eq!(
@@ -1574,9 +1541,9 @@ pub(crate) mod tests {
             ));
             session.release();
             assert!(
-                session.buf.len() <= STAGING_MIN && session.buf.capacity() <= STAGING_MIN,
+                session.staging.size() <= STAGING_MIN && session.staging.allocated() <= STAGING_MIN,
                 "{suite:?}: {} bytes kept",
-                session.buf.capacity()
+                session.staging.allocated()
             );
             go.send(()).unwrap();
             let (rest, end) = read_all(&mut session, &sock);

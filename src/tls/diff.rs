@@ -1,6 +1,6 @@
 //! Differential proof of the record layer (issue 19): the same byte
 //! stream, after the same handshake, goes to floodwall's record layer
-//! (src/tls_record.rs) and to a rustls `ServerConnection` holding the same
+//! (src/tls/record.rs) and to a rustls `ServerConnection` holding the same
 //! keys, and both must give the same plaintext and the same class of
 //! ending (clean close, truncated, protocol error).
 //!
@@ -53,8 +53,9 @@ use rustls::{
 };
 
 use crate::config::RecordLayer;
-use crate::tls::{Taken, hand_over};
-use crate::tls_record::{Ending, Session};
+use crate::tls::Taken;
+use crate::tls::handshake::hand_over;
+use crate::tls::record::{Ending, Session};
 
 /// Randomness that is not: every byte the same.
 #[derive(Debug)]

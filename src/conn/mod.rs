@@ -12,6 +12,21 @@
 //! It owns nothing global: counters go to [`Stats`], backpressure comes
 //! from the queue, the thread and its permit belong to the server. A
 //! failure here (reset, garbage, slowloris) ends this connection only.
+//!
+//! The connection's wing, in the order a connection meets it:
+//! - `worker.rs`: the thread from its start to its close (PROXY header,
+//!   the named client's admission, the TLS handshake, the protocol);
+//! - `proxy.rs`: the PROXY protocol header, parsed and read exactly;
+//! - this file: reading, framing and enqueueing, and why it closed; its
+//!   read buffer is a [`ReadBuf`] (src/read_buf.rs, shared with the TLS
+//!   record layer);
+//! - `framing.rs`: the pure decoder; `rate.rs`: the token bucket of
+//!   `rate_per_connection`.
+
+pub mod framing;
+pub mod proxy;
+pub mod rate;
+pub mod worker;
 
 use std::io;
 use std::net::SocketAddr;
@@ -24,14 +39,15 @@ use log::warn;
 
 use crate::alerts::{Alerts, suppressed};
 use crate::config::{Config, Framing, OnSendTimeout};
-use crate::framing::{Decoder, Frame, FrameError};
 use crate::queue::{Batch, QueueSender, SendError};
-use crate::rate::Bucket;
+use crate::read_buf::ReadBuf;
 use crate::shutdown::Shutdown;
-use crate::stats::Stats;
-use crate::stream::Stream;
-use crate::tls_record::Ending;
+use crate::stats::{Dropped, Stats};
+use crate::tls::Stream;
+use crate::tls::record::Ending;
 use crate::wake::{Ready, Wake};
+use framing::{Decoder, Frame, FrameError};
+use rate::Bucket;
 
 /// First read buffer, allocated only once the peer has sent something, so
 /// an idle connection costs no buffer at all.
@@ -206,13 +222,12 @@ pub fn serve(ctx: &ConnContext, stream: &mut Stream<'_>, peer: SocketAddr) -> (C
         stream,
         peer,
         decoder: Decoder::new(ctx.framing, ctx.max_message_bytes),
-        buf: Vec::new(),
-        start: 0,
-        end: 0,
-        limit: READ_BUFFER.max(ctx.max_message_bytes + 16 + 1),
-        grow: false,
-        quiet: false,
-        readable: false,
+        // A read's worth, and always room for one maximal frame
+        // (`Decoder::max_pending`), so the decoder can make progress.
+        buf: ReadBuf::new(
+            INITIAL_BUFFER,
+            READ_BUFFER.max(ctx.max_message_bytes + 16 + 1),
+        ),
         batch_limit: BATCH_MESSAGES.min((ctx.queue.capacity() / 16).max(1)),
         last_message: Instant::now(),
         bucket: (ctx.rate_per_connection > 0).then(|| Bucket::new(ctx.rate_per_connection)),
@@ -245,26 +260,46 @@ enum Unread {
     Shutdown,
 }
 
+/// What one framing step of [`Connection::decode`] did.
+enum Step {
+    /// Framed this many messages (0: an oversize one was skipped).
+    Framed(usize),
+    /// Nothing complete is left in the buffer.
+    NeedMore,
+    /// A frame that cannot be framed: the connection ends.
+    Bad(FrameError),
+}
+
+/// The batch one [`Connection::decode`] fills, and the run of clean
+/// lines still in the read buffer that goes into it with one copy.
+struct Building {
+    batch: Batch,
+    /// Buffer positions of the run; its message ends are in `run_ends`.
+    run: Range<usize>,
+}
+
+/// Messages and bytes counted while closing (see `count_unread`).
+#[derive(Default)]
+struct Tally {
+    messages: u64,
+    bytes: u64,
+}
+
+impl Tally {
+    fn add(&mut self, message: Range<usize>) {
+        self.messages += 1;
+        self.bytes += message.len() as u64;
+    }
+}
+
 struct Connection<'a, 'b> {
     ctx: &'a ConnContext,
     stream: &'a mut Stream<'b>,
     peer: SocketAddr,
     decoder: Decoder,
-    /// Read buffer; unread bytes are `buf[start..end]`. Empty until the
-    /// peer first sends, then 8 KiB doubling up to `limit`.
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    /// Largest buffer: a read's worth, and always room for one maximal
-    /// frame (`Decoder::max_pending`), so the decoder can make progress.
-    limit: usize,
-    /// The last read filled all free space: grow before the next one.
-    grow: bool,
-    /// The last read used under a quarter of the free space: the peer
-    /// sends little, so an emptied buffer is released.
-    quiet: bool,
-    /// poll said the socket is readable: read even with no buffer yet.
-    readable: bool,
+    /// Unread input. Empty until the peer first sends, then 8 KiB
+    /// doubling up to a read's worth; given back when the peer goes quiet.
+    buf: ReadBuf,
     /// Most messages per batch: a sixteenth of the queue at most, so a
     /// big batch does not wait long for room that small ones keep taking.
     batch_limit: usize,
@@ -349,7 +384,6 @@ impl Connection<'_, '_> {
     /// again only when it holds nothing complete. Not reading is the
     /// backpressure: the peer's sends block in TCP.
     fn take(&mut self, n: usize) -> Result<(), Close> {
-        self.end += n;
         self.totals.bytes += n as u64;
         loop {
             let quota = self.quota();
@@ -370,12 +404,13 @@ impl Connection<'_, '_> {
     /// input, for the shutdown wake-up (if `watch`) or for `timeout`.
     fn fill(&mut self, timeout: Option<Duration>, watch: bool) -> io::Result<Input> {
         loop {
-            self.release_if_quiet();
-            // After a short read the socket was empty a moment ago: wait
-            // first (poll, read) instead of reading into EAGAIN first
-            // (read, poll, read). A full read may have left more behind.
-            if self.readable || (!self.buf.is_empty() && self.grow) {
-                self.readable = false;
+            // Everything read was consumed and the peer is not streaming:
+            // memory follows busy connections, not connected ones (an
+            // idle connection then waits with no buffer).
+            if self.buf.release_if_quiet() {
+                self.stream.release();
+            }
+            if self.buf.should_read() {
                 match self.read() {
                     Ok(0) => return Ok(Input::Eof),
                     Ok(n) => return Ok(Input::Data(n)),
@@ -385,54 +420,53 @@ impl Connection<'_, '_> {
                 }
             }
             match self.stream.wait(&self.ctx.wake, timeout, watch)? {
-                Ready::Socket => self.readable = true,
+                Ready::Socket => self.buf.mark_readable(),
                 Ready::Woken => return Ok(Input::Woken),
                 Ready::TimedOut => return Ok(Input::TimedOut),
             }
         }
     }
 
-    /// Everything read was consumed and the peer is not streaming: give
-    /// the buffer back, so that memory follows busy connections, not
-    /// connected ones (an idle connection then waits with no buffer).
-    fn release_if_quiet(&mut self) {
-        if self.start == self.end && !self.buf.is_empty() && !self.grow && self.quiet {
-            self.buf = Vec::new();
-            self.start = 0;
-            self.end = 0;
-            self.stream.release();
-        }
-    }
-
     /// One non-blocking read into the buffer (allocated on first use).
     fn read(&mut self) -> io::Result<usize> {
-        if self.buf.is_empty() {
-            self.buf = vec![0; INITIAL_BUFFER.min(self.limit)];
-            self.start = 0;
-            self.end = 0;
-        }
-        self.make_room();
-        let free = self.buf.len() - self.end;
-        let n = self.stream.read(&mut self.buf[self.end..])?;
-        self.grow = n == free;
-        self.quiet = n < free / 4;
-        Ok(n)
+        self.buf.make_room(0);
+        let stream = &mut *self.stream;
+        self.buf.read_from(|free| stream.read(free))
     }
 
-    /// Moves unread bytes to the front and grows the buffer if the last
-    /// read filled it or a partial frame needs more room.
-    fn make_room(&mut self) {
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
+    /// Frames the next unread bytes and consumes them: a message as its
+    /// buffer positions, an oversize one counted and skipped, or NeedMore
+    /// (a partial frame stays unread). The one place a frame is taken.
+    #[inline]
+    fn frame(&mut self) -> Result<Frame, FrameError> {
+        let at = self.buf.start();
+        let (frame, used) = self.decoder.decode(self.buf.unread())?;
+        self.buf.consume(used);
+        Ok(match frame {
+            Frame::Message(m) => Frame::Message(at + m.start..at + m.end),
+            Frame::Oversize => {
+                self.oversize();
+                Frame::Oversize
+            }
+            Frame::NeedMore => Frame::NeedMore,
+        })
+    }
+
+    /// At the end of input: the final unterminated frame (a message, SPEC
+    /// "Framing") as its buffer positions; an oversize one is counted
+    /// here. Consumes what is unread.
+    fn last_frame(&mut self) -> Result<Option<Range<usize>>, FrameError> {
+        let at = self.buf.start();
+        let frame = self.decoder.finish(self.buf.unread())?;
+        self.buf.consume_all();
+        match frame {
+            Some(Frame::Message(m)) => Ok(Some(at + m.start..at + m.end)),
+            Some(_) => {
+                self.oversize();
+                Ok(None)
+            }
+            None => Ok(None),
         }
-        let full = self.end == self.buf.len();
-        if (self.grow || full) && self.buf.len() < self.limit {
-            let size = (self.buf.len() * 2).min(self.limit);
-            self.buf.resize(size, 0);
-        }
-        self.grow = false;
     }
 
     /// Frames everything complete in the buffer and enqueues it.
@@ -448,123 +482,140 @@ impl Connection<'_, '_> {
     /// must end.
     fn decode(&mut self, quota: usize) -> Result<bool, Close> {
         // Rate-limited: room for about the quota, not the whole buffer.
-        let room = (self.end - self.start + 1).min(quota.saturating_mul(QUOTA_BYTES_GUESS));
-        let mut batch = self.ctx.queue.batch(room, self.peer);
-        let mut run = self.start..self.start;
+        let room = (self.buf.unread().len() + 1).min(quota.saturating_mul(QUOTA_BYTES_GUESS));
+        let start = self.buf.start();
+        let mut out = Building {
+            batch: self.ctx.queue.batch(room, self.peer),
+            run: start..start,
+        };
         self.run_ends.clear();
         let mut framed = 0usize;
-        loop {
-            if framed == quota {
-                self.flush_run(&mut batch, &mut run);
-                return match self.enqueue(batch) {
-                    Some(close) => Err(close),
-                    // More to frame only if unread bytes are left.
-                    None => Ok(self.start < self.end),
-                };
-            }
-            if self.start == run.end {
-                let room =
-                    (quota - framed).min(self.batch_limit - batch.len() - self.run_ends.len());
-                let before = self.run_ends.len();
-                let used = self.decoder.clean_lines(
-                    &self.buf[self.start..self.end],
-                    room,
-                    self.start - run.start,
-                    &mut self.run_ends,
-                );
-                if used > 0 {
-                    framed += self.run_ends.len() - before;
-                    self.start += used;
-                    run.end = self.start;
-                    self.send_if_full(&mut batch, &mut run)?;
-                    continue;
+        while framed < quota {
+            match self.frame_some(&mut out, quota - framed)? {
+                Step::Framed(n) => framed += n,
+                Step::NeedMore => {
+                    self.send(out)?;
+                    return Ok(false);
                 }
-            }
-            match self.decoder.decode(&self.buf[self.start..self.end]) {
-                Ok((Frame::Message(range), used)) => {
-                    framed += 1;
-                    if range.start == 0 && range.end + 1 == used && self.start == run.end {
-                        self.run_ends
-                            .push((self.start + range.end - run.start) as u32);
-                        run.end = self.start + used;
-                    } else {
-                        self.flush_run(&mut batch, &mut run);
-                        batch.push(&self.buf[self.start + range.start..self.start + range.end]);
-                        run = self.start + used..self.start + used;
-                    }
-                    self.start += used;
-                    self.send_if_full(&mut batch, &mut run)?;
-                }
-                Ok((Frame::Oversize, used)) => {
-                    self.flush_run(&mut batch, &mut run);
-                    self.start += used;
-                    run = self.start..self.start;
-                    self.oversize();
-                }
-                Ok((Frame::NeedMore, used)) => {
-                    self.start += used;
-                    break;
-                }
-                Err(e) => {
+                Step::Bad(e) => {
                     // Deliver what came before the bad frame, then close.
-                    self.flush_run(&mut batch, &mut run);
-                    if let Some(close) = self.enqueue(batch) {
-                        return Err(close);
-                    }
+                    self.send(out)?;
                     return Err(self.framing_error(e));
                 }
             }
         }
-        self.flush_run(&mut batch, &mut run);
-        match self.enqueue(batch) {
-            Some(close) => Err(close),
-            None => Ok(false),
+        self.send(out)?;
+        // More to frame only if unread bytes are left.
+        Ok(!self.buf.is_drained())
+    }
+
+    /// Frames what comes next into `out`, at most `quota` messages: a run
+    /// of clean lines at once where one continues the pending run, else
+    /// one frame. Sends `out` whenever it holds `batch_limit` messages.
+    #[inline]
+    fn frame_some(&mut self, out: &mut Building, quota: usize) -> Result<Step, Close> {
+        if self.buf.start() == out.run.end {
+            let n = self.clean_lines(out, quota);
+            if n > 0 {
+                self.send_if_full(out)?;
+                return Ok(Step::Framed(n));
+            }
+        }
+        match self.frame() {
+            Ok(Frame::Message(m)) => {
+                if m.start == out.run.end && m.end + 1 == self.buf.start() {
+                    // A clean line after the run: it joins the run.
+                    self.run_ends.push((m.end - out.run.start) as u32);
+                    out.run.end = self.buf.start();
+                } else {
+                    // The run goes first; the bytes from this message on
+                    // stay with the connection if the batch adopts the
+                    // buffer (shifted down by `moved`).
+                    let moved = self.flush_run(out, m.start);
+                    out.batch
+                        .push(self.buf.bytes(m.start - moved..m.end - moved));
+                    let start = self.buf.start();
+                    out.run = start..start;
+                }
+                self.send_if_full(out)?;
+                Ok(Step::Framed(1))
+            }
+            Ok(Frame::Oversize) => {
+                self.flush_run(out, self.buf.start());
+                let start = self.buf.start();
+                out.run = start..start;
+                Ok(Step::Framed(0))
+            }
+            Ok(Frame::NeedMore) => Ok(Step::NeedMore),
+            Err(e) => Ok(Step::Bad(e)),
         }
     }
 
-    /// Moves a run of clean lines (`buf[run]`, message ends in
-    /// `run_ends`, relative to the run) into `batch` and starts an empty
+    /// The fast path: the clean lines at the front of the unread bytes
+    /// (at most `quota`, and what fits the batch) join the run; how many.
+    #[inline]
+    fn clean_lines(&mut self, out: &mut Building, quota: usize) -> usize {
+        let room = quota.min(self.batch_limit - out.batch.len() - self.run_ends.len());
+        let before = self.run_ends.len();
+        let used = self.decoder.clean_lines(
+            self.buf.unread(),
+            room,
+            self.buf.start() - out.run.start,
+            &mut self.run_ends,
+        );
+        self.buf.consume(used);
+        out.run.end = self.buf.start();
+        self.run_ends.len() - before
+    }
+
+    /// Moves the run of clean lines (`buf[run]`, message ends in
+    /// `run_ends`, relative to the run) into the batch and starts an empty
     /// run after it. A run that is the whole batch and fills at least half
     /// the read buffer is not copied: the batch adopts the buffer and the
     /// connection reads on into the batch's own allocation, taking the
-    /// unread bytes along (at most a partial frame). That copy was a fifth
-    /// of the CPU of a connection streaming into the null sink.
-    fn flush_run(&mut self, batch: &mut Batch, run: &mut Range<usize>) {
+    /// bytes from `keep` on along (at most a partial frame, or a message
+    /// not yet added); returns how far they moved down (0 when copied).
+    /// That copy was a fifth of the CPU of a connection streaming into the
+    /// null sink.
+    fn flush_run(&mut self, out: &mut Building, keep: usize) -> usize {
+        let run = out.run.clone();
         if self.run_ends.is_empty() {
-            *run = run.end..run.end;
-            return;
+            out.run = run.end..run.end;
+            return 0;
         }
-        if batch.is_empty() && run.len() >= ADOPT_MIN && 2 * run.len() >= self.buf.len() {
-            let unread = self.end - self.start;
-            let mut fresh = batch.take_allocation();
-            // Zeroed only where it never held bytes (new, or smaller).
-            fresh.resize(self.buf.len(), 0);
-            fresh[..unread].copy_from_slice(&self.buf[self.start..self.end]);
-            let full = std::mem::replace(&mut self.buf, fresh);
-            batch.adopt_lines(full, run.clone(), &self.run_ends);
-            self.start = 0;
-            self.end = unread;
-            *run = 0..0;
+        let mut moved = 0;
+        if out.batch.is_empty() && run.len() >= ADOPT_MIN && 2 * run.len() >= self.buf.size() {
+            let fresh = out.batch.take_allocation();
+            let full = self.buf.exchange(fresh, keep);
+            out.batch.adopt_lines(full, run, &self.run_ends);
+            let start = self.buf.start();
+            out.run = start..start;
+            moved = keep;
         } else {
-            batch.extend_lines(&self.buf[run.clone()], &self.run_ends);
-            *run = run.end..run.end;
+            out.batch
+                .extend_lines(self.buf.bytes(run.clone()), &self.run_ends);
+            out.run = run.end..run.end;
         }
         self.run_ends.clear();
+        moved
     }
 
-    /// Sends `batch` (with the pending run) once it holds `batch_limit`
+    /// Sends the batch (with the pending run) once it holds `batch_limit`
     /// messages, and starts a new one.
-    fn send_if_full(&mut self, batch: &mut Batch, run: &mut Range<usize>) -> Result<(), Close> {
-        if batch.len() + self.run_ends.len() < self.batch_limit {
+    fn send_if_full(&mut self, out: &mut Building) -> Result<(), Close> {
+        if out.batch.len() + self.run_ends.len() < self.batch_limit {
             return Ok(());
         }
-        self.flush_run(batch, run);
-        let rest = self.end - self.start + 1;
-        let full = std::mem::replace(batch, self.ctx.queue.batch(rest, self.peer));
-        match self.enqueue(full) {
-            Some(close) => Err(close),
-            None => Ok(()),
-        }
+        self.flush_run(out, self.buf.start());
+        let rest = self.buf.unread().len() + 1;
+        let full = std::mem::replace(&mut out.batch, self.ctx.queue.batch(rest, self.peer));
+        self.enqueue(full)
+    }
+
+    /// Sends what `out` holds, its run included.
+    fn send(&mut self, mut out: Building) -> Result<(), Close> {
+        self.flush_run(&mut out, self.buf.start());
+        self.enqueue(out.batch)
     }
 
     /// The client closed its side: a final unterminated line is a
@@ -576,11 +627,11 @@ impl Connection<'_, '_> {
             Some(Ending::RecordCut) => return self.truncated(true),
             None | Some(Ending::CloseNotify | Ending::Open) => {}
         }
-        match self.decoder.finish(&self.buf[self.start..self.end]) {
-            Ok(Some(Frame::Message(range))) => {
-                let mut batch = self.ctx.queue.batch(range.len() + 1, self.peer);
-                batch.push(&self.buf[self.start + range.start..self.start + range.end]);
-                if let Some(close) = self.enqueue(batch) {
+        match self.last_frame() {
+            Ok(Some(m)) => {
+                let mut batch = self.ctx.queue.batch(m.len() + 1, self.peer);
+                batch.push(self.buf.bytes(m));
+                if let Err(close) = self.enqueue(batch) {
                     if close == Close::SendTimeout {
                         // Nothing is unread after EOF.
                         self.warn_send_timeout(self.timed_out, true);
@@ -588,7 +639,6 @@ impl Connection<'_, '_> {
                     return close;
                 }
             }
-            Ok(Some(_)) => self.oversize(),
             Ok(None) => {}
             Err(e) => return self.framing_error(e),
         }
@@ -603,7 +653,7 @@ impl Connection<'_, '_> {
     /// delivered already: most syslog clients never send close_notify.
     /// Ending on a frame boundary with no record cut is an ordinary EOF.
     fn truncated(&mut self, record_cut: bool) -> Close {
-        let rest = &self.buf[self.start..self.end];
+        let rest = self.buf.unread();
         let mid_frame = self.decoder.mid_frame(rest);
         if !mid_frame && !record_cut {
             return Close::Eof;
@@ -611,14 +661,11 @@ impl Connection<'_, '_> {
         // An unfinished frame was never framed, so it is not `received`
         // (SPEC: a message is received once framed) and stays outside
         // the accounting identity, like relp_refused: counted on its own.
-        let unfinished = match self.decoder.finish(rest) {
-            Ok(Some(_)) | Err(_) => true,
-            Ok(None) => false,
-        };
+        let unfinished = matches!(self.decoder.finish(rest), Ok(Some(_)) | Err(_));
         if unfinished {
             Stats::add(&self.ctx.stats.dropped_truncated, 1);
         }
-        self.start = self.end;
+        self.buf.consume_all();
         Close::TlsTruncated
     }
 
@@ -635,11 +682,7 @@ impl Connection<'_, '_> {
 
     fn oversize(&mut self) {
         self.last_message = Instant::now();
-        let stats = &self.ctx.stats;
-        stats.moving(|| {
-            Stats::add(&stats.received, 1);
-            Stats::add(&stats.dropped_oversize, 1);
-        });
+        self.ctx.stats.dropped(1, Dropped::Oversize);
         if let Some(n) = self.ctx.alerts.oversize.allow() {
             warn!(
                 "oversize message dropped peer={} max_message_bytes={}{}",
@@ -652,10 +695,10 @@ impl Connection<'_, '_> {
 
     /// Sends one batch with the send timeout; on expiry its messages are
     /// counted dropped, and with policy "close" the connection ends.
-    fn enqueue(&mut self, batch: Batch) -> Option<Close> {
+    fn enqueue(&mut self, batch: Batch) -> Result<(), Close> {
         let n = batch.len() as u64;
         if n == 0 {
-            return None;
+            return Ok(());
         }
         self.last_message = Instant::now();
         self.totals.messages += n;
@@ -679,39 +722,40 @@ impl Connection<'_, '_> {
             Ok(()) => {
                 Stats::add(&stats.received, n);
                 self.shedding = false;
-                None
+                Ok(())
             }
-            Err(SendError::Timeout(_)) => {
-                stats.moving(|| {
-                    Stats::add(&stats.received, n);
-                    Stats::add(&stats.dropped_send_timeout, n);
-                });
+            Err(e) => self.not_sent(e, n),
+        }
+    }
+
+    /// The queue did not take a batch of `n` messages: they are counted
+    /// dropped, and the connection goes on only under policy "drop".
+    #[cold]
+    fn not_sent(&mut self, e: SendError, n: u64) -> Result<(), Close> {
+        let stats = &self.ctx.stats;
+        match e {
+            SendError::Timeout(_) => {
+                stats.dropped(n, Dropped::SendTimeout);
                 let close = self.ctx.on_send_timeout == OnSendTimeout::Close;
                 self.shedding = !close;
-                if close {
-                    // Warned as the connection closes, with what is
-                    // still unread then counted in (see `closing`).
-                    self.timed_out = n;
-                } else {
+                if !close {
                     self.warn_send_timeout(n, false);
+                    return Ok(());
                 }
-                close.then_some(Close::SendTimeout)
+                // Warned as the connection closes, with what is still
+                // unread then counted in (see `closing`).
+                self.timed_out = n;
+                Err(Close::SendTimeout)
             }
-            Err(SendError::Shutdown(_)) => {
+            SendError::Shutdown(_) => {
                 // The drain deadline passed while this batch waited.
-                stats.moving(|| {
-                    Stats::add(&stats.received, n);
-                    Stats::add(&stats.dropped_shutdown, n);
-                });
-                Some(Close::Shutdown)
+                stats.dropped(n, Dropped::Shutdown);
+                Err(Close::Shutdown)
             }
-            Err(SendError::Disconnected(_)) => {
+            SendError::Disconnected(_) => {
                 // Only if every sink thread died, which (a panic) starts
                 // the shutdown: the messages are lost to it, and counted.
-                stats.moving(|| {
-                    Stats::add(&stats.received, n);
-                    Stats::add(&stats.dropped_shutdown, n);
-                });
+                stats.dropped(n, Dropped::Shutdown);
                 if let Some(s) = self.ctx.alerts.sink_gone.allow() {
                     warn!(
                         "no sink left to deliver to, closing peer={}{}",
@@ -719,7 +763,7 @@ impl Connection<'_, '_> {
                         suppressed(s)
                     );
                 }
-                Some(Close::SinkGone)
+                Err(Close::SinkGone)
             }
         }
     }
@@ -763,78 +807,52 @@ impl Connection<'_, '_> {
     /// vanish uncounted. Bounded by `UNREAD_BUDGET` bytes and by what is
     /// readable without waiting (the socket is non-blocking).
     fn count_unread(&mut self, why: Unread) -> u64 {
+        let mut tally = Tally::default();
         let mut budget = UNREAD_BUDGET;
-        let mut dropped = 0u64;
-        let mut dropped_bytes = 0u64;
-        loop {
-            loop {
-                match self.decoder.decode(&self.buf[self.start..self.end]) {
-                    Ok((Frame::Message(range), used)) => {
-                        dropped += 1;
-                        dropped_bytes += range.len() as u64;
-                        self.start += used;
-                    }
-                    Ok((Frame::Oversize, used)) => {
-                        self.start += used;
-                        self.oversize();
-                    }
-                    Ok((Frame::NeedMore, used)) => {
-                        self.start += used;
-                        break;
-                    }
-                    Err(_) => {
-                        budget = 0; // no safe way on
-                        break;
-                    }
-                }
-            }
-            if budget == 0 {
-                break;
-            }
+        while self.tally_complete(&mut tally) && budget > 0 {
             match self.read() {
                 Ok(0) => {
-                    match self.decoder.finish(&self.buf[self.start..self.end]) {
-                        Ok(Some(Frame::Message(range))) => {
-                            dropped += 1;
-                            dropped_bytes += range.len() as u64;
-                        }
-                        Ok(Some(_)) => self.oversize(),
-                        Ok(None) | Err(_) => {}
+                    if let Ok(Some(m)) = self.last_frame() {
+                        tally.add(m);
                     }
                     break;
                 }
-                Ok(n) => {
-                    self.end += n;
-                    budget = budget.saturating_sub(n);
-                }
+                Ok(n) => budget = budget.saturating_sub(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     // WouldBlock: nothing more is here. At shutdown the
                     // connection is closed now, so a frame the client
                     // began is one more message it will never finish.
-                    if matches!(why, Unread::Shutdown) {
-                        match self.decoder.finish(&self.buf[self.start..self.end]) {
-                            Ok(Some(Frame::Message(_))) | Err(_) => dropped += 1,
-                            Ok(Some(_)) => self.oversize(),
-                            Ok(None) => {}
-                        }
+                    if matches!(why, Unread::Shutdown) && !matches!(self.last_frame(), Ok(None)) {
+                        tally.messages += 1;
                     }
                     break;
                 }
             }
         }
-        let stats = &self.ctx.stats;
-        let counter = match why {
-            Unread::SendTimeout => &stats.dropped_send_timeout,
-            Unread::Shutdown => &stats.dropped_shutdown,
-        };
-        stats.moving(|| {
-            Stats::add(&stats.received, dropped);
-            Stats::add(counter, dropped);
-        });
-        Stats::add(&stats.bytes_received, dropped_bytes);
-        self.totals.messages += dropped;
-        dropped
+        self.ctx.stats.dropped(
+            tally.messages,
+            match why {
+                Unread::SendTimeout => Dropped::SendTimeout,
+                Unread::Shutdown => Dropped::Shutdown,
+            },
+        );
+        Stats::add(&self.ctx.stats.bytes_received, tally.bytes);
+        self.totals.messages += tally.messages;
+        tally.messages
+    }
+
+    /// Tallies every complete frame in the buffer; false after a framing
+    /// error (no safe way on).
+    fn tally_complete(&mut self, tally: &mut Tally) -> bool {
+        loop {
+            match self.frame() {
+                Ok(Frame::Message(m)) => tally.add(m),
+                Ok(Frame::Oversize) => {}
+                Ok(Frame::NeedMore) => return true,
+                Err(_) => return false,
+            }
+        }
     }
 
     /// Per-connection rate limit: how many messages may be framed now,
