@@ -8,11 +8,13 @@
 
 #![allow(dead_code)]
 
+pub mod fault;
 pub mod haproxy;
 pub mod metrics;
 pub mod nats;
 pub mod peers;
 pub mod pki;
+pub mod spool;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
