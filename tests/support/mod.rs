@@ -419,33 +419,15 @@ pub fn proc_status(pid: u32, key: &str) -> u64 {
 
 // ---- bounds derived from the code ---------------------------------------
 
-/// Mirrors `GATHER_BYTES` in src/sink/mod.rs: a sink thread gathers
-/// queued batches into one write while it holds fewer bytes than this.
-pub const SINK_GATHER_BYTES: usize = 1 << 20;
-/// Mirrors `READ_BUFFER` in src/conn.rs. A connection's read buffer is at
-/// most `READ_BUFFER.max(max_message_bytes + 17)` (65,553 bytes with the
-/// default `max_message_bytes`), and one batch never carries more than
-/// one buffer's bytes.
-pub const CONN_READ_BUFFER: usize = 64 << 10;
-/// The most bytes of one batch with the default `max_message_bytes`.
-pub const CONN_MAX_BATCH_BYTES: usize = if CONN_READ_BUFFER > 65536 + 17 {
-    CONN_READ_BUFFER
+/// The most bytes of one batch with the default `max_message_bytes`
+/// (65,536): a connection's read buffer is at most
+/// `READ_BUFFER.max(max_message_bytes + 17)` bytes (src/conn.rs), and one
+/// batch never carries more than one buffer's bytes.
+pub const CONN_MAX_BATCH_BYTES: usize = if floodwall::conn::READ_BUFFER > 65536 + 17 {
+    floodwall::conn::READ_BUFFER
 } else {
     65536 + 17
 };
-
-/// Panics unless `file` (relative to the crate) still holds `line`
-/// verbatim: a mirrored constant that went stale must fail loudly, not
-/// quietly turn a derived bound into a wrong one.
-pub fn assert_source_has(file: &str, line: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    assert!(
-        text.lines().any(|l| l.trim() == line),
-        "{file} no longer has `{line}`: update the mirror in tests/support/mod.rs"
-    );
-}
 
 /// The most messages of `message_bytes` bytes each (LF included) that the
 /// tcp sink can deliver twice per downstream outage, from the code:
@@ -456,10 +438,10 @@ pub fn assert_source_has(file: &str, line: &str) {
 /// most one batch, and a batch is at most one read buffer
 /// ([`CONN_MAX_BATCH_BYTES`], default `max_message_bytes`). The cap of
 /// `GATHER_BATCHES` (256) batches only lowers this, so it is left out.
+/// The constants are the library's own (not mirrored copies), so the
+/// bound moves with the code.
 pub fn max_resent_per_outage(message_bytes: usize) -> usize {
-    assert_source_has("src/sink/mod.rs", "const GATHER_BYTES: usize = 1 << 20;");
-    assert_source_has("src/conn.rs", "const READ_BUFFER: usize = 64 << 10;");
-    (SINK_GATHER_BYTES + CONN_MAX_BATCH_BYTES).div_ceil(message_bytes)
+    (floodwall::sink::GATHER_BYTES + CONN_MAX_BATCH_BYTES).div_ceil(message_bytes)
 }
 
 /// A tmpfs of `size` ("8m") mounted in a temp dir of its own (needs
