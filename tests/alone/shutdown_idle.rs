@@ -6,13 +6,14 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::support::fault::raise_nofile;
+use crate::support::proc::raise_nofile;
 use crate::support::{Daemon, assert_balanced, num};
 
 const CONNECTIONS: usize = 5000;
 
 #[test]
 fn five_thousand_idle_connections_close_within_a_second_of_sigterm() {
+    let _machine = crate::support::machine_alone();
     let limit = raise_nofile();
     assert!(
         limit as usize > CONNECTIONS + 200,

@@ -11,7 +11,7 @@ use crate::support;
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -44,6 +44,7 @@ fn next_pid(pid_file: &std::path::Path, old: Option<u32>) -> Option<u32> {
 
 #[test]
 fn restarts_on_an_activated_socket_refuse_and_lose_nothing() {
+    let _machine = crate::support::machine_alone();
     let found = Command::new("systemd-socket-activate")
         .arg("--version")
         .output()
@@ -80,18 +81,8 @@ timeout = "5s"
     let pid_file = dir.path().join("floodwall.pid");
     let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
     // systemd-socket-activate needs a real port: one the kernel just gave.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let metrics_port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics: std::net::SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
+    let addr = support::free_port().to_string();
+    let metrics = support::free_port();
     let metrics_listen = metrics.to_string();
     // Each round: a shell whose pid floodwall keeps (exec) sets LISTEN_PID.
     let script = format!(

@@ -10,45 +10,15 @@ use crate::support;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
+use crate::support::proc::Sampler;
 use crate::support::{Daemon, assert_balanced};
-
-/// Worker threads (`fw-conn-<id>`) and all threads of process `pid`.
-/// Panics if /proc cannot be read: the daemon must be running while it is
-/// sampled, and a failed read must not pass as "no threads".
-fn count_threads(pid: u32) -> (usize, usize) {
-    let path = format!("/proc/{pid}/task");
-    let dir = std::fs::read_dir(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
-    let (mut workers, mut all) = (0, 0);
-    for entry in dir {
-        let entry = entry.unwrap_or_else(|e| panic!("cannot list {path}: {e}"));
-        let comm_path = entry.path().join("comm");
-        let comm = match std::fs::read_to_string(&comm_path) {
-            Ok(comm) => comm,
-            // The thread ended between the listing and this read: it is
-            // not alive, so it does not count.
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    || e.raw_os_error() == Some(libc::ESRCH) =>
-            {
-                continue;
-            }
-            Err(e) => panic!("cannot read {}: {e}", comm_path.display()),
-        };
-        all += 1;
-        if comm.starts_with("fw-conn-") {
-            workers += 1;
-        }
-    }
-    (workers, all)
-}
 
 #[test]
 fn churn_never_shows_more_worker_threads_than_permits() {
+    let _machine = crate::support::machine_shared();
     const MAX: usize = 2;
     let mut daemon = Daemon::start(&format!(
         r#"
@@ -62,23 +32,9 @@ type = "null"
 stats_interval = "100ms"
 "#
     ));
-    let pid = daemon.pid();
-    let stop = Arc::new(AtomicBool::new(false));
-    let max_workers = Arc::new(AtomicUsize::new(0));
-    let max_all = Arc::new(AtomicUsize::new(0));
-    let sampler = {
-        let (stop, max_workers, max_all) = (stop.clone(), max_workers.clone(), max_all.clone());
-        thread::spawn(move || {
-            let mut samples = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let (w, a) = count_threads(pid);
-                max_workers.fetch_max(w, Ordering::Relaxed);
-                max_all.fetch_max(a, Ordering::Relaxed);
-                samples += 1;
-            }
-            samples
-        })
-    };
+    // As fast as it can: the instant between a worker returning and its
+    // thread being gone is short.
+    let sampler = Sampler::named(daemon.pid(), Duration::ZERO, "fw-conn-");
     let addr = daemon.addr;
     let clients: Vec<_> = (0..8)
         .map(|c| {
@@ -99,8 +55,7 @@ stats_interval = "100ms"
     let served = daemon.wait_stats(Duration::from_secs(30), |s| {
         support::num(s, "received") == 8 * 150 && support::num(s, "conns_active") == 0
     });
-    stop.store(true, Ordering::Relaxed);
-    let samples = sampler.join().expect("sampler");
+    let samples = sampler.finish();
     assert!(
         served.is_some(),
         "not all served; log:\n{}",
@@ -112,10 +67,9 @@ stats_interval = "100ms"
     assert_balanced(&s);
     assert_eq!(support::num(&s, "received"), 8 * 150);
     assert_eq!(support::num(&s, "conns_total"), 8 * 150);
-    let (workers, all) = (
-        max_workers.load(Ordering::Relaxed),
-        max_all.load(Ordering::Relaxed),
-    );
+    let workers = samples.iter().map(|s| s.named).max().unwrap_or(0) as usize;
+    let all = samples.iter().map(|s| s.threads).max().unwrap_or(0) as usize;
+    let samples = samples.len();
     eprintln!(
         "FIGURES thread_bound: samples={samples} max_worker_threads={workers} max_threads={all}"
     );

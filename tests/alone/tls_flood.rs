@@ -33,20 +33,10 @@ const CLOSED_WITHIN: Duration = Duration::from_secs(3);
 const LATENCY_BOUND: Duration = Duration::from_secs(1);
 
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain getrlimit/setrlimit on a local struct.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-    }
+    let limit = crate::support::proc::raise_nofile();
     assert!(
-        lim.rlim_cur >= 4096,
-        "need at least 4096 file descriptors, have {}",
-        lim.rlim_cur
+        limit >= 4096,
+        "need at least 4096 file descriptors, have {limit}"
     );
 }
 
@@ -65,6 +55,7 @@ fn half_client_hello(config: &Arc<rustls::ClientConfig>) -> Vec<u8> {
 
 #[test]
 fn handshake_flood_is_cut_at_the_deadline_and_a_good_client_keeps_going() {
+    let _machine = crate::support::machine_alone();
     raise_fd_limit();
     // The sink forwards to this listener, so the test sees when each of
     // the good client's messages arrives.
@@ -104,7 +95,7 @@ fn handshake_flood_is_cut_at_the_deadline_and_a_good_client_keeps_going() {
 
     // Invariant 1, sampled every millisecond through the flood.
     let bound = MAX_CONNECTIONS + 1 + 8;
-    let sampler = support::ThreadPeak::start(d.pid(), Duration::from_millis(1));
+    let sampler = support::proc::Sampler::start(d.pid(), Duration::from_millis(1));
 
     let hello = half_client_hello(&client_config);
     let mut flood: Vec<(TcpStream, Instant)> = Vec::with_capacity(SILENT + HALF_HELLO);
@@ -154,7 +145,7 @@ fn handshake_flood_is_cut_at_the_deadline_and_a_good_client_keeps_going() {
         worst = worst.max(took);
     }
     drop(flood);
-    let max = sampler.finish();
+    let max = sampler.peak_threads();
 
     latencies.sort();
     let median = latencies[latencies.len() / 2];

@@ -17,10 +17,10 @@
 //!   six restarts under socket activation). Beside the tests here they
 //!   would eat the scheduling margin that this binary's timing bounds
 //!   allow (support::SCHED_MARGIN); cargo runs the binaries one after
-//!   another, so they never meet. Among themselves they run two at a time
-//!   as libtest runs them on 2 cores, which is how the pairs of one fault
-//!   file ran before. One at a time (a lock, tried) took 102 s instead of
-//!   40 s, and the shutdown_idle bound failed that way too.
+//!   another, so they never meet. Among themselves they run two at a
+//!   time, except three that need the machine to themselves (the reasons
+//!   in tests/alone/main.rs). All fifteen one at a time (tried) took
+//!   102 s instead of 40 s.
 //! - `queue_memory` (tests/queue_memory.rs): measures the test process's
 //!   own VmData, so nothing else may allocate in its process.
 //!

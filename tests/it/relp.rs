@@ -915,15 +915,11 @@ fn hostile_sessions_end_and_the_threads_come_back() {
     );
 }
 
-/// Live RELP session threads (`fw-relp-<id>`) of process `pid`.
-/// The daemon's RELP session threads; panics if its /proc entry cannot be
-/// read (a dead daemon must not read as "no threads left").
+/// Live RELP session threads (`fw-relp-<id>`) of process `pid`; panics
+/// if its /proc entry cannot be read (a dead daemon must not read as "no
+/// threads left").
 fn session_threads(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"))
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.starts_with("fw-relp-"))
-        .count()
+    support::proc::threads_named(pid, "fw-relp-")
 }
 
 #[test]

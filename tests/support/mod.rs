@@ -8,13 +8,17 @@
 
 #![allow(dead_code)]
 
+pub mod downstream;
 pub mod fault;
 pub mod haproxy;
 pub mod metrics;
 pub mod nats;
 pub mod peers;
 pub mod pki;
+pub mod proc;
 pub mod spool;
+
+pub use proc::proc_status;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -36,6 +40,25 @@ use std::time::{Duration, Instant};
 /// several times as long as configured still fails.
 pub const SCHED_MARGIN: Duration = Duration::from_millis(500);
 
+/// The machine, as the heavy tests of the `alone` binary share it: each
+/// takes [`machine_shared`] (two may run side by side) or, where a bound
+/// of about a second would otherwise measure the neighbour's load,
+/// [`machine_alone`] (none beside it). A test that failed while holding
+/// it does not stop the others: the lock guards no data.
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+pub fn machine_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    MACHINE
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub fn machine_alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    MACHINE
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Polls `pred` until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -48,6 +71,18 @@ pub fn wait_until(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
         }
         thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// A loopback address where nothing listens right now: bound to port 0,
+/// read, released (the kernel does not hand an ephemeral port straight
+/// back). For a peer that cannot report a port it picked itself (HAProxy,
+/// prometheus, nats routes, systemd-socket-activate), a downstream that is
+/// away, or one started after the daemon. The one place a test names a
+/// port number; the daemon itself always listens on port 0.
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("bind 127.0.0.1:0: {e}"))
 }
 
 /// A stats line's logfmt pairs.
@@ -360,61 +395,6 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
-}
-
-/// The daemon's highest thread count, sampled from /proc every `period`
-/// until [`ThreadPeak::finish`] (at most 60,000 samples). A sample of a
-/// process that is gone panics the sampler, so `finish` fails, never 0.
-pub struct ThreadPeak {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    handle: thread::JoinHandle<u64>,
-}
-
-impl ThreadPeak {
-    pub fn start(pid: u32, period: Duration) -> ThreadPeak {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = thread::spawn(move || {
-            let mut max = 0;
-            for _ in 0..60_000 {
-                if flag.load(Ordering::SeqCst) {
-                    break;
-                }
-                max = max.max(proc_status(pid, "Threads:"));
-                thread::sleep(period); // the sampling period, not a wait
-            }
-            max
-        });
-        ThreadPeak { stop, handle }
-    }
-
-    /// Stops sampling and returns the highest count seen (call it while
-    /// the daemon still runs).
-    pub fn finish(self) -> u64 {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.handle
-            .join()
-            .expect("thread sampler panicked: see its message above")
-    }
-}
-
-/// The number after `key` (e.g. "Threads:", "VmRSS:") in
-/// /proc/PID/status. Panics, naming the path and the error, when it cannot
-/// be read: a sample that silently reads 0 would let a bound pass with no
-/// data (and a process that is gone is a failure of the test, not a 0).
-pub fn proc_status(pid: u32, key: &str) -> u64 {
-    let path = format!("/proc/{pid}/status");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {path}: {e} (has the process exited?)"));
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(key))
-        .unwrap_or_else(|| panic!("{path} has no {key} line:\n{text}"));
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{path}: no number in {line:?}"))
 }
 
 // ---- bounds derived from the code ---------------------------------------

@@ -3,154 +3,11 @@
 //! their messages, and the checks on what reached the collector.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
-
-use socket2::{Domain, Socket, Type};
-
-/// What one downstream connection delivered, shared with the reader.
-type ConnBytes = Arc<Mutex<Vec<u8>>>;
-
-/// A downstream collector on 127.0.0.1:0 that keeps every byte it read,
-/// across connections, in arrival order per connection.
-pub struct Collector {
-    pub addr: SocketAddr,
-    /// While set, the collector neither accepts nor reads.
-    paused: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    /// Each connection's bytes, in accept order.
-    conns: Arc<Mutex<Vec<ConnBytes>>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Collector {
-    /// `rcvbuf`: a small receive buffer makes "stop reading" felt at once
-    /// instead of after megabytes of kernel buffering. `read_rate`: bytes
-    /// per second at most (0 = as fast as it can).
-    pub fn start(rcvbuf: usize, read_rate: usize) -> Collector {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-        socket.set_reuse_address(true).expect("reuseaddr");
-        // Inherited by accepted sockets: set before listen.
-        socket.set_recv_buffer_size(rcvbuf).expect("rcvbuf");
-        let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        socket.bind(&bind.into()).expect("bind");
-        socket.listen(16).expect("listen");
-        let listener: TcpListener = socket.into();
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().unwrap();
-        let paused = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<ConnBytes>>> = Arc::default();
-        let (p, s, c) = (paused.clone(), stop.clone(), conns.clone());
-        // One accept loop, one blocking reader thread per connection.
-        let thread = thread::spawn(move || {
-            let mut readers = Vec::new();
-            while !s.load(Ordering::SeqCst) {
-                if p.load(Ordering::SeqCst) {
-                    thread::sleep(Duration::from_millis(5));
-                    continue;
-                }
-                let Ok((mut stream, _)) = listener.accept() else {
-                    thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                stream.set_nonblocking(false).expect("blocking");
-                // Bounded reads, so that pause and stop are seen.
-                stream
-                    .set_read_timeout(Some(Duration::from_millis(20)))
-                    .expect("read timeout");
-                let bytes: ConnBytes = Arc::default();
-                c.lock().unwrap().push(bytes.clone());
-                let (p, s) = (p.clone(), s.clone());
-                readers.push(thread::spawn(move || {
-                    let mut buf = vec![0u8; 64 << 10];
-                    let mut window = Instant::now();
-                    let mut total = 0usize;
-                    while !s.load(Ordering::SeqCst) {
-                        if p.load(Ordering::SeqCst) {
-                            thread::sleep(Duration::from_millis(5));
-                            continue;
-                        }
-                        // Pacing in 50 ms windows: no credit piles up.
-                        if window.elapsed() >= Duration::from_millis(50) {
-                            window = Instant::now();
-                            total = 0;
-                        }
-                        if read_rate > 0 && total >= read_rate / 20 {
-                            thread::sleep(Duration::from_millis(2));
-                            continue;
-                        }
-                        match stream.read(&mut buf) {
-                            Ok(0) => return,
-                            Ok(n) => {
-                                bytes.lock().unwrap().extend_from_slice(&buf[..n]);
-                                total += n;
-                            }
-                            Err(e)
-                                if matches!(
-                                    e.kind(),
-                                    std::io::ErrorKind::WouldBlock
-                                        | std::io::ErrorKind::TimedOut
-                                        | std::io::ErrorKind::Interrupted
-                                ) => {}
-                            Err(_) => return,
-                        }
-                    }
-                }));
-            }
-            for r in readers {
-                let _ = r.join();
-            }
-        });
-        Collector {
-            addr,
-            paused,
-            stop,
-            conns,
-            thread: Some(thread),
-        }
-    }
-
-    pub fn pause(&self) {
-        self.paused.store(true, Ordering::SeqCst);
-    }
-
-    pub fn resume(&self) {
-        self.paused.store(false, Ordering::SeqCst);
-    }
-
-    /// Every complete line read so far, per connection, concatenated.
-    pub fn lines(&self) -> Vec<String> {
-        let conns = self.conns.lock().unwrap();
-        let mut out = Vec::new();
-        for c in conns.iter() {
-            let bytes = c.lock().unwrap();
-            let text = String::from_utf8_lossy(&bytes);
-            let complete = text.rfind('\n').map_or("", |i| &text[..i]);
-            out.extend(
-                complete
-                    .split('\n')
-                    .filter(|l| !l.is_empty())
-                    .map(String::from),
-            );
-        }
-        out
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// A message as the tests send it: `c<client> <seq> <padding>`.
 pub fn message(client: usize, seq: usize, size: usize) -> String {
@@ -238,13 +95,6 @@ impl Rng {
     }
 }
 
-/// A port on 127.0.0.1 where nothing listens (bound then released; the
-/// kernel does not hand an ephemeral port straight back).
-pub fn dead_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 /// A daemon config with a spool in `spool_dir` and the given `[sink]`
 /// body; stats every 100 ms so tests can wait on them.
 pub fn config(sink: &str, spool_dir: &std::path::Path, extra: &str) -> String {
@@ -288,7 +138,7 @@ pub fn tcp_sink(addr: SocketAddr) -> String {
 pub fn fill_spool(spool_dir: &std::path::Path, conns: usize, per_conn: usize) -> u64 {
     // A 1 s drain deadline: the sinks try the dead downstream until then.
     let mut d = super::Daemon::start(&config(
-        &tcp_sink(dead_port()),
+        &tcp_sink(super::free_port()),
         spool_dir,
         "[shutdown]\ntimeout = \"1s\"",
     ));

@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::fault::raise_nofile;
+use crate::support::proc::raise_nofile;
 use crate::support::{Daemon, assert_balanced, num, read};
 use socket2::{Domain, Socket, Type};
 
@@ -50,6 +50,7 @@ fn churn(daemon: SocketAddr, n: usize, tag: &'static str) {
 
 #[test]
 fn twenty_thousand_short_connections_leave_nothing_behind() {
+    let _machine = crate::support::machine_shared();
     raise_nofile();
     let mut daemon = Daemon::start(
         r#"
@@ -125,6 +126,7 @@ stats_interval = "100ms"
 /// + 8`, and (in "wait" mode) every message arrives.
 #[test]
 fn churn_at_the_connection_limit_keeps_the_thread_bound() {
+    let _machine = crate::support::machine_shared();
     raise_nofile();
     const MAX: u64 = 8;
     const COUNT: u64 = 10_000;
@@ -143,7 +145,7 @@ path = "{{dir}}/out.log"
 stats_interval = "100ms"
 "#
         ));
-        let peak = support::ThreadPeak::start(daemon.pid(), Duration::from_millis(1));
+        let peak = support::proc::Sampler::start(daemon.pid(), Duration::from_millis(1));
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_floodwall-load"))
             .args(["--churn", "-q", "-c", "32", "--per-conn", "1"])
             .args(["-n", &COUNT.to_string(), "-d", "120s"])
@@ -151,7 +153,7 @@ stats_interval = "100ms"
             .output()
             .expect("run floodwall-load --churn");
         let report = String::from_utf8_lossy(&out.stdout).to_string();
-        let peak = peak.finish();
+        let peak = peak.peak_threads();
         assert!(
             out.status.success(),
             "{mode}: floodwall-load failed: {report}"

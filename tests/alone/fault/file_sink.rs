@@ -60,6 +60,7 @@ impl FullDisk {
 
 #[test]
 fn a_full_disk_is_survived_counted_and_recovered_from() {
+    let _machine = crate::support::machine_shared();
     let (fault, path) = FullDisk::mount();
     let mut daemon = Daemon::start(&format!(
         r#"

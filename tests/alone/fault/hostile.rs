@@ -183,6 +183,7 @@ fn stop(daemon: &mut Daemon) -> StatsLine {
 
 #[test]
 fn hostile_lines_are_counted_and_neighbours_are_unaffected() {
+    let _machine = crate::support::machine_shared();
     let mut daemon = Daemon::start(&format!(
         r#"
 [server]
@@ -311,6 +312,7 @@ stats_interval = "100ms"
 
 #[test]
 fn bad_octet_counts_close_only_their_connection() {
+    let _machine = crate::support::machine_shared();
     let mut daemon = Daemon::start(&format!(
         r#"
 [server]

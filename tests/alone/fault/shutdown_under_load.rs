@@ -10,7 +10,9 @@ use crate::support;
 use std::thread;
 use std::time::Duration;
 
-use crate::support::fault::{Downstream, assert_drained_into, flood, raise_nofile};
+use crate::support::downstream::Downstream;
+use crate::support::fault::{assert_drained_into, flood};
+use crate::support::proc::raise_nofile;
 use crate::support::{Daemon, StatsLine, assert_balanced, num};
 
 fn config(downstream: &Downstream, capacity: u64, shutdown_timeout: &str) -> String {
@@ -67,6 +69,7 @@ fn received_is_accounted(last: &StatsLine, lost: u64) {
 
 #[test]
 fn sigterm_under_load_drains_the_full_queue_and_exits_0() {
+    let _machine = crate::support::machine_shared();
     raise_nofile();
     let downstream = Downstream::frozen();
     let mut daemon = Daemon::start(&config(&downstream, 20_000, "20s"));
@@ -84,12 +87,13 @@ fn sigterm_under_load_drains_the_full_queue_and_exits_0() {
         num(&last, "received"),
         num(&last, "delivered"),
         num(&last, "dropped_send_timeout"),
-        downstream.lines()
+        downstream.line_count()
     );
 }
 
 #[test]
 fn sigterm_with_a_dead_downstream_counts_the_lost_and_exits_1() {
+    let _machine = crate::support::machine_shared();
     raise_nofile();
     let downstream = Downstream::frozen();
     let mut daemon = Daemon::start(&config(&downstream, 5_000, "1s"));
@@ -118,17 +122,18 @@ fn sigterm_with_a_dead_downstream_counts_the_lost_and_exits_1() {
     downstream.release();
     let delivered = num(&last, "delivered") as usize;
     assert!(
-        support::wait_until(Duration::from_secs(10), || downstream.lines() >= delivered),
+        support::wait_until(Duration::from_secs(10), || downstream.line_count()
+            >= delivered),
         "downstream has {} lines, the daemon delivered {delivered}",
-        downstream.lines()
+        downstream.line_count()
     );
-    assert!(downstream.lines() <= delivered + lost as usize);
+    assert!(downstream.line_count() <= delivered + lost as usize);
     eprintln!(
         "FIGURES shutdown_under_load lost: exit=1 received={} delivered={} dropped_send_timeout={} lost={lost} \
          downstream_lines={}",
         num(&last, "received"),
         delivered,
         num(&last, "dropped_send_timeout"),
-        downstream.lines()
+        downstream.line_count()
     );
 }

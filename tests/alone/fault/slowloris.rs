@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::fault::{ThreadSampler, raise_nofile};
+use crate::support::proc::{Sampler, raise_nofile};
 use crate::support::{Daemon, assert_balanced, assert_bytes, num, read};
 
 const SILENT: usize = 150;
@@ -30,6 +30,7 @@ const IDLE_THREADS: u64 = 5;
 
 #[test]
 fn slowloris_connections_are_closed_idle_and_a_good_client_is_served() {
+    let _machine = crate::support::machine_shared();
     raise_nofile();
     let mut daemon = Daemon::start(&format!(
         r#"
@@ -66,7 +67,7 @@ stats_interval = "100ms"
     };
     send_good(&mut good, 0, &mut expected);
 
-    let sampler = ThreadSampler::start(daemon.pid());
+    let sampler = Sampler::start(daemon.pid(), Duration::from_millis(20));
     let silent: Vec<TcpStream> = (0..SILENT).map(|_| daemon.connect()).collect();
     let trickle: Vec<TcpStream> = (0..TRICKLE).map(|_| daemon.connect()).collect();
     let connected = Instant::now();

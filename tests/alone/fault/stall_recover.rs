@@ -8,13 +8,15 @@ use crate::support;
 
 use std::time::{Duration, Instant};
 
-use crate::support::fault::{Downstream, assert_drained_into, flood, send_and_close};
+use crate::support::downstream::Downstream;
+use crate::support::fault::{assert_drained_into, flood, send_and_close};
 use crate::support::{Daemon, num};
 
 const MARKER: &[u8] = b"marker sent while the downstream was frozen\n";
 
 #[test]
 fn accept_pauses_during_a_stall_and_delivery_resumes_after_it() {
+    let _machine = crate::support::machine_shared();
     let downstream = Downstream::frozen();
     let mut daemon = Daemon::start(&format!(
         r#"

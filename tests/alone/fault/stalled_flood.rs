@@ -11,9 +11,9 @@ use crate::support;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::fault::{
-    Downstream, ThreadSampler, assert_drained_into, flood, raise_nofile, send_and_close,
-};
+use crate::support::downstream::Downstream;
+use crate::support::fault::{assert_drained_into, flood, send_and_close};
+use crate::support::proc::{Sampler, raise_nofile};
 use crate::support::{Daemon, assert_balanced, num};
 
 const MAX_CONNECTIONS: u64 = 20;
@@ -27,6 +27,7 @@ const SEND_TIMEOUT: Duration = Duration::from_millis(500);
 /// full queue pauses accept depends on timing; the bound holds anyway.
 #[test]
 fn drop_policy_holds_every_permit_within_the_bound_and_releases_them() {
+    let _machine = crate::support::machine_shared();
     let threads_max = stalled_flood("drop");
     assert!(
         threads_max > 4 + SINK_WORKERS,
@@ -38,6 +39,7 @@ fn drop_policy_holds_every_permit_within_the_bound_and_releases_them() {
 /// full queue pauses accept, so the threads drain while the flood goes on.
 #[test]
 fn close_policy_sheds_workers_within_the_bound_under_a_stalled_flood() {
+    let _machine = crate::support::machine_shared();
     stalled_flood("close");
 }
 
@@ -78,7 +80,7 @@ stats_interval = "200ms"
         daemon.threads()
     );
 
-    let sampler = ThreadSampler::start(daemon.pid());
+    let sampler = Sampler::start(daemon.pid(), Duration::from_millis(20));
     let started = Instant::now();
     // Meanwhile, note each stats line's queue depth and when it was seen.
     let flooding = AtomicBool::new(true);

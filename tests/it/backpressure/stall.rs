@@ -225,7 +225,6 @@ fn live_workers_never_exceed_max_connections_with_more_clients_than_permits() {
             .collect();
         let started = Instant::now();
         let results: Vec<_> = clients.into_iter().map(|c| c.join()).collect();
-        done.store(true, Ordering::SeqCst);
         for r in results {
             r.expect("client thread");
         }
@@ -329,20 +328,9 @@ stats_interval = "100ms"
         d.log_text()
     );
 
-    let most = AtomicU64::new(0);
-    let done = AtomicBool::new(false);
     let addr = d.addr;
-    let pid = d.pid();
+    let sampler = support::proc::Sampler::start(d.pid(), Duration::from_micros(500));
     thread::scope(|scope| {
-        scope.spawn(|| {
-            for _ in 0..100_000 {
-                if done.load(Ordering::SeqCst) {
-                    break;
-                }
-                most.fetch_max(support::proc_status(pid, "Threads:"), Ordering::SeqCst);
-                thread::sleep(Duration::from_micros(500));
-            }
-        });
         let clients: Vec<_> = (0..CLIENTS)
             .map(|n| {
                 scope.spawn(move || {
@@ -356,12 +344,11 @@ stats_interval = "100ms"
             })
             .collect();
         let results: Vec<_> = clients.into_iter().map(|c| c.join()).collect();
-        done.store(true, Ordering::SeqCst);
         for r in results {
             r.expect("client thread");
         }
     });
-    let most = most.load(Ordering::SeqCst);
+    let most = sampler.peak_threads();
     assert!(
         most <= bound,
         "{most} OS threads > max_connections + sink.workers + 8 = {bound}"

@@ -45,14 +45,14 @@ fn allow_list_closes_others_at_accept_without_a_thread() {
     assert!(wait_file_contains(&out, b"from .2\n", WAIT));
     let baseline = d.threads();
 
-    let sampler = support::ThreadPeak::start(d.pid(), Duration::from_millis(1));
+    let sampler = support::proc::Sampler::start(d.pid(), Duration::from_millis(1));
     for i in 0..40 {
         let mut denied = connect_from("127.0.0.3", d.addr);
         // Sent, never delivered.
         let _ = denied.write_all(format!("denied {i}\n").as_bytes());
         await_close(&mut denied, AT_ONCE);
     }
-    let max = sampler.finish();
+    let max = sampler.peak_threads();
     assert!(
         max <= baseline,
         "a thread was started for a denied connection: max {max} > baseline {baseline}"
@@ -110,13 +110,13 @@ fn per_ip_cap_refuses_the_extra_connection_and_frees_on_close() {
         assert!(wait_file_contains(&out, m.as_bytes(), WAIT), "{m}");
     }
     let baseline = d.threads();
-    let sampler = support::ThreadPeak::start(d.pid(), Duration::from_millis(1));
+    let sampler = support::proc::Sampler::start(d.pid(), Duration::from_millis(1));
     for _ in 0..10 {
         let mut extra = connect_from("127.0.0.2", d.addr);
         let _ = extra.write_all(b"over the cap\n");
         await_close(&mut extra, AT_ONCE);
     }
-    let max = sampler.finish();
+    let max = sampler.peak_threads();
     assert!(max <= baseline, "thread started: {max} > {baseline}");
 
     // Closing one of .2's connections frees its slot once the worker ends.

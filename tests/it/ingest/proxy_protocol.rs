@@ -11,7 +11,8 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::haproxy::{Haproxy, connect_from, free_port};
+use crate::support::free_port;
+use crate::support::haproxy::{Haproxy, connect_from};
 use crate::support::nats::{NatsServer, read_stream};
 use crate::support::{Daemon, num, read, wait_until};
 
@@ -72,7 +73,7 @@ stats_interval = "100ms"
 "#,
         urls[0]
     ));
-    let (v1, v2) = (free_port(), free_port());
+    let (v1, v2) = (free_port().port(), free_port().port());
     let v1_addr: SocketAddr = ([127, 0, 0, 1], v1).into();
     let v2_addr: SocketAddr = ([127, 0, 0, 1], v2).into();
     let _haproxy = Haproxy::start(

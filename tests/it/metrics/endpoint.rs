@@ -7,11 +7,9 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::support::downstream::Downstream;
 use crate::support::metrics::{
     assert_twins, get, http_raw, metrics_addr, request, require, scrape,
 };
@@ -242,54 +240,6 @@ fn every_counter_equals_its_stats_line_twin_after_drops_of_every_kind() {
     assert_eq!(get(m, "/healthz").status, 200);
     let status = d.stop(Duration::from_secs(20));
     assert!(status.success(), "log:\n{}", d.log_text());
-}
-
-/// A downstream collector that accepts and holds connections (the sink
-/// has little to say in these tests) until killed.
-struct Downstream {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Downstream {
-    fn bind(addr: &str) -> std::io::Result<Downstream> {
-        let listener = TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let stop2 = stop.clone();
-        let thread = thread::spawn(move || {
-            while !stop2.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((s, _)) => held.lock().unwrap().push(s),
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
-                }
-            }
-            // Like a killed process: port and connections close at once.
-            drop(listener);
-            held.lock().unwrap().clear();
-        });
-        Ok(Downstream {
-            addr,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    fn kill(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("downstream thread");
-        }
-    }
-}
-
-impl Drop for Downstream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
 }
 
 fn health(m: SocketAddr) -> (u16, String) {

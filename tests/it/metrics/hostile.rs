@@ -79,7 +79,7 @@ fn hostile_scrapers_cost_no_thread_and_a_scrape_gets_through_after_them() {
         || scrape(m)["floodwall_messages_received_total"] > 0.0
     ));
 
-    let sampler = support::ThreadPeak::start(d.pid(), Duration::from_millis(5));
+    let sampler = support::proc::Sampler::start(d.pid(), Duration::from_millis(5));
     let received_before = scrape(m)["floodwall_messages_received_total"];
 
     // The hostile scrapers.
@@ -151,7 +151,7 @@ fn hostile_scrapers_cost_no_thread_and_a_scrape_gets_through_after_them() {
     // connections, each read to EOF at once.
     assert!(took <= Duration::from_secs(2), "took {took:?}");
 
-    let max = sampler.finish();
+    let max = sampler.peak_threads();
     stop.store(true, Ordering::SeqCst);
     for t in ingest {
         t.join().expect("ingest client");

@@ -8,7 +8,7 @@
 use crate::support;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -97,7 +97,7 @@ impl Prometheus {
         )
         .expect("write prometheus.yml");
         for attempt in 0..5 {
-            let addr = free_port();
+            let addr = crate::support::free_port();
             let log = std::fs::File::create(dir.path().join(format!("log{attempt}")))
                 .expect("prometheus log");
             let mut child = Command::new("prometheus")
@@ -158,11 +158,6 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr")
 }
 
 /// Percent-encodes a PromQL query for a URL's query string.

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use crate::support::haproxy::{Haproxy, free_port};
+use crate::support::haproxy::Haproxy;
 use crate::support::nats::{Cluster, create_stream, read_stream};
 use crate::support::{Daemon, num};
 
@@ -125,7 +125,7 @@ fn rolling_restart_stores_every_finished_batch_once() {
         .map(|_| Daemon::start(&fleet_config("127.0.0.1:0", &urls)))
         .collect();
     let ports: Vec<u16> = fleet.iter().map(|d| d.addr.port()).collect();
-    let front_port = free_port();
+    let front_port = support::free_port().port();
     let front: SocketAddr = ([127, 0, 0, 1], front_port).into();
     let servers: String = ports
         .iter()

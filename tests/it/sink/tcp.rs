@@ -6,132 +6,15 @@
 use crate::support;
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::downstream::Downstream;
 use crate::support::{Daemon, assert_balanced, assert_bytes, num, wait_until};
-
-/// One buffer per accepted connection, in accept order.
-type Received = Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>;
-
-/// A downstream collector on loopback: records the bytes of every
-/// connection it accepts (or, stalled, accepts and never reads).
-struct Downstream {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    conns: Received,
-    accept: Option<JoinHandle<()>>,
-}
-
-impl Downstream {
-    fn bind(addr: &str) -> std::io::Result<Downstream> {
-        Downstream::start(addr, true)
-    }
-
-    fn stalled() -> Downstream {
-        Downstream::start("127.0.0.1:0", false).expect("bind stalled downstream")
-    }
-
-    fn start(addr: &str, read: bool) -> std::io::Result<Downstream> {
-        let listener = TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let conns: Received = Arc::default();
-        let (stop2, conns2) = (stop.clone(), conns.clone());
-        let accept = thread::spawn(move || {
-            let mut readers = Vec::new();
-            let mut held = Vec::new();
-            while !stop2.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        s.set_nonblocking(false).expect("blocking socket");
-                        let buf = Arc::new(Mutex::new(Vec::new()));
-                        conns2.lock().unwrap().push(buf.clone());
-                        if read {
-                            let stop = stop2.clone();
-                            readers.push(thread::spawn(move || read_until_stopped(s, &buf, &stop)));
-                        } else {
-                            held.push(s);
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        thread::sleep(Duration::from_millis(5))
-                    }
-                    Err(e) => panic!("downstream accept: {e}"),
-                }
-            }
-            // Like a killed process: the port closes, and so does every
-            // connection, whatever is still unread in it.
-            drop(listener);
-            drop(held);
-            for r in readers {
-                r.join().expect("reader thread");
-            }
-        });
-        Ok(Downstream {
-            addr,
-            stop,
-            conns,
-            accept: Some(accept),
-        })
-    }
-
-    fn connections(&self) -> usize {
-        self.conns.lock().unwrap().len()
-    }
-
-    /// Bytes received, per connection.
-    fn per_connection(&self) -> Vec<Vec<u8>> {
-        self.conns
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|b| b.lock().unwrap().clone())
-            .collect()
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        self.per_connection().concat()
-    }
-
-    /// Closes the port and every connection, abruptly.
-    fn kill(mut self) -> Vec<Vec<u8>> {
-        self.stop_now();
-        self.per_connection()
-    }
-
-    fn stop_now(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.accept.take() {
-            t.join().expect("accept thread");
-        }
-    }
-}
-
-impl Drop for Downstream {
-    fn drop(&mut self) {
-        self.stop_now();
-    }
-}
-
-fn read_until_stopped(mut s: TcpStream, buf: &Mutex<Vec<u8>>, stop: &AtomicBool) {
-    s.set_read_timeout(Some(Duration::from_millis(20)))
-        .expect("read timeout");
-    let mut chunk = [0u8; 64 * 1024];
-    while !stop.load(Ordering::SeqCst) {
-        match s.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => buf.lock().unwrap().extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => break,
-        }
-    }
-}
 
 fn tcp_config(addr: SocketAddr, framing: &str, extra: &str) -> String {
     format!(
@@ -197,9 +80,7 @@ fn octet_counted_framing_forwards_exact_bytes() {
 /// else took it meanwhile. (The one place a known port number is reused.)
 fn daemon_then_downstream(extra: &str, before: impl Fn(&Daemon)) -> (Daemon, Downstream) {
     for _ in 0..5 {
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("pick a port");
+        let addr = crate::support::free_port();
         let d = Daemon::start(&tcp_config(addr, "lines", extra));
         before(&d);
         match Downstream::bind(&addr.to_string()) {

@@ -9,7 +9,8 @@ use crate::support;
 
 use std::time::Duration;
 
-use crate::support::spool::{Collector, paced_clients, per_client};
+use crate::support::downstream::Downstream;
+use crate::support::spool::{paced_clients, per_client};
 use crate::support::{Daemon, Tmpfs, assert_balanced, num};
 
 const CLIENTS: usize = 4;
@@ -24,7 +25,7 @@ const SIZE: usize = 500;
 fn a_full_disk_hands_over_to_the_overload_layers_and_loses_nothing_spooled() {
     let tmpfs = Tmpfs::mount("8m");
     let mnt = &tmpfs.path;
-    let collector = Collector::start(8192, 0);
+    let collector = Downstream::with_rcvbuf(8192);
     collector.pause();
     let config = format!(
         r#"

@@ -17,7 +17,8 @@ use crate::support;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::spool::{Collector, paced_clients, per_client};
+use crate::support::downstream::Downstream;
+use crate::support::spool::{paced_clients, per_client};
 use crate::support::{Daemon, assert_balanced, num};
 
 const CLIENTS: usize = 20;
@@ -36,7 +37,7 @@ const BEFORE_OUTAGE: usize = 1_000;
 
 #[test]
 fn an_outage_fills_the_spool_and_drops_nothing() {
-    let collector = Collector::start(8192, 0);
+    let collector = Downstream::with_rcvbuf(8192);
     let config = format!(
         r#"
 [server]

@@ -6,7 +6,8 @@ use crate::support;
 
 use std::time::{Duration, Instant};
 
-use crate::support::spool::{Collector, config, dead_port, message, per_client, tcp_sink};
+use crate::support::downstream::Downstream;
+use crate::support::spool::{config, message, per_client, tcp_sink};
 use crate::support::{Daemon, assert_balanced, num};
 
 const N: usize = 5000;
@@ -15,7 +16,7 @@ const N: usize = 5000;
 fn a_shutdown_keeps_the_spool_and_the_next_start_delivers_it() {
     let spool = tempfile::tempdir().unwrap();
     let mut d = Daemon::start(&config(
-        &tcp_sink(dead_port()),
+        &tcp_sink(crate::support::free_port()),
         spool.path(),
         "[shutdown]\ntimeout = \"2s\"",
     ));
@@ -53,7 +54,7 @@ fn a_shutdown_keeps_the_spool_and_the_next_start_delivers_it() {
         d.log_text()
     );
 
-    let collector = Collector::start(1 << 16, 0);
+    let collector = Downstream::with_rcvbuf(1 << 16);
     let mut d = Daemon::start(&config(&tcp_sink(collector.addr), spool.path(), ""));
     let s = d
         .wait_stats(Duration::from_secs(20), |s| num(s, "queue_depth") == 0)
