@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod config;
 pub mod downstream;
 pub mod fault;
 pub mod haproxy;

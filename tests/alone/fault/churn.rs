@@ -15,6 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::config::Conf;
 use crate::support::proc::raise_nofile;
 use crate::support::{Daemon, assert_balanced, num, read};
 use socket2::{Domain, Socket, Type};
@@ -52,17 +53,7 @@ fn churn(daemon: SocketAddr, n: usize, tag: &'static str) {
 fn twenty_thousand_short_connections_leave_nothing_behind() {
     let _machine = crate::support::machine_shared();
     raise_nofile();
-    let mut daemon = Daemon::start(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[sink]
-type = "file"
-path = "{dir}/out.log"
-[log]
-stats_interval = "100ms"
-"#,
-    );
+    let mut daemon = Conf::new().start();
     let idle = 5;
     let settled = |daemon: &Daemon, total: u64| {
         daemon

@@ -15,7 +15,8 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::support::{TestSink, await_close, test_config, wait_until};
+use crate::support::config::Conf;
+use crate::support::{TestSink, await_close, wait_until};
 use floodwall::Shutdown;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -27,23 +28,31 @@ fn lines(prefix: &str, n: usize) -> Vec<u8> {
 }
 
 fn start(policy: &str, send_timeout: &str) -> (floodwall::Daemon, TestSink) {
-    let config = test_config(&format!(
-        r#"
-[limits]
-send_timeout = "{send_timeout}"
-on_send_timeout = "{policy}"
-[queue]
-capacity = 160
-pause_accept_above = 1.0
-resume_accept_below = 0.5
-[log]
-stats_interval = "0s"
-"#
-    ));
+    let config = Conf::bare()
+        .set("limits.send_timeout", send_timeout)
+        .set("limits.on_send_timeout", policy)
+        .set("queue.capacity", 160)
+        .no_accept_pause()
+        .set("log.stats_interval", "0s")
+        .parse();
     let sink = TestSink::stalled();
     let daemon =
         floodwall::start_with_sinks(config, Shutdown::new(), sink.boxed()).expect("daemon starts");
     (daemon, sink)
+}
+
+/// A connection the daemon has accepted, opened before the queue fills: a
+/// full queue pauses the accept loop (pause_accept_above = 1.0), so one
+/// opened after `fill` may wait in the backlog, which it did with other
+/// tests running beside this one.
+fn accepted(daemon: &floodwall::Daemon) -> std::net::TcpStream {
+    let c = std::net::TcpStream::connect(daemon.local_addr()).unwrap();
+    assert!(
+        wait_until(WAIT, || daemon.stats().conns_active == 1),
+        "not accepted: {:?}",
+        daemon.stats()
+    );
+    c
 }
 
 /// Fills the queue to capacity from one connection that then closes.
@@ -61,8 +70,8 @@ fn fill(daemon: &floodwall::Daemon) {
 #[test]
 fn close_counts_what_the_peer_already_sent() {
     let (daemon, sink) = start("close", "300ms");
+    let mut c = accepted(&daemon);
     fill(&daemon);
-    let mut c = std::net::TcpStream::connect(daemon.local_addr()).unwrap();
     // 50 lines in one write: the first batch of 10 times out; the other
     // 40 were sent too and must be counted, not silently discarded.
     c.write_all(&lines("late", 50)).unwrap();
@@ -86,8 +95,8 @@ fn close_counts_what_the_peer_already_sent() {
 fn drop_policy_sheds_instead_of_waiting_per_batch() {
     let send_timeout = Duration::from_secs(2);
     let (daemon, sink) = start("drop", "2s");
+    let mut c = accepted(&daemon);
     fill(&daemon);
-    let mut c = std::net::TcpStream::connect(daemon.local_addr()).unwrap();
     let started = Instant::now();
     // Five batches of 10: waiting send_timeout for each would take 10 s.
     c.write_all(&lines("shed", 50)).unwrap();

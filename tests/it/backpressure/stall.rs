@@ -22,9 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{
-    Daemon, Fifo, TestSink, assert_balanced, await_close, num, test_config, wait_until,
-};
+use crate::support::config::Conf;
+use crate::support::{Fifo, TestSink, assert_balanced, await_close, num, wait_until};
 use floodwall::Shutdown;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -38,21 +37,17 @@ const PREFILL: u64 = 155;
 const BURST: u64 = 8;
 
 fn start_stalled(max_connections: usize) -> (floodwall::Daemon, TestSink) {
-    let config = test_config(&format!(
-        r#"
-[limits]
-max_connections = {max_connections}
-send_timeout = "{}ms"
-idle_timeout = "30s"
-[queue]
-capacity = {CAPACITY}
-pause_accept_above = 1.0
-resume_accept_below = 0.5
-[log]
-stats_interval = "0s"
-"#,
-        SEND_TIMEOUT.as_millis()
-    ));
+    let config = Conf::bare()
+        .set("limits.max_connections", max_connections)
+        .set(
+            "limits.send_timeout",
+            format!("{}ms", SEND_TIMEOUT.as_millis()),
+        )
+        .set("limits.idle_timeout", "30s")
+        .set("queue.capacity", CAPACITY)
+        .no_accept_pause()
+        .set("log.stats_interval", "0s")
+        .parse();
     let sink = TestSink::stalled();
     let daemon = floodwall::start_with_sinks(config, Shutdown::new(), sink.boxed())
         .expect("start in-process daemon");
@@ -274,31 +269,19 @@ fn os_threads_stay_within_the_spec_bound_with_a_file_sink_nobody_reads() {
     const LINES: usize = 988;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut fifo = Fifo::create(&dir.path().join("sink.fifo"));
-    let mut d = Daemon::start_in(
-        dir,
-        &format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-framing = "lines"
-[limits]
-max_connections = {MAX}
-send_timeout = "{}ms"
-idle_timeout = "30s"
-[queue]
-capacity = 1000
-pause_accept_above = 1.0
-resume_accept_below = 0.5
-[sink]
-type = "file"
-path = "{{dir}}/sink.fifo"
-workers = 1
-[log]
-stats_interval = "100ms"
-"#,
-            SEND_TIMEOUT.as_millis()
-        ),
-    );
+    let mut d = Conf::new()
+        .set("server.framing", "lines")
+        .set("limits.max_connections", MAX)
+        .set(
+            "limits.send_timeout",
+            format!("{}ms", SEND_TIMEOUT.as_millis()),
+        )
+        .set("limits.idle_timeout", "30s")
+        .set("queue.capacity", 1000)
+        .no_accept_pause()
+        .set("sink.path", "{dir}/sink.fifo")
+        .set("sink.workers", 1)
+        .start_in(dir);
     let bound = MAX + 1 + 8;
     let baseline = d.threads();
 

@@ -8,6 +8,7 @@ use crate::support;
 use std::io::Write;
 use std::time::Duration;
 
+use crate::support::config::Conf;
 use crate::support::{
     Daemon, assert_balanced, await_close, num, wait_file_contains, wait_file_len,
 };
@@ -15,22 +16,12 @@ use crate::support::{
 const WAIT: Duration = Duration::from_secs(20);
 
 fn start(policy: &str) -> Daemon {
-    Daemon::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-framing = "lines"
-[limits]
-max_connections = 1
-on_connection_limit = "{policy}"
-idle_timeout = "30s"
-[sink]
-type = "file"
-path = "{{dir}}/out.log"
-[log]
-stats_interval = "100ms"
-"#
-    ))
+    Conf::new()
+        .set("server.framing", "lines")
+        .set("limits.max_connections", 1)
+        .set("limits.on_connection_limit", policy)
+        .set("limits.idle_timeout", "30s")
+        .start()
 }
 
 #[test]

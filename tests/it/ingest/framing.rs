@@ -10,26 +10,17 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
+use crate::support::config::Conf;
 use crate::support::{Daemon, assert_balanced, assert_bytes, num, wait_file_len};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 fn start(framing: &str, max_message_bytes: usize) -> Daemon {
-    Daemon::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-framing = "{framing}"
-max_message_bytes = {max_message_bytes}
-[limits]
-idle_timeout = "30s"
-[sink]
-type = "file"
-path = "{{dir}}/out.log"
-[log]
-stats_interval = "100ms"
-"#
-    ))
+    Conf::new()
+        .set("server.framing", framing)
+        .set("server.max_message_bytes", max_message_bytes)
+        .set("limits.idle_timeout", "30s")
+        .start()
 }
 
 /// Stops the daemon, asserts a clean exit, the accounting identity and the

@@ -12,6 +12,7 @@ use std::io::{Read, Write};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::config::Conf;
 use crate::support::{Daemon, await_close, num, wait_file_len};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -34,24 +35,13 @@ fn latest_close(notice: Duration) -> Duration {
 }
 
 fn start() -> Daemon {
-    Daemon::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-framing = "lines"
-[limits]
-idle_timeout = "{}ms"
-[sink]
-type = "file"
-path = "{{dir}}/out.log"
-# Well under IDLE: the busy test reads the file before the connection,
-# quiet once the client stops, may turn idle.
-flush_interval = "50ms"
-[log]
-stats_interval = "100ms"
-"#,
-        IDLE.as_millis()
-    ))
+    Conf::new()
+        .set("server.framing", "lines")
+        .set("limits.idle_timeout", format!("{}ms", IDLE.as_millis()))
+        // Well under IDLE: the busy test reads the file before the
+        // connection, quiet once the client stops, may turn idle.
+        .set("sink.flush_interval", "50ms")
+        .start()
 }
 
 #[test]

@@ -7,23 +7,13 @@ use crate::support;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::config::Conf;
 use crate::support::{Daemon, assert_balanced, num};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 fn start() -> Daemon {
-    Daemon::start(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-framing = "auto"
-[sink]
-type = "file"
-path = "{dir}/out.log"
-[log]
-stats_interval = "100ms"
-"#,
-    )
+    Conf::new().set("server.framing", "auto").start()
 }
 
 /// A tag and message no other test (or earlier run) uses.

@@ -12,7 +12,8 @@ use crate::support;
 use std::io::Write;
 use std::time::Duration;
 
-use crate::support::{Daemon, Fifo, assert_balanced, num};
+use crate::support::config::Conf;
+use crate::support::{Fifo, assert_balanced, num};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -20,26 +21,15 @@ const WAIT: Duration = Duration::from_secs(20);
 fn accept_pauses_above_the_high_watermark_and_resumes_below_the_low_one() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut fifo = Fifo::create(&dir.path().join("sink.fifo"));
-    let mut d = Daemon::start_in(
-        dir,
-        r#"
-[server]
-listen = "127.0.0.1:0"
-framing = "lines"
-[limits]
-send_timeout = "30s"
-idle_timeout = "30s"
-[queue]
-capacity = 10
-pause_accept_above = 0.8
-resume_accept_below = 0.3
-[sink]
-type = "file"
-path = "{dir}/sink.fifo"
-[log]
-stats_interval = "100ms"
-"#,
-    );
+    let mut d = Conf::new()
+        .set("server.framing", "lines")
+        .set("limits.send_timeout", "30s")
+        .set("limits.idle_timeout", "30s")
+        .set("queue.capacity", 10)
+        .set("queue.pause_accept_above", 0.8)
+        .set("queue.resume_accept_below", 0.3)
+        .set("sink.path", "{dir}/sink.fifo")
+        .start_in(dir);
     // Two 60 KB messages overflow the 64 KiB pipe, so the sink blocks;
     // eight more fill the queue to 9 or 10 of 10: above 8, the watermark.
     let big = "B".repeat(60_000);

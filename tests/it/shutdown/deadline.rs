@@ -10,7 +10,8 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{Daemon, Fifo, TestSink, assert_balanced, num, test_config, wait_until};
+use crate::support::config::Conf;
+use crate::support::{Fifo, TestSink, assert_balanced, num, test_config, wait_until};
 use floodwall::Shutdown;
 use socket2::SockRef;
 
@@ -31,26 +32,15 @@ fn a_client_writing_flat_out_is_cut_at_the_deadline_and_every_line_is_counted() 
     // delivered, or counted lost, or was still in its own send buffer.
     let dir = tempfile::tempdir().expect("temp dir");
     let fifo = Fifo::create(&dir.path().join("out.pipe"));
-    let mut d = Daemon::start_in(
-        dir,
-        r#"
-[server]
-listen = "127.0.0.1:0"
-framing = "lines"
-[limits]
-send_timeout = "60s"
-[queue]
-capacity = 2000
-[sink]
-type = "file"
-path = "{dir}/out.pipe"
-flush_interval = "10ms"
-[shutdown]
-timeout = "1s"
-[log]
-stats_interval = "50ms"
-"#,
-    );
+    let mut d = Conf::new()
+        .set("server.framing", "lines")
+        .set("limits.send_timeout", "60s")
+        .set("queue.capacity", 2000)
+        .set("sink.path", "{dir}/out.pipe")
+        .set("sink.flush_interval", "10ms")
+        .set("shutdown.timeout", "1s")
+        .set("log.stats_interval", "50ms")
+        .start_in(dir);
     let addr = d.addr;
     let client = thread::spawn(move || {
         let mut s = TcpStream::connect(addr).expect("connect");

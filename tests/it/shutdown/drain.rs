@@ -8,23 +8,12 @@
 use std::io::Write;
 use std::time::Duration;
 
-use crate::support::{Daemon, assert_balanced, num, read, wait_until};
+use crate::support::config::Conf;
+use crate::support::{assert_balanced, num, read, wait_until};
 
 #[test]
 fn sigterm_flushes_what_clients_already_sent() {
-    let mut daemon = Daemon::start(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[limits]
-rate_per_connection = 20
-[sink]
-type = "file"
-path = "{dir}/out.log"
-[log]
-stats_interval = "100ms"
-"#,
-    );
+    let mut daemon = Conf::new().set("limits.rate_per_connection", 20).start();
     let out = daemon.path("out.log");
     let data: Vec<u8> = (0..400)
         .flat_map(|i| format!("sent before the signal {i:04}\n").into_bytes())

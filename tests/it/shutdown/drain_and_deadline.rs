@@ -13,6 +13,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
+use crate::support::config::Conf;
 use crate::support::{
     Daemon, Fifo, TestSink, assert_balanced, num, test_config, wait_file_contains, wait_until,
 };
@@ -132,18 +133,7 @@ fn a_shutdown_past_its_deadline_reports_the_lost_messages_and_exits_1() {
 
 #[test]
 fn sighup_after_the_file_was_moved_writes_later_messages_to_a_new_file() {
-    let mut d = Daemon::start(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-framing = "lines"
-[sink]
-type = "file"
-path = "{dir}/out.log"
-[log]
-stats_interval = "100ms"
-"#,
-    );
+    let mut d = Conf::new().set("server.framing", "lines").start();
     let out = d.path("out.log");
     let moved = d.path("out.log.1");
     d.send(b"before rotation\n");
