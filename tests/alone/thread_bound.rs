@@ -13,25 +13,18 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
+use crate::support::assert_balanced;
+use crate::support::config::Conf;
 use crate::support::proc::Sampler;
-use crate::support::{Daemon, assert_balanced};
 
 #[test]
 fn churn_never_shows_more_worker_threads_than_permits() {
     let _machine = crate::support::machine_shared();
     const MAX: usize = 2;
-    let mut daemon = Daemon::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[limits]
-max_connections = {MAX}
-[sink]
-type = "null"
-[log]
-stats_interval = "100ms"
-"#
-    ));
+    let mut daemon = Conf::new()
+        .set("limits.max_connections", MAX)
+        .sink("null")
+        .start();
     // As fast as it can: the instant between a worker returning and its
     // thread being gone is short.
     let sampler = Sampler::named(daemon.pid(), Duration::ZERO, "fw-conn-");

@@ -119,6 +119,14 @@ impl Conf {
         self.set("sink.type", kind)
     }
 
+    /// The tcp sink to `addr` (the `[sink]` table replaced), with a 60 s
+    /// write timeout: a stalled downstream is waited for, not given up on.
+    pub fn tcp_sink(self, addr: std::net::SocketAddr) -> Conf {
+        self.sink("tcp")
+            .set("sink.address", addr.to_string())
+            .set("sink.write_timeout", "60s")
+    }
+
     /// The table that holds the last part of `key`, and that part.
     fn table_of<'k>(&mut self, key: &'k str) -> (&mut toml::Table, &'k str) {
         let (path, name) = key.rsplit_once('.').unwrap_or(("", key));

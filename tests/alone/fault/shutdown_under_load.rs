@@ -10,32 +10,20 @@ use crate::support;
 use std::thread;
 use std::time::Duration;
 
+use crate::support::config::Conf;
 use crate::support::downstream::Downstream;
 use crate::support::fault::{assert_drained_into, flood};
 use crate::support::proc::raise_nofile;
 use crate::support::{Daemon, StatsLine, assert_balanced, num};
 
 fn config(downstream: &Downstream, capacity: u64, shutdown_timeout: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[limits]
-max_connections = 50
-send_timeout = "300ms"
-[queue]
-capacity = {capacity}
-[sink]
-type = "tcp"
-address = "{}"
-write_timeout = "60s"
-[log]
-stats_interval = "100ms"
-[shutdown]
-timeout = "{shutdown_timeout}"
-"#,
-        downstream.addr
-    )
+    Conf::new()
+        .set("limits.max_connections", 50)
+        .set("limits.send_timeout", "300ms")
+        .set("queue.capacity", capacity)
+        .tcp_sink(downstream.addr)
+        .set("shutdown.timeout", shutdown_timeout)
+        .to_string()
 }
 
 /// Floods the daemon in the background until its queue is full, then

@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::config::Conf;
 use crate::support::proc::{Sampler, raise_nofile};
-use crate::support::{Daemon, assert_balanced, assert_bytes, num, read};
+use crate::support::{assert_balanced, assert_bytes, num, read};
 
 const SILENT: usize = 150;
 const TRICKLE: usize = 150;
@@ -32,24 +33,16 @@ const IDLE_THREADS: u64 = 5;
 fn slowloris_connections_are_closed_idle_and_a_good_client_is_served() {
     let _machine = crate::support::machine_shared();
     raise_nofile();
-    let mut daemon = Daemon::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[limits]
-max_connections = {MAX_CONNECTIONS}
-idle_timeout = "{}ms"
-[sink]
-type = "file"
-path = "{{dir}}/out.log"
-# The good client's latency is measured from the file: keep the file
-# sink's buffering (up to flush_interval) out of it.
-flush_interval = "20ms"
-[log]
-stats_interval = "100ms"
-"#,
-        IDLE_TIMEOUT.as_millis()
-    ));
+    let mut daemon = Conf::new()
+        .set("limits.max_connections", MAX_CONNECTIONS)
+        .set(
+            "limits.idle_timeout",
+            format!("{}ms", IDLE_TIMEOUT.as_millis()),
+        )
+        // The good client's latency is measured from the file: keep the
+        // file sink's buffering (up to flush_interval) out of it.
+        .set("sink.flush_interval", "20ms")
+        .start();
     let out = daemon.path("out.log");
     let mut good = daemon.connect();
     let mut expected = Vec::new();

@@ -8,9 +8,10 @@ use crate::support;
 
 use std::time::{Duration, Instant};
 
+use crate::support::config::Conf;
 use crate::support::downstream::Downstream;
 use crate::support::fault::{assert_drained_into, flood, send_and_close};
-use crate::support::{Daemon, num};
+use crate::support::num;
 
 const MARKER: &[u8] = b"marker sent while the downstream was frozen\n";
 
@@ -18,26 +19,14 @@ const MARKER: &[u8] = b"marker sent while the downstream was frozen\n";
 fn accept_pauses_during_a_stall_and_delivery_resumes_after_it() {
     let _machine = crate::support::machine_shared();
     let downstream = Downstream::frozen();
-    let mut daemon = Daemon::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[limits]
-max_connections = 50
-send_timeout = "500ms"
-[queue]
-capacity = 2000
-pause_accept_above = 0.9
-resume_accept_below = 0.5
-[sink]
-type = "tcp"
-address = "{}"
-write_timeout = "60s"
-[log]
-stats_interval = "100ms"
-"#,
-        downstream.addr
-    ));
+    let mut daemon = Conf::new()
+        .set("limits.max_connections", 50)
+        .set("limits.send_timeout", "500ms")
+        .set("queue.capacity", 2000)
+        .set("queue.pause_accept_above", 0.9)
+        .set("queue.resume_accept_below", 0.5)
+        .tcp_sink(downstream.addr)
+        .start();
 
     // Freeze: a flood fills the queue while the downstream reads nothing.
     let (sent, _) = flood(daemon.addr, 20, Duration::from_secs(3), "stall");

@@ -11,10 +11,11 @@ use crate::support;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::config::Conf;
 use crate::support::downstream::Downstream;
 use crate::support::fault::{assert_drained_into, flood, send_and_close};
 use crate::support::proc::{Sampler, raise_nofile};
-use crate::support::{Daemon, assert_balanced, num};
+use crate::support::{assert_balanced, num};
 
 const MAX_CONNECTIONS: u64 = 20;
 const SINK_WORKERS: u64 = 1;
@@ -50,27 +51,18 @@ fn close_policy_sheds_workers_within_the_bound_under_a_stalled_flood() {
 fn stalled_flood(on_send_timeout: &str) -> u64 {
     raise_nofile();
     let downstream = Downstream::frozen();
-    let mut daemon = Daemon::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[limits]
-max_connections = {MAX_CONNECTIONS}
-send_timeout = "{}ms"
-on_send_timeout = "{on_send_timeout}"
-[queue]
-capacity = 100000
-[sink]
-type = "tcp"
-workers = {SINK_WORKERS}
-address = "{}"
-write_timeout = "60s"
-[log]
-stats_interval = "200ms"
-"#,
-        SEND_TIMEOUT.as_millis(),
-        downstream.addr
-    ));
+    let mut daemon = Conf::new()
+        .set("limits.max_connections", MAX_CONNECTIONS)
+        .set(
+            "limits.send_timeout",
+            format!("{}ms", SEND_TIMEOUT.as_millis()),
+        )
+        .set("limits.on_send_timeout", on_send_timeout)
+        .set("queue.capacity", 100000)
+        .tcp_sink(downstream.addr)
+        .set("sink.workers", SINK_WORKERS)
+        .set("log.stats_interval", "200ms")
+        .start();
     // Idle: main, fw-accept, fw-stats, fw-signal and the sink threads.
     let idle = 4 + SINK_WORKERS;
     let bound = MAX_CONNECTIONS + SINK_WORKERS + 8;

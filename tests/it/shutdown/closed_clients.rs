@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::config::Conf;
 use crate::support::{Daemon, num, read};
 
 /// Generous for a loaded 2-core machine; the default drain deadline
@@ -75,16 +76,8 @@ fn assert_every_line_once_in_order(data: &[u8], clients: usize, lines: usize) {
     assert_eq!(total, clients * lines);
 }
 
-fn file_config() -> &'static str {
-    r#"
-[server]
-listen = "127.0.0.1:0"
-[sink]
-type = "file"
-path = "{dir}/out.log"
-[log]
-stats_interval = "0s"
-"#
+fn file_config() -> Conf {
+    Conf::new().set("log.stats_interval", "0s")
 }
 
 /// Writes, closes, SIGTERMs at once; returns the stop time.
@@ -107,7 +100,7 @@ fn run_and_stop(d: &mut Daemon, clients: usize, lines: usize) -> Duration {
 #[test]
 fn clients_that_wrote_and_closed_before_sigterm_lose_nothing_file_sink() {
     for (clients, lines) in [(10, 20_000), (50, 2_000)] {
-        let mut d = Daemon::start(file_config());
+        let mut d = file_config().start();
         let took = run_and_stop(&mut d, clients, lines);
         assert_every_line_once_in_order(&read(&d.path("out.log")), clients, lines);
         eprintln!(
@@ -127,17 +120,11 @@ fn clients_that_wrote_and_closed_before_sigterm_lose_nothing_tcp_sink() {
         s.read_to_end(&mut data).expect("read collector");
         data
     });
-    let mut d = Daemon::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[sink]
-type = "tcp"
-address = "{target}"
-[log]
-stats_interval = "0s"
-"#
-    ));
+    let mut d = Conf::new()
+        .sink("tcp")
+        .set("sink.address", target.to_string())
+        .set("log.stats_interval", "0s")
+        .start();
     let (clients, lines) = (10, 20_000);
     run_and_stop(&mut d, clients, lines);
     // The daemon has exited, so the sink's connection is closed: EOF.
@@ -150,21 +137,12 @@ fn a_final_unterminated_line_is_delivered_when_the_client_closes_during_the_drai
     // The rate limit keeps most of the input unread in the kernel when
     // SIGTERM arrives, so the EOF (and the final line) is met by the
     // shutdown drain, not by the normal read loop.
-    let mut d = Daemon::start(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-framing = "lines"
-[limits]
-rate_per_connection = 50
-[sink]
-type = "file"
-path = "{dir}/out.log"
-flush_interval = "20ms"
-[log]
-stats_interval = "0s"
-"#,
-    );
+    let mut d = Conf::new()
+        .set("server.framing", "lines")
+        .set("limits.rate_per_connection", 50)
+        .set("sink.flush_interval", "20ms")
+        .set("log.stats_interval", "0s")
+        .start();
     let out = d.path("out.log");
     let mut expected = Vec::new();
     for i in 0..300 {
@@ -190,20 +168,11 @@ stats_interval = "0s"
 fn a_client_that_wrote_and_closed_while_waiting_in_the_backlog_loses_nothing() {
     // One permit, held by an idle client: the second client's connection
     // waits in the kernel's accept queue, where it writes and closes.
-    let mut d = Daemon::start(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-framing = "lines"
-[limits]
-max_connections = 1
-[sink]
-type = "file"
-path = "{dir}/out.log"
-[log]
-stats_interval = "50ms"
-"#,
-    );
+    let mut d = Conf::new()
+        .set("server.framing", "lines")
+        .set("limits.max_connections", 1)
+        .set("log.stats_interval", "50ms")
+        .start();
     let holder = d.connect();
     assert!(
         d.wait_stats(WAIT, |s| num(s, "workers") == 1).is_some(),
