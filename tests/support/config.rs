@@ -127,6 +127,17 @@ impl Conf {
             .set("sink.write_timeout", "60s")
     }
 
+    /// The nats sink to `servers`, subject `logs.test`, stream `LOGS`;
+    /// stats every 200 ms and a 30 s drain (JetStream acks take their time).
+    pub fn nats_sink(self, servers: &[String]) -> Conf {
+        self.sink("nats")
+            .set("sink.servers", servers.to_vec())
+            .set("sink.subject", "logs.test")
+            .set("sink.stream", "LOGS")
+            .set("log.stats_interval", "200ms")
+            .set("shutdown.timeout", "30s")
+    }
+
     /// The table that holds the last part of `key`, and that part.
     fn table_of<'k>(&mut self, key: &'k str) -> (&mut toml::Table, &'k str) {
         let (path, name) = key.rsplit_once('.').unwrap_or(("", key));

@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::Duration;
 
+use crate::support::config::Conf;
 use crate::support::nats::{
     NatsServer, Stored, create_stream_with_window, read_stream, stream_count,
 };
@@ -60,27 +61,12 @@ fn distinct(stored: &[Stored]) -> HashSet<(usize, usize)> {
 }
 
 fn config(servers: &[String], workers: usize) -> String {
-    let servers: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[limits]
-# Backpressure, not drops: the clients wait for queue room.
-send_timeout = "60s"
-[sink]
-type = "nats"
-workers = {workers}
-servers = [{}]
-subject = "logs.test"
-stream = "LOGS"
-[log]
-stats_interval = "200ms"
-[shutdown]
-timeout = "30s"
-"#,
-        servers.join(", ")
-    )
+    Conf::new()
+        // Backpressure, not drops: the clients wait for queue room.
+        .set("limits.send_timeout", "60s")
+        .nats_sink(servers)
+        .set("sink.workers", workers)
+        .to_string()
 }
 
 #[test]

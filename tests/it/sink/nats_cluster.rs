@@ -10,8 +10,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::config::Conf;
 use crate::support::nats::{Cluster, create_stream, read_stream};
-use crate::support::{Daemon, assert_balanced, num};
+use crate::support::{assert_balanced, num};
 
 /// Each client sends `per_tick` numbered lines every 100 ms for `ticks`
 /// ticks (a steady rate, like a fleet of syslog senders).
@@ -49,29 +50,13 @@ fn killing_the_stream_leader_loses_and_duplicates_nothing() {
     let mut cluster = Cluster::start(dir.path());
     let urls = cluster.urls();
     create_stream(&urls, "LOGS", "logs.test", 3);
-    let servers: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
-    let mut daemon = Daemon::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[limits]
-send_timeout = "200ms"
-on_send_timeout = "drop"
-[queue]
-capacity = 20000
-[sink]
-type = "nats"
-servers = [{}]
-subject = "logs.test"
-stream = "LOGS"
-ack_timeout = "2s"
-[log]
-stats_interval = "200ms"
-[shutdown]
-timeout = "30s"
-"#,
-        servers.join(", ")
-    ));
+    let mut daemon = Conf::new()
+        .set("limits.send_timeout", "200ms")
+        .set("limits.on_send_timeout", "drop")
+        .set("queue.capacity", 20000)
+        .nats_sink(&urls)
+        .set("sink.ack_timeout", "2s")
+        .start();
     // 10 clients x 50 lines per 100 ms = 5,000 messages/s for 12 s.
     let (clients, per_tick, ticks) = (10, 50, 120);
     let total = (clients * per_tick * ticks) as u64;
