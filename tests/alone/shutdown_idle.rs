@@ -6,8 +6,9 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use crate::support::config::Conf;
 use crate::support::proc::raise_nofile;
-use crate::support::{Daemon, assert_balanced, num};
+use crate::support::{assert_balanced, num};
 
 const CONNECTIONS: usize = 5000;
 
@@ -19,20 +20,12 @@ fn five_thousand_idle_connections_close_within_a_second_of_sigterm() {
         limit as usize > CONNECTIONS + 200,
         "RLIMIT_NOFILE {limit} is too low for {CONNECTIONS} connections"
     );
-    let mut d = Daemon::start(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-backlog = 4096
-[limits]
-max_connections = 6000
-idle_timeout = "10m"
-[sink]
-type = "null"
-[log]
-stats_interval = "100ms"
-"#,
-    );
+    let mut d = Conf::new()
+        .set("server.backlog", 4096)
+        .set("limits.max_connections", 6000)
+        .set("limits.idle_timeout", "10m")
+        .sink("null")
+        .start();
     let clients: Vec<TcpStream> = (0..CONNECTIONS)
         .map(|i| TcpStream::connect(d.addr).unwrap_or_else(|e| panic!("connection {i}: {e}")))
         .collect();

@@ -1,10 +1,18 @@
-//! Shared test support: start the real `floodwall` binary on port 0 in a
-//! temp dir of its own, talk to it over loopback, read its log, sample its
-//! threads/RSS/fds from /proc, and wait for events against a deadline
-//! (never a bare sleep as synchronisation).
-//!
+//! Shared test support, the one tree all three test binaries use (it,
+//! alone, queue_memory): start the real `floodwall` binary on port 0 in a
+//! temp dir of its own, talk to it over loopback, read its log, and wait
+//! for events against a deadline (never a bare sleep as synchronisation).
 //! Also in-process helpers around `floodwall::start_with_sinks`: sinks
 //! that record what they get, or stall until released.
+//!
+//! One module per kind of helper, one helper per job:
+//! - `config`: the config builder (a base plus overrides).
+//! - `downstream`: the collector a tcp sink forwards to.
+//! - `proc`: /proc readings and the thread/RSS sampler.
+//! - [`free_port`] (here): the port helper.
+//! - `fault`, `spool`: flooding and paced clients, numbered messages.
+//! - `haproxy`, `metrics`, `nats`, `peers`, `pki`: the real peers and
+//!   the TLS material.
 
 #![allow(dead_code)]
 
@@ -576,12 +584,6 @@ impl Sink for TestSink {
         }
         Ok(())
     }
-}
-
-/// A config for in-process tests: port 0, no stats thread unless asked.
-pub fn test_config(extra: &str) -> floodwall::Config {
-    let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n{extra}");
-    floodwall::Config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
 }
 
 // ---- files, FIFOs, bounded runs -----------------------------------------

@@ -122,20 +122,10 @@ fn churn_at_the_connection_limit_keeps_the_thread_bound() {
     const MAX: u64 = 8;
     const COUNT: u64 = 10_000;
     for mode in ["wait", "reject"] {
-        let mut daemon = Daemon::start(&format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-[limits]
-max_connections = {MAX}
-on_connection_limit = "{mode}"
-[sink]
-type = "file"
-path = "{{dir}}/out.log"
-[log]
-stats_interval = "100ms"
-"#
-        ));
+        let mut daemon = Conf::new()
+            .set("limits.max_connections", MAX)
+            .set("limits.on_connection_limit", mode)
+            .start();
         let peak = support::proc::Sampler::start(daemon.pid(), Duration::from_millis(1));
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_floodwall-load"))
             .args(["--churn", "-q", "-c", "32", "--per-conn", "1"])

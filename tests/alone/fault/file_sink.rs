@@ -13,8 +13,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::support::config::Conf;
 use crate::support::fault::flood;
-use crate::support::{Daemon, Tmpfs, assert_balanced, num, read};
+use crate::support::{Tmpfs, assert_balanced, num, read};
 
 /// A full disk under the sink's path: an 8 MiB tmpfs filled by `filler`;
 /// `clear` frees it.
@@ -62,23 +63,12 @@ impl FullDisk {
 fn a_full_disk_is_survived_counted_and_recovered_from() {
     let _machine = crate::support::machine_shared();
     let (fault, path) = FullDisk::mount();
-    let mut daemon = Daemon::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[limits]
-max_connections = 20
-send_timeout = "300ms"
-[queue]
-capacity = 2000
-[sink]
-type = "file"
-path = "{}"
-[log]
-stats_interval = "100ms"
-"#,
-        path.display()
-    ));
+    let mut daemon = Conf::new()
+        .set("limits.max_connections", 20)
+        .set("limits.send_timeout", "300ms")
+        .set("queue.capacity", 2000)
+        .set("sink.path", path.display().to_string())
+        .start();
     fault.fill();
     let fault_start = Instant::now();
 

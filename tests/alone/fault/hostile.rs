@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use crate::support::config::Conf;
 use crate::support::{Daemon, StatsLine, assert_balanced, num, read};
 use floodwall::config::Framing;
 use floodwall::framing::{Decoder, Frame};
@@ -184,19 +185,10 @@ fn stop(daemon: &mut Daemon) -> StatsLine {
 #[test]
 fn hostile_lines_are_counted_and_neighbours_are_unaffected() {
     let _machine = crate::support::machine_shared();
-    let mut daemon = Daemon::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-framing = "auto"
-max_message_bytes = {MAX}
-[sink]
-type = "file"
-path = "{{dir}}/out.log"
-[log]
-stats_interval = "100ms"
-"#
-    ));
+    let mut daemon = Conf::new()
+        .set("server.framing", "auto")
+        .set("server.max_message_bytes", MAX)
+        .start();
     let out = daemon.path("out.log");
     let addr = daemon.addr;
     let neighbour = Neighbour::start(addr, false);
@@ -313,21 +305,11 @@ stats_interval = "100ms"
 #[test]
 fn bad_octet_counts_close_only_their_connection() {
     let _machine = crate::support::machine_shared();
-    let mut daemon = Daemon::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-framing = "octet-counted"
-max_message_bytes = {MAX}
-[limits]
-idle_timeout = "1s"
-[sink]
-type = "file"
-path = "{{dir}}/out.log"
-[log]
-stats_interval = "100ms"
-"#
-    ));
+    let mut daemon = Conf::new()
+        .set("server.framing", "octet-counted")
+        .set("server.max_message_bytes", MAX)
+        .set("limits.idle_timeout", "1s")
+        .start();
     let out = daemon.path("out.log");
     let addr = daemon.addr;
     let neighbour = Neighbour::start(addr, true);

@@ -20,7 +20,8 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
-use crate::support::{TestSink, test_config, wait_until};
+use crate::support::config::Conf;
+use crate::support::{TestSink, wait_until};
 use floodwall::{Shutdown, Snapshot};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
@@ -137,19 +138,15 @@ struct Under {
 }
 
 fn start(framing: &'static str, capacity: u64) -> Under {
-    let config = test_config(&format!(
-        r#"
-framing = "{framing}"
-max_message_bytes = {MAX_MESSAGE_BYTES}
-[limits]
-# Never a drop on a loaded machine: only the framing and batching are on trial.
-send_timeout = "60s"
-[queue]
-capacity = {capacity}
-[log]
-stats_interval = "0s"
-"#
-    ));
+    let config = Conf::bare()
+        .set("server.framing", framing)
+        .set("server.max_message_bytes", MAX_MESSAGE_BYTES)
+        // Never a drop on a loaded machine: only the framing and batching
+        // are on trial.
+        .set("limits.send_timeout", "60s")
+        .set("queue.capacity", capacity)
+        .set("log.stats_interval", "0s")
+        .parse();
     let sink = TestSink::new();
     let daemon = floodwall::start_with_sinks(config, Shutdown::new(), sink.boxed())
         .expect("start in-process daemon");

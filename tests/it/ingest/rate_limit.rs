@@ -5,23 +5,14 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use crate::support::config::Conf;
 use crate::support::{Daemon, assert_balanced, num, read, wait_until};
 
 fn start(rate: u32, idle: &str) -> Daemon {
-    Daemon::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[limits]
-rate_per_connection = {rate}
-idle_timeout = "{idle}"
-[sink]
-type = "file"
-path = "{{dir}}/out.log"
-[log]
-stats_interval = "100ms"
-"#
-    ))
+    Conf::new()
+        .set("limits.rate_per_connection", rate)
+        .set("limits.idle_timeout", idle)
+        .start()
 }
 
 fn lines(prefix: &str, range: std::ops::Range<usize>) -> Vec<u8> {

@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::config::Conf;
-use crate::support::{Fifo, TestSink, assert_balanced, num, test_config, wait_until};
+use crate::support::{Fifo, TestSink, assert_balanced, num, wait_until};
 use floodwall::Shutdown;
 use socket2::SockRef;
 
@@ -139,10 +139,13 @@ fn a_client_writing_flat_out_is_cut_at_the_deadline_and_every_line_is_counted() 
 
 #[test]
 fn shutdown_wakes_a_worker_waiting_for_queue_room_and_counts_its_batch() {
-    let config = test_config(
-        "framing = \"lines\"\n[limits]\nsend_timeout = \"60s\"\n[queue]\ncapacity = 10\n\
-         [shutdown]\ntimeout = \"500ms\"\n[log]\nstats_interval = \"0s\"\n",
-    );
+    let config = Conf::bare()
+        .set("server.framing", "lines")
+        .set("limits.send_timeout", "60s")
+        .set("queue.capacity", 10)
+        .set("shutdown.timeout", "500ms")
+        .set("log.stats_interval", "0s")
+        .parse();
     let sink = TestSink::stalled();
     let daemon = floodwall::start_with_sinks(config, Shutdown::new(), sink.boxed())
         .expect("start in-process daemon");
@@ -182,9 +185,11 @@ impl floodwall::Sink for PanickingSink {
 
 #[test]
 fn a_panicking_sink_shuts_the_daemon_down_with_exit_1_and_counts_the_loss() {
-    let config = test_config(
-        "framing = \"lines\"\n[shutdown]\ntimeout = \"500ms\"\n[log]\nstats_interval = \"0s\"\n",
-    );
+    let config = Conf::bare()
+        .set("server.framing", "lines")
+        .set("shutdown.timeout", "500ms")
+        .set("log.stats_interval", "0s")
+        .parse();
     let daemon =
         floodwall::start_with_sinks(config, Shutdown::new(), vec![Box::new(PanickingSink)])
             .expect("start in-process daemon");

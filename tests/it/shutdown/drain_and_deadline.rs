@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::support::config::Conf;
 use crate::support::{
-    Daemon, Fifo, TestSink, assert_balanced, num, test_config, wait_file_contains, wait_until,
+    Daemon, Fifo, TestSink, assert_balanced, num, wait_file_contains, wait_until,
 };
 use floodwall::Shutdown;
 
@@ -25,26 +25,13 @@ const SMALL: usize = 50;
 fn start_on_fifo(shutdown_timeout: &str) -> (Daemon, Fifo) {
     let dir = tempfile::tempdir().expect("temp dir");
     let fifo = Fifo::create(&dir.path().join("sink.fifo"));
-    let d = Daemon::start_in(
-        dir,
-        &format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-framing = "lines"
-[limits]
-idle_timeout = "30s"
-send_timeout = "30s"
-[sink]
-type = "file"
-path = "{{dir}}/sink.fifo"
-[log]
-stats_interval = "100ms"
-[shutdown]
-timeout = "{shutdown_timeout}"
-"#
-        ),
-    );
+    let d = Conf::new()
+        .set("server.framing", "lines")
+        .set("limits.idle_timeout", "30s")
+        .set("limits.send_timeout", "30s")
+        .set("sink.path", "{dir}/sink.fifo")
+        .set("shutdown.timeout", shutdown_timeout)
+        .start_in(dir);
     (d, fifo)
 }
 
@@ -166,9 +153,12 @@ fn sighup_after_the_file_was_moved_writes_later_messages_to_a_new_file() {
 }
 
 fn in_process_stalled(shutdown_timeout: &str) -> (floodwall::Daemon, TestSink) {
-    let config = test_config(&format!(
-        "framing = \"lines\"\n[limits]\nsend_timeout = \"30s\"\n[shutdown]\ntimeout = \"{shutdown_timeout}\"\n[log]\nstats_interval = \"0s\"\n"
-    ));
+    let config = Conf::bare()
+        .set("server.framing", "lines")
+        .set("limits.send_timeout", "30s")
+        .set("shutdown.timeout", shutdown_timeout)
+        .set("log.stats_interval", "0s")
+        .parse();
     let sink = TestSink::stalled();
     let daemon = floodwall::start_with_sinks(config, Shutdown::new(), sink.boxed())
         .expect("start in-process daemon");
