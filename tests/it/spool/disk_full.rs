@@ -9,9 +9,10 @@ use crate::support;
 
 use std::time::Duration;
 
+use crate::support::config::Conf;
 use crate::support::downstream::Downstream;
 use crate::support::spool::{paced_clients, per_client};
-use crate::support::{Daemon, Tmpfs, assert_balanced, num};
+use crate::support::{Tmpfs, assert_balanced, num};
 
 const CLIENTS: usize = 4;
 const PER_CLIENT: usize = 8000;
@@ -27,32 +28,18 @@ fn a_full_disk_hands_over_to_the_overload_layers_and_loses_nothing_spooled() {
     let mnt = &tmpfs.path;
     let collector = Downstream::with_rcvbuf(8192);
     collector.pause();
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-framing = "lines"
-[limits]
-send_timeout = "200ms"
-on_send_timeout = "drop"
-[queue]
-capacity = 2000
-[sink]
-type = "tcp"
-address = "{}"
-write_timeout = "200ms"
-[spool]
-dir = "{}"
-max_bytes = "1GiB"
-segment_bytes = "1MiB"
-sync = "50ms"
-[log]
-stats_interval = "100ms"
-"#,
-        collector.addr,
-        mnt.join("spool").display()
-    );
-    let mut d = Daemon::start(&config);
+    let mut d = Conf::new()
+        .set("server.framing", "lines")
+        .set("limits.send_timeout", "200ms")
+        .set("limits.on_send_timeout", "drop")
+        .set("queue.capacity", 2000)
+        .tcp_sink(collector.addr)
+        .set("sink.write_timeout", "200ms")
+        .set("spool.dir", mnt.join("spool").display().to_string())
+        .set("spool.max_bytes", "1GiB")
+        .set("spool.segment_bytes", "1MiB")
+        .set("spool.sync", "50ms")
+        .start();
     let clients = paced_clients(d.addr, CLIENTS, PER_CLIENT, RATE, SIZE);
     let warned = d.wait_log(Duration::from_secs(30), |l| {
         l.contains("spool write failed")

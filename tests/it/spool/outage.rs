@@ -17,9 +17,10 @@ use crate::support;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::config::Conf;
 use crate::support::downstream::Downstream;
 use crate::support::spool::{paced_clients, per_client};
-use crate::support::{Daemon, assert_balanced, num};
+use crate::support::{assert_balanced, num};
 
 const CLIENTS: usize = 20;
 /// Per client: 250 msgs/s x 20 clients = 5,000 msgs/s in total.
@@ -38,29 +39,17 @@ const BEFORE_OUTAGE: usize = 1_000;
 #[test]
 fn an_outage_fills_the_spool_and_drops_nothing() {
     let collector = Downstream::with_rcvbuf(8192);
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-framing = "lines"
-[limits]
-send_timeout = "500ms"
-[queue]
-capacity = {QUEUE}
-[sink]
-type = "tcp"
-address = "{}"
-write_timeout = "200ms"
-[spool]
-dir = "{{dir}}/spool"
-segment_bytes = "1MiB"
-sync = "100ms"
-[log]
-stats_interval = "200ms"
-"#,
-        collector.addr
-    );
-    let mut d = Daemon::start(&config);
+    let mut d = Conf::new()
+        .set("server.framing", "lines")
+        .set("limits.send_timeout", "500ms")
+        .set("queue.capacity", QUEUE)
+        .tcp_sink(collector.addr)
+        .set("sink.write_timeout", "200ms")
+        .set("spool.dir", "{dir}/spool")
+        .set("spool.segment_bytes", "1MiB")
+        .set("spool.sync", "100ms")
+        .set("log.stats_interval", "200ms")
+        .start();
     let started = Instant::now();
     let clients = paced_clients(d.addr, CLIENTS, PER_CLIENT, RATE, SIZE);
     // 10 s: 1,000 messages are 0.2 s of sending, on a machine that may be busy.
