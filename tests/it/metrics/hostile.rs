@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::config::Conf;
 use crate::support::metrics::{get, metrics_addr, scrape};
 use crate::support::{Daemon, wait_until};
 
@@ -37,12 +38,12 @@ fn read_all(s: &mut TcpStream) -> Vec<u8> {
 
 #[test]
 fn hostile_scrapers_cost_no_thread_and_a_scrape_gets_through_after_them() {
-    let mut d = Daemon::start(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\
-         [limits]\nmax_connections = {MAX_CONNECTIONS}\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n[sink]\ntype = \"null\"\n\
-         [log]\nstats_interval = \"1s\"\n"
-    ));
+    let mut d = Conf::new()
+        .set("limits.max_connections", MAX_CONNECTIONS)
+        .set("metrics.listen", "127.0.0.1:0")
+        .sink("null")
+        .set("log.stats_interval", "1s")
+        .start();
     let m = metrics_addr(&d);
     // The idle daemon: main, fw-signal, fw-accept, fw-stats, fw-sink-0
     // and fw-metrics. With one worker per ingest connection that is the
@@ -172,10 +173,11 @@ fn scrape_quick(d: &Daemon) -> f64 {
 
 #[test]
 fn a_byte_a_second_client_is_cut_off_at_the_whole_request_deadline() {
-    let mut d = Daemon::start(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-         [sink]\ntype = \"null\"\n",
-    );
+    let mut d = Conf::new()
+        .set("metrics.listen", "127.0.0.1:0")
+        .sink("null")
+        .unset("log.stats_interval")
+        .start();
     let m = metrics_addr(&d);
     let mut s = connect(m).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(5)))

@@ -14,8 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::config::Conf;
 use crate::support::metrics::{get, metrics_addr, require};
-use crate::support::{Daemon, num, wait_until};
+use crate::support::{num, wait_until};
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/prometheus")
@@ -172,11 +173,11 @@ fn encode(q: &str) -> String {
 
 #[test]
 fn a_real_prometheus_scrapes_the_counters_the_stats_line_shows() {
-    let mut d = Daemon::start(
-        "[server]\nlisten = \"127.0.0.1:0\"\nmax_message_bytes = 64\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n[sink]\ntype = \"null\"\n\
-         [log]\nstats_interval = \"100ms\"\n",
-    );
+    let mut d = Conf::new()
+        .set("server.max_message_bytes", 64)
+        .set("metrics.listen", "127.0.0.1:0")
+        .sink("null")
+        .start();
     let m = metrics_addr(&d);
     let prom = Prometheus::start(m);
     let received = "floodwall_messages_received_total";
