@@ -10,6 +10,7 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
+use crate::support::config::Conf;
 use crate::support::{Daemon, await_close, num, wait_file_contains};
 use socket2::{Domain, Socket, Type};
 
@@ -27,18 +28,18 @@ fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
     s.into()
 }
 
-fn start(server_extra: &str) -> Daemon {
-    Daemon::start(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nframing = \"lines\"\n{server_extra}\n\
-         [limits]\nidle_timeout = \"30s\"\n\
-         [sink]\ntype = \"file\"\npath = \"{{dir}}/out.log\"\nflush_interval = \"20ms\"\n\
-         [log]\nstats_interval = \"100ms\"\n"
-    ))
+/// The daemon of these tests; `access` sets the `[server]` key under test.
+fn start(access: impl FnOnce(Conf) -> Conf) -> Daemon {
+    access(Conf::new())
+        .set("server.framing", "lines")
+        .set("limits.idle_timeout", "30s")
+        .set("sink.flush_interval", "20ms")
+        .start()
 }
 
 #[test]
 fn allow_list_closes_others_at_accept_without_a_thread() {
-    let mut d = start(r#"allow = ["127.0.0.2/32", "127.0.0.4/31"]"#);
+    let mut d = start(|c| c.set("server.allow", ["127.0.0.2/32", "127.0.0.4/31"]));
     let out = d.path("out.log");
     let mut allowed = connect_from("127.0.0.2", d.addr);
     allowed.write_all(b"from .2\n").expect("send");
@@ -92,7 +93,7 @@ fn allow_list_closes_others_at_accept_without_a_thread() {
 
 #[test]
 fn per_ip_cap_refuses_the_extra_connection_and_frees_on_close() {
-    let mut d = start("max_connections_per_ip = 2");
+    let mut d = start(|c| c.set("server.max_connections_per_ip", 2));
     let out = d.path("out.log");
     let mut a1 = connect_from("127.0.0.2", d.addr);
     let mut a2 = connect_from("127.0.0.2", d.addr);
