@@ -13,16 +13,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::config::Conf;
 use crate::support::downstream::Downstream;
 use crate::support::{Daemon, assert_balanced, assert_bytes, num, wait_until};
 
-fn tcp_config(addr: SocketAddr, framing: &str, extra: &str) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nframing = \"lines\"\n\
-         [sink]\ntype = \"tcp\"\naddress = \"{addr}\"\nframing = \"{framing}\"\n\
-         connect_timeout = \"1s\"\n{extra}\n\
-         [log]\nstats_interval = \"200ms\"\n"
-    )
+/// The daemon of these tests: LF framing in, the tcp sink to `addr` with
+/// the given framing out.
+fn tcp_config(addr: SocketAddr, framing: &str) -> Conf {
+    Conf::new()
+        .set("server.framing", "lines")
+        .sink("tcp")
+        .set("sink.address", addr.to_string())
+        .set("sink.framing", framing)
+        .set("sink.connect_timeout", "1s")
+        .set("log.stats_interval", "200ms")
 }
 
 /// `prefix-000123\n` lines: start with a letter, order and duplicates visible.
@@ -47,7 +51,7 @@ const RECOVERED: &str = "sink recovered";
 #[test]
 fn lines_framing_forwards_exact_bytes() {
     let down = Downstream::bind("127.0.0.1:0").expect("bind downstream");
-    let mut d = Daemon::start(&tcp_config(down.addr, "lines", ""));
+    let mut d = tcp_config(down.addr, "lines").start();
     d.send(b"alpha one\nbeta two\r\n\ngamma\ttab\nlast without newline");
     let expected = b"alpha one\nbeta two\ngamma\ttab\nlast without newline\n";
     assert!(
@@ -65,7 +69,7 @@ fn lines_framing_forwards_exact_bytes() {
 #[test]
 fn octet_counted_framing_forwards_exact_bytes() {
     let down = Downstream::bind("127.0.0.1:0").expect("bind downstream");
-    let mut d = Daemon::start(&tcp_config(down.addr, "octet-counted", ""));
+    let mut d = tcp_config(down.addr, "octet-counted").start();
     d.send("alpha one\nbeta two\r\nünïcode\nz\n".as_bytes());
     let expected = "9 alpha one8 beta two9 ünïcode1 z".as_bytes();
     assert!(wait_until(Duration::from_secs(10), || down.bytes().len()
@@ -78,10 +82,10 @@ fn octet_counted_framing_forwards_exact_bytes() {
 /// Picks a port that is free now, starts the daemon pointing at it, and
 /// binds it again; retried with another port in the rare case someone
 /// else took it meanwhile. (The one place a known port number is reused.)
-fn daemon_then_downstream(extra: &str, before: impl Fn(&Daemon)) -> (Daemon, Downstream) {
+fn daemon_then_downstream(before: impl Fn(&Daemon)) -> (Daemon, Downstream) {
     for _ in 0..5 {
         let addr = crate::support::free_port();
-        let d = Daemon::start(&tcp_config(addr, "lines", extra));
+        let d = tcp_config(addr, "lines").start();
         before(&d);
         match Downstream::bind(&addr.to_string()) {
             Ok(down) => return (d, down),
@@ -94,7 +98,7 @@ fn daemon_then_downstream(extra: &str, before: impl Fn(&Daemon)) -> (Daemon, Dow
 #[test]
 fn downstream_down_at_start_up_is_retried_not_fatal() {
     let payload = numbered("early", 0..500);
-    let (mut d, down) = daemon_then_downstream("", |d| {
+    let (mut d, down) = daemon_then_downstream(|d| {
         d.send(&payload);
         // The sink has tried and failed: the outage is logged, and the
         // daemon still runs.
@@ -128,7 +132,7 @@ fn downstream_down_at_start_up_is_retried_not_fatal() {
 fn downstream_closed_between_messages_loses_nothing() {
     let down = Downstream::bind("127.0.0.1:0").expect("bind downstream");
     let addr = down.addr;
-    let mut d = Daemon::start(&tcp_config(addr, "lines", ""));
+    let mut d = tcp_config(addr, "lines").start();
     let first = numbered("before", 0..200);
     d.send(&first);
     assert!(wait_until(Duration::from_secs(10), || down.bytes().len()
@@ -223,7 +227,7 @@ fn downstream_killed_mid_stream_resumes_with_one_resent_batch() {
     assert!(kill_after < TOTAL / 2, "the kill must fall mid-stream");
     let down = Downstream::bind("127.0.0.1:0").expect("bind downstream");
     let addr = down.addr;
-    let mut d = Daemon::start(&tcp_config(addr, "lines", ""));
+    let mut d = tcp_config(addr, "lines").start();
 
     // Paced writer: 20 messages every millisecond or so, one connection.
     let target = d.addr;
@@ -299,11 +303,13 @@ fn downstream_killed_mid_stream_resumes_with_one_resent_batch() {
 #[test]
 fn stalled_downstream_engages_the_overload_layers() {
     let down = Downstream::stalled();
-    let extra = "write_timeout = \"300ms\"\n\
-                 [queue]\ncapacity = 2000\n\
-                 [limits]\nmax_connections = 16\nsend_timeout = \"200ms\"\n\
-                 [shutdown]\ntimeout = \"1s\"";
-    let mut d = Daemon::start(&tcp_config(down.addr, "lines", extra));
+    let mut d = tcp_config(down.addr, "lines")
+        .set("sink.write_timeout", "300ms")
+        .set("queue.capacity", 2000)
+        .set("limits.max_connections", 16)
+        .set("limits.send_timeout", "200ms")
+        .set("shutdown.timeout", "1s")
+        .start();
 
     // Clients flood, reconnecting whenever the daemon closes them, until
     // the overload shows (or a deadline).
@@ -390,7 +396,9 @@ fn stalled_downstream_engages_the_overload_layers() {
 #[test]
 fn two_sink_workers_open_two_downstream_connections() {
     let down = Downstream::bind("127.0.0.1:0").expect("bind downstream");
-    let mut d = Daemon::start(&tcp_config(down.addr, "lines", "workers = 2"));
+    let mut d = tcp_config(down.addr, "lines")
+        .set("sink.workers", 2)
+        .start();
     // Load from several clients at once until both workers have had work.
     let mut sent: Vec<String> = Vec::new();
     for round in 0..20 {
