@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
+use crate::support::config::Conf;
 use crate::support::{Daemon, num};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -33,18 +34,12 @@ fn warnings(d: &Daemon) -> usize {
 fn a_second_sink_outage_within_a_second_gets_its_own_warning() {
     let first = TcpListener::bind("127.0.0.1:0").expect("bind collector");
     let addr: SocketAddr = first.local_addr().expect("addr");
-    let mut d = Daemon::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-framing = "lines"
-[sink]
-type = "tcp"
-address = "{addr}"
-[log]
-stats_interval = "0s"
-"#
-    ));
+    let mut d = Conf::new()
+        .set("server.framing", "lines")
+        .sink("tcp")
+        .set("sink.address", addr.to_string())
+        .set("log.stats_interval", "0s")
+        .start();
     d.send(b"one\n");
     let (conn, line) = collect_line(&first);
     assert_eq!(line, "one\n");

@@ -13,6 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::config::Conf;
 use crate::support::{Daemon, Fifo, wait_until};
 
 /// Every datagram the "manager" got, in order, with when it came.
@@ -77,27 +78,19 @@ fn ready_reload_watchdog_and_stopping_reach_the_manager() {
     let notify_path = dir.path().join("notify");
     let manager = Manager::listen(UnixDatagram::bind(&notify_path).unwrap());
     let mut fifo = Fifo::create(&dir.path().join("out.fifo"));
-    let config = r#"
-[server]
-listen = "127.0.0.1:0"
-[limits]
-send_timeout = "300ms"
-[queue]
-capacity = 1000
-[sink]
-type = "file"
-path = "{dir}/out.fifo"
-flush_interval = "50ms"
-[log]
-stats_interval = "0s"
-[shutdown]
-timeout = "2s"
-"#;
+    let config = Conf::new()
+        .set("limits.send_timeout", "300ms")
+        .set("queue.capacity", 1000)
+        .set("sink.path", "{dir}/out.fifo")
+        .set("sink.flush_interval", "50ms")
+        .set("log.stats_interval", "0s")
+        .set("shutdown.timeout", "2s")
+        .to_string();
     let notify = notify_path.display().to_string();
     // A 1 s watchdog: pings every 500 ms, a write stuck for 500 ms stops them.
     let mut d = Daemon::start_in_env(
         dir,
-        config,
+        &config,
         &[("NOTIFY_SOCKET", &notify), ("WATCHDOG_USEC", "1000000")],
     );
 
