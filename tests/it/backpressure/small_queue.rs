@@ -22,27 +22,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{Daemon, Fifo, num, wait_until};
+use crate::support::config::Conf;
+use crate::support::{Fifo, num, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn config(capacity: usize, sink_path: &str, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[limits]
-send_timeout = "30s"
-idle_timeout = "60s"
-[queue]
-capacity = {capacity}
-[sink]
-type = "file"
-path = "{sink_path}"
-flush_interval = "1s"
-{extra}
-"#
-    )
+/// A file sink that lingers up to a second, in front of a queue of
+/// `capacity`.
+fn config(capacity: usize, sink_path: &str) -> Conf {
+    Conf::new()
+        .set("limits.send_timeout", "30s")
+        .set("limits.idle_timeout", "60s")
+        .set("queue.capacity", capacity)
+        .set("sink.path", sink_path)
+        .set("sink.flush_interval", "1s")
 }
 
 /// Sends `count` 100-byte lines over 4 connections with floodwall-load and
@@ -51,10 +44,9 @@ flush_interval = "1s"
 fn delivery_rate(capacity: usize, count: u64) -> f64 {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("out.log");
-    let mut d = Daemon::start_in(
-        dir,
-        &config(capacity, "{dir}/out.log", "[log]\nstats_interval = \"0s\""),
-    );
+    let mut d = config(capacity, "{dir}/out.log")
+        .set("log.stats_interval", "0s")
+        .start_in(dir);
     let started = Instant::now();
     let status = Command::new(env!("CARGO_BIN_EXE_floodwall-load"))
         .args(["-c", "4", "-s", "100", "-n", &count.to_string()])
@@ -129,14 +121,7 @@ fn keep_sending(addr: SocketAddr, stop: Arc<AtomicBool>) -> thread::JoinHandle<(
 fn a_drained_fifo_backlog_clears_at_full_speed() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut fifo = Fifo::create(&dir.path().join("sink.fifo"));
-    let d = Daemon::start_in(
-        dir,
-        &config(
-            1_000,
-            "{dir}/sink.fifo",
-            "[log]\nstats_interval = \"100ms\"",
-        ),
-    );
+    let d = config(1_000, "{dir}/sink.fifo").start_in(dir);
     let stop = Arc::new(AtomicBool::new(false));
     let senders: Vec<_> = (0..4).map(|_| keep_sending(d.addr, stop.clone())).collect();
     // The stall: the pipe is full, the sink's write blocks, the queue
