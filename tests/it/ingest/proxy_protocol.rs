@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::config::Conf;
 use crate::support::free_port;
 use crate::support::haproxy::{Haproxy, connect_from};
 use crate::support::nats::{NatsServer, read_stream};
@@ -18,21 +19,12 @@ use crate::support::{Daemon, num, read, wait_until};
 
 const CLIENT_IP: [u8; 4] = [127, 0, 0, 2];
 
-fn file_config() -> String {
-    r#"
-[server]
-listen = "127.0.0.1:0"
-proxy_protocol = true
-trusted_proxies = ["127.0.0.1/32"]
-[sink]
-type = "file"
-path = "{dir}/out.log"
-flush_interval = "50ms"
-[log]
-level = "debug"
-stats_interval = "100ms"
-"#
-    .to_string()
+fn file_config() -> Conf {
+    Conf::new()
+        .set("server.proxy_protocol", true)
+        .set("server.trusted_proxies", ["127.0.0.1/32"])
+        .set("sink.flush_interval", "50ms")
+        .set("log.level", "debug")
 }
 
 /// Waits until the connection is closed by floodwall (read returns 0 or
@@ -56,23 +48,15 @@ fn haproxy_v1_and_v2_name_the_real_client_in_the_peer_header() {
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsServer::start(dir.path(), "proxy");
     let urls = vec![nats.url()];
-    let mut daemon = Daemon::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-proxy_protocol = true
-trusted_proxies = ["127.0.0.1"]
-[sink]
-type = "nats"
-servers = ["{}"]
-subject = "logs.proxy"
-stream = "PROXIED"
-[log]
-level = "debug"
-stats_interval = "100ms"
-"#,
-        urls[0]
-    ));
+    let mut daemon = Conf::new()
+        .set("server.proxy_protocol", true)
+        .set("server.trusted_proxies", ["127.0.0.1"])
+        .sink("nats")
+        .set("sink.servers", [urls[0].as_str()])
+        .set("sink.subject", "logs.proxy")
+        .set("sink.stream", "PROXIED")
+        .set("log.level", "debug")
+        .start();
     let (v1, v2) = (free_port().port(), free_port().port());
     let v1_addr: SocketAddr = ([127, 0, 0, 1], v1).into();
     let v2_addr: SocketAddr = ([127, 0, 0, 1], v2).into();
@@ -131,7 +115,7 @@ stats_interval = "100ms"
 
 #[test]
 fn raw_v1_and_v2_local_headers_are_read_exactly() {
-    let mut daemon = Daemon::start(&file_config());
+    let mut daemon = file_config().start();
     // v1 naming a client, then messages in the same write.
     let mut s = TcpStream::connect(daemon.addr).unwrap();
     s.write_all(b"PROXY TCP4 10.1.2.3 127.0.0.1 4444 5140\r\nfirst\nsecond\n")
@@ -167,7 +151,7 @@ fn raw_v1_and_v2_local_headers_are_read_exactly() {
 
 #[test]
 fn hostile_headers_are_closed_and_counted() {
-    let mut daemon = Daemon::start(&file_config());
+    let mut daemon = file_config().start();
     // Garbage instead of a header: closed at once, nothing delivered.
     let mut garbage = TcpStream::connect(daemon.addr).unwrap();
     garbage.write_all(b"hello world\nmore\n").unwrap();
@@ -223,23 +207,15 @@ fn hostile_headers_are_closed_and_counted() {
 fn allow_and_the_per_ip_cap_apply_to_the_client_a_header_names() {
     // The proxy (127.0.0.1) is trusted and not in `allow`: only the
     // clients its headers name are checked.
-    let mut d = Daemon::start(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-framing = "lines"
-proxy_protocol = true
-trusted_proxies = ["127.0.0.1/32"]
-allow = ["10.1.0.0/16"]
-max_connections_per_ip = 1
-[sink]
-type = "file"
-path = "{dir}/out.log"
-flush_interval = "20ms"
-[log]
-stats_interval = "50ms"
-"#,
-    );
+    let mut d = Conf::new()
+        .set("server.framing", "lines")
+        .set("server.proxy_protocol", true)
+        .set("server.trusted_proxies", ["127.0.0.1/32"])
+        .set("server.allow", ["10.1.0.0/16"])
+        .set("server.max_connections_per_ip", 1)
+        .set("sink.flush_interval", "20ms")
+        .set("log.stats_interval", "50ms")
+        .start();
     let wait = Duration::from_secs(20);
     // Allowed, and it holds its IP's only slot while connected.
     let mut first = TcpStream::connect(d.addr).expect("connect");
