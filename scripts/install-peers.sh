@@ -148,7 +148,7 @@ logger --help 2>&1 | grep -q -- '--octet-count' || die "logger is not util-linux
 # the tests run their own instances in the foreground.
 block_service_start
 apt_install rsyslog-openssl rsyslog-relp nats-server haproxy prometheus openssl
-# The package and systemd tests (tests/package.rs, tests/socket_activation.rs):
+# The package and systemd tests (tests/it/service/package.rs, tests/alone/socket_activation.rs):
 # lintian on the .deb; systemd-analyze and systemd-socket-activate.
 apt_install lintian systemd
 for b in nats-server haproxy prometheus promtool openssl; do

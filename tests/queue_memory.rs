@@ -13,24 +13,19 @@ use std::io::Write;
 use std::time::Duration;
 
 use floodwall::Shutdown;
-use support::{TestSink, proc_status, test_config, wait_until};
+use support::config::Conf;
+use support::{TestSink, proc_status, wait_until};
 
 #[test]
 fn queued_messages_hold_memory_in_proportion_to_their_size() {
     const CAPACITY: u64 = 4000;
-    let config = test_config(&format!(
-        r#"
-max_message_bytes = 100
-[limits]
-send_timeout = "60s"
-[queue]
-capacity = {CAPACITY}
-pause_accept_above = 1.0
-resume_accept_below = 0.5
-[log]
-stats_interval = "0s"
-"#
-    ));
+    let config = Conf::bare()
+        .set("server.max_message_bytes", 100)
+        .set("limits.send_timeout", "60s")
+        .set("queue.capacity", CAPACITY)
+        .no_accept_pause()
+        .set("log.stats_interval", "0s")
+        .parse();
     let sink = TestSink::stalled();
     let daemon =
         floodwall::start_with_sinks(config, Shutdown::new(), sink.boxed()).expect("daemon starts");

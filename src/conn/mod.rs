@@ -52,8 +52,9 @@ use rate::Bucket;
 /// First read buffer, allocated only once the peer has sent something, so
 /// an idle connection costs no buffer at all.
 const INITIAL_BUFFER: usize = 8 << 10;
-/// Buffers grow (doubling) to this while reads keep filling them.
-const READ_BUFFER: usize = 64 << 10;
+/// Buffers grow (doubling) to this while reads keep filling them. Public
+/// for the tests, which derive the largest batch from it.
+pub const READ_BUFFER: usize = 64 << 10;
 /// Most messages in one batch (one channel send), whatever the queue size.
 const BATCH_MESSAGES: usize = 4096;
 /// The shortest run of lines a batch takes by adopting the read buffer

@@ -172,8 +172,9 @@ pub fn tick(settings: &SinkSettings) -> Duration {
 const IDLE_TICK: Duration = Duration::from_millis(250);
 
 /// Writes gathered per call, at most: large enough to amortise the
-/// syscall, small enough that credits return steadily.
-const GATHER_BYTES: usize = 1 << 20;
+/// syscall, small enough that credits return steadily. Public for the
+/// tests, which derive the tcp sink's resend bound from it.
+pub const GATHER_BYTES: usize = 1 << 20;
 const GATHER_BATCHES: usize = 256;
 /// Writes gathered from the spool per call, at most (plus one record): a
 /// write is the unit the delivered position advances by, so a crash

@@ -20,15 +20,6 @@ pub fn require_haproxy() {
     );
 }
 
-/// A loopback port nobody listens on right now (bound to 0, released):
-/// HAProxy cannot report a port it picked itself.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind port 0")
-        .port()
-}
-
 /// A TCP connection to `to` from source address `from` (any port).
 pub fn connect_from(from: IpAddr, to: SocketAddr) -> TcpStream {
     let socket = socket2::Socket::new(

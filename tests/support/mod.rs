@@ -1,18 +1,33 @@
-//! Shared test support: start the real `floodwall` binary on port 0 in a
-//! temp dir of its own, talk to it over loopback, read its log, sample its
-//! threads/RSS/fds from /proc, and wait for events against a deadline
-//! (never a bare sleep as synchronisation).
-//!
+//! Shared test support, the one tree all three test binaries use (it,
+//! alone, queue_memory): start the real `floodwall` binary on port 0 in a
+//! temp dir of its own, talk to it over loopback, read its log, and wait
+//! for events against a deadline (never a bare sleep as synchronisation).
 //! Also in-process helpers around `floodwall::start_with_sinks`: sinks
 //! that record what they get, or stall until released.
+//!
+//! One module per kind of helper, one helper per job:
+//! - `config`: the config builder (a base plus overrides).
+//! - `downstream`: the collector a tcp sink forwards to.
+//! - `proc`: /proc readings and the thread/RSS sampler.
+//! - [`free_port`] (here): the port helper.
+//! - `fault`, `spool`: flooding and paced clients, numbered messages.
+//! - `haproxy`, `metrics`, `nats`, `peers`, `pki`: the real peers and
+//!   the TLS material.
 
 #![allow(dead_code)]
 
+pub mod config;
+pub mod downstream;
+pub mod fault;
 pub mod haproxy;
 pub mod metrics;
 pub mod nats;
 pub mod peers;
 pub mod pki;
+pub mod proc;
+pub mod spool;
+
+pub use proc::proc_status;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -34,6 +49,25 @@ use std::time::{Duration, Instant};
 /// several times as long as configured still fails.
 pub const SCHED_MARGIN: Duration = Duration::from_millis(500);
 
+/// The machine, as the heavy tests of the `alone` binary share it: each
+/// takes [`machine_shared`] (two may run side by side) or, where a bound
+/// of about a second would otherwise measure the neighbour's load,
+/// [`machine_alone`] (none beside it). A test that failed while holding
+/// it does not stop the others: the lock guards no data.
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+pub fn machine_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    MACHINE
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub fn machine_alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    MACHINE
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Polls `pred` until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -46,6 +80,18 @@ pub fn wait_until(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
         }
         thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// A loopback address where nothing listens right now: bound to port 0,
+/// read, released (the kernel does not hand an ephemeral port straight
+/// back). For a peer that cannot report a port it picked itself (HAProxy,
+/// prometheus, nats routes, systemd-socket-activate), a downstream that is
+/// away, or one started after the daemon. The one place a test names a
+/// port number; the daemon itself always listens on port 0.
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("bind 127.0.0.1:0: {e}"))
 }
 
 /// A stats line's logfmt pairs.
@@ -360,90 +406,17 @@ impl Drop for Daemon {
     }
 }
 
-/// The daemon's highest thread count, sampled from /proc every `period`
-/// until [`ThreadPeak::finish`] (at most 60,000 samples). A sample of a
-/// process that is gone panics the sampler, so `finish` fails, never 0.
-pub struct ThreadPeak {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    handle: thread::JoinHandle<u64>,
-}
-
-impl ThreadPeak {
-    pub fn start(pid: u32, period: Duration) -> ThreadPeak {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = thread::spawn(move || {
-            let mut max = 0;
-            for _ in 0..60_000 {
-                if flag.load(Ordering::SeqCst) {
-                    break;
-                }
-                max = max.max(proc_status(pid, "Threads:"));
-                thread::sleep(period); // the sampling period, not a wait
-            }
-            max
-        });
-        ThreadPeak { stop, handle }
-    }
-
-    /// Stops sampling and returns the highest count seen (call it while
-    /// the daemon still runs).
-    pub fn finish(self) -> u64 {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.handle
-            .join()
-            .expect("thread sampler panicked: see its message above")
-    }
-}
-
-/// The number after `key` (e.g. "Threads:", "VmRSS:") in
-/// /proc/PID/status. Panics, naming the path and the error, when it cannot
-/// be read: a sample that silently reads 0 would let a bound pass with no
-/// data (and a process that is gone is a failure of the test, not a 0).
-pub fn proc_status(pid: u32, key: &str) -> u64 {
-    let path = format!("/proc/{pid}/status");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {path}: {e} (has the process exited?)"));
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(key))
-        .unwrap_or_else(|| panic!("{path} has no {key} line:\n{text}"));
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{path}: no number in {line:?}"))
-}
-
 // ---- bounds derived from the code ---------------------------------------
 
-/// Mirrors `GATHER_BYTES` in src/sink/mod.rs: a sink thread gathers
-/// queued batches into one write while it holds fewer bytes than this.
-pub const SINK_GATHER_BYTES: usize = 1 << 20;
-/// Mirrors `READ_BUFFER` in src/conn/mod.rs. A connection's read buffer is at
-/// most `READ_BUFFER.max(max_message_bytes + 17)` (65,553 bytes with the
-/// default `max_message_bytes`), and one batch never carries more than
-/// one buffer's bytes.
-pub const CONN_READ_BUFFER: usize = 64 << 10;
-/// The most bytes of one batch with the default `max_message_bytes`.
-pub const CONN_MAX_BATCH_BYTES: usize = if CONN_READ_BUFFER > 65536 + 17 {
-    CONN_READ_BUFFER
+/// The most bytes of one batch with the default `max_message_bytes`
+/// (65,536): a connection's read buffer is at most
+/// `READ_BUFFER.max(max_message_bytes + 17)` bytes (src/conn.rs), and one
+/// batch never carries more than one buffer's bytes.
+pub const CONN_MAX_BATCH_BYTES: usize = if floodwall::conn::READ_BUFFER > 65536 + 17 {
+    floodwall::conn::READ_BUFFER
 } else {
     65536 + 17
 };
-
-/// Panics unless `file` (relative to the crate) still holds `line`
-/// verbatim: a mirrored constant that went stale must fail loudly, not
-/// quietly turn a derived bound into a wrong one.
-pub fn assert_source_has(file: &str, line: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    assert!(
-        text.lines().any(|l| l.trim() == line),
-        "{file} no longer has `{line}`: update the mirror in tests/support/mod.rs"
-    );
-}
 
 /// The most messages of `message_bytes` bytes each (LF included) that the
 /// tcp sink can deliver twice per downstream outage, from the code:
@@ -454,10 +427,10 @@ pub fn assert_source_has(file: &str, line: &str) {
 /// most one batch, and a batch is at most one read buffer
 /// ([`CONN_MAX_BATCH_BYTES`], default `max_message_bytes`). The cap of
 /// `GATHER_BATCHES` (256) batches only lowers this, so it is left out.
+/// The constants are the library's own (not mirrored copies), so the
+/// bound moves with the code.
 pub fn max_resent_per_outage(message_bytes: usize) -> usize {
-    assert_source_has("src/sink/mod.rs", "const GATHER_BYTES: usize = 1 << 20;");
-    assert_source_has("src/conn/mod.rs", "const READ_BUFFER: usize = 64 << 10;");
-    (SINK_GATHER_BYTES + CONN_MAX_BATCH_BYTES).div_ceil(message_bytes)
+    (floodwall::sink::GATHER_BYTES + CONN_MAX_BATCH_BYTES).div_ceil(message_bytes)
 }
 
 /// A tmpfs of `size` ("8m") mounted in a temp dir of its own (needs
@@ -611,12 +584,6 @@ impl Sink for TestSink {
         }
         Ok(())
     }
-}
-
-/// A config for in-process tests: port 0, no stats thread unless asked.
-pub fn test_config(extra: &str) -> floodwall::Config {
-    let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n{extra}");
-    floodwall::Config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
 }
 
 // ---- files, FIFOs, bounded runs -----------------------------------------

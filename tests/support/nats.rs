@@ -224,15 +224,7 @@ impl Cluster {
     }
 
     fn start_once(dir: &Path) -> Cluster {
-        let ports: Vec<u16> = (0..3)
-            .map(|_| {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .expect("bind")
-                    .local_addr()
-                    .unwrap()
-                    .port()
-            })
-            .collect();
+        let ports: Vec<u16> = (0..3).map(|_| super::free_port().port()).collect();
         let routes: Vec<SocketAddr> = ports
             .iter()
             .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
