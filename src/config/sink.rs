@@ -7,7 +7,7 @@
 //! as they are (nothing optional to default again, nothing to `expect`).
 //!
 //! Not here: `[sink.tls]`'s own checks ([`super::tls`]), and loading its
-//! files (src/tls.rs).
+//! files (src/tls/pem.rs).
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -1,7 +1,7 @@
 //! `[server.tls]` and `[sink.tls]`: the TLS files are only named here
-//! (src/tls.rs loads them, at start, for `--check-config` and on SIGHUP),
+//! (src/tls/pem.rs loads them, at start, for `--check-config` and on SIGHUP),
 //! and `permitted_peers` entries are parsed here into [`PeerPattern`]s,
-//! with the config's other parsers: src/tls.rs matches certificates
+//! with the config's other parsers: src/tls/peer.rs matches certificates
 //! against them and imports nothing else from the config's rules, so the
 //! two modules no longer import each other.
 
@@ -106,7 +106,7 @@ impl ServerTlsConfig {
     }
 }
 
-/// One `permitted_peers` entry (src/tls.rs matches certificates with it).
+/// One `permitted_peers` entry (src/tls/peer.rs matches certificates with it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerPattern {
     /// A DNS name, lower case.
