@@ -297,6 +297,7 @@ fn hostile_lengths_are_refused_before_the_data() {
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
@@ -500,10 +501,27 @@ impl Fifo {
     fn drain(&mut self, out: &mut Vec<u8>, timeout: Duration, until: impl Fn(&[u8]) -> bool) {
         let deadline = Instant::now() + timeout;
         let mut chunk = [0u8; 64 << 10];
-        while !until(out) && Instant::now() < deadline {
+        while !until(out) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            // Waits for the sink to write (or the deadline), not a tick.
+            let mut pfd = libc::pollfd {
+                fd: self.reader.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+            // SAFETY: one pollfd we own, for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, ms) };
             match self.reader.read(&mut chunk) {
                 Ok(n) if n > 0 => out.extend_from_slice(&chunk[..n]),
-                _ => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("read {}: {e}", self.path.display()),
+                // EOF: no writer holds the pipe (the daemon reopens it);
+                // poll reports the hang-up at once, so pause a moment.
+                Ok(_) => std::thread::sleep(Duration::from_millis(5)),
             }
         }
     }

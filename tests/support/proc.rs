@@ -169,12 +169,17 @@ pub fn raise_nofile() -> u64 {
     // SAFETY: getrlimit/setrlimit only read and write the struct we own.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
+            panic!("getrlimit(NOFILE): {}", std::io::Error::last_os_error());
         }
         if lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                panic!(
+                    "setrlimit(NOFILE, {}): {}",
+                    lim.rlim_max,
+                    std::io::Error::last_os_error()
+                );
+            }
         }
     }
     lim.rlim_cur
